@@ -1,0 +1,3 @@
+"""ganaug: GAN-based data augmentation (train with torchrun, export to ONNX, sample with onnxruntime)."""
+
+__version__ = "0.1.0"

@@ -50,8 +50,8 @@ class ModelConfig:
     z_dim: int = option(100, "latent size", min=1)
     conditional: str = option("auto", "condition on labels: auto (when the data has labels) | true | false",
                               choices=("auto", "true", "false"))
-    g_channels: int = option(64, "generator width: channels of its last hidden layer", min=4)
-    d_channels: int = option(64, "discriminator width: channels of its first layer", min=4)
+    g_channels: int = option(32, "generator width: channels of its last hidden layer", min=4)
+    d_channels: int = option(32, "discriminator width: channels of its first layer", min=4)
     embed_dim: int = option(32, "size of the generator's label embedding (conditional models)", min=1)
     spectral_norm: bool = option(True, "spectral normalisation on the discriminator's layers")
 

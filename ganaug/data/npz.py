@@ -1,0 +1,54 @@
+"""A .npz file with `images` (uint8, NHWC or NHW), optional `labels` and optional `class_names`."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganaug.data import ImageData
+from ganaug.data.convert import array_to_nchw, match_channels, resize_batch
+from ganaug.errors import UserError
+
+
+def load_npz(path: Path, resolution: int, channels: int = 0) -> ImageData:
+    try:
+        with np.load(path, allow_pickle=False) as archive:  # no pickles: a data file must not run code
+            arrays = {key: archive[key] for key in archive.files}
+    except FileNotFoundError:
+        raise UserError(f"data.source: {path} does not exist") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"data.source: {path} is not a readable .npz file ({exc})") from None
+    if "images" not in arrays:
+        raise UserError(f"data.source: {path} has no 'images' array (found: {', '.join(arrays) or 'nothing'})")
+    images = arrays["images"]
+    if images.dtype != np.uint8:
+        raise UserError(f"data.source: {path}: 'images' must be uint8, got {images.dtype}")
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+        raise UserError(f"data.source: {path}: 'images' must be NHW or NHWC with 1, 3 or 4 channels, "
+                        f"got shape {list(images.shape)}")
+    tensor = match_channels(resize_batch(array_to_nchw(images), resolution), channels)
+    labels, class_names = _labels(path, arrays, len(images))
+    return ImageData(tensor, labels, class_names, tensor.shape[1], resolution)
+
+
+def _labels(path: Path, arrays: dict, count: int) -> tuple[torch.Tensor | None, list[str]]:
+    if "labels" not in arrays:
+        return None, []
+    labels = arrays["labels"]
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
+        raise UserError(f"data.source: {path}: 'labels' must be {count} integers, got {labels.dtype} "
+                        f"of shape {list(labels.shape)}")
+    if count and labels.min() < 0:
+        raise UserError(f"data.source: {path}: 'labels' has negative values")
+    num_classes = int(labels.max()) + 1 if count else 0
+    if "class_names" in arrays:
+        class_names = [str(name) for name in arrays["class_names"].tolist()]
+        if len(class_names) < num_classes:
+            raise UserError(f"data.source: {path}: label {num_classes - 1} has no entry in 'class_names' "
+                            f"({len(class_names)} names)")
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    return torch.as_tensor(labels, dtype=torch.int64), class_names

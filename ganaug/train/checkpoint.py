@@ -1,0 +1,87 @@
+"""Checkpoint files: atomic writes, safe loads, and pruning old ones. Knows nothing of GANs.
+
+A checkpoint holds only tensors and plain Python values, so it loads with weights_only=True:
+a file that would run code when unpickled is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ganaug.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STEP_PATTERN = re.compile(r"step_(\d{7,})\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any point leaves either the old file or the new one, never a torn one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load with weights_only=True; any unreadable, truncated or unsafe file is a UserError."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise UserError(f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} is unreadable or truncated: {first}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
+    return state
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """step_NNNNNNN.pt files, oldest first."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if STEP_PATTERN.search(p.name)),
+                  key=lambda p: int(STEP_PATTERN.search(p.name).group(1)))
+
+
+def prune(folder: Path, keep: int) -> None:
+    for old in step_checkpoints(folder)[: max(0, len(step_checkpoints(folder)) - keep)]:
+        old.unlink(missing_ok=True)
+
+
+def clean_stale_temporaries(folder: Path) -> None:
+    """Temporary files a killed writer left behind."""
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)

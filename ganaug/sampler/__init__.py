@@ -1,0 +1,25 @@
+"""The torch-free sampler: onnxruntime + numpy + pillow only (a test keeps torch out).
+
+    from ganaug.sampler import Sampler
+    sampler = Sampler.load("model.onnx")            # provider="auto", threads=0 (physical cores)
+    images, labels = sampler.generate(64, seed=0)    # uint8 [64, H, W, C], int64 [64]
+    sampler.meta.class_names, sampler.meta.image_shape, sampler.meta.sha256
+
+`ganaug sample` (entry.py) writes whole sample sets; see docs/sampler.md.
+"""
+
+from ganaug.sampler.job import SampleRequest, SampleResult, write_samples
+from ganaug.sampler.meta import ModelMeta
+from ganaug.sampler.rng import BLOCK_SIZE, LatentSource
+from ganaug.sampler.sampler import Batch, Sampler
+
+__all__ = [
+    "BLOCK_SIZE",
+    "Batch",
+    "LatentSource",
+    "ModelMeta",
+    "SampleRequest",
+    "SampleResult",
+    "Sampler",
+    "write_samples",
+]

@@ -1,0 +1,69 @@
+"""`pip install ganaug` without extras gives a working `ganaug sample`, and no torch.
+
+Slow (a fresh venv and onnxruntime-gpu, ~300 MB, from PyPI) but part of the default run: it is the
+only test that sees the package as a user of the slim sampler container does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from onnx_models import make_model
+from PIL import Image
+
+from ganaug.sampler import Sampler
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Local state that is not part of the source and can be large.
+_SKIP_ANYWHERE = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", "build", "dist", "runs"}
+_SKIP_AT_ROOT = {"data"}
+
+
+def _ignore(directory: str, names: list[str]) -> set[str]:
+    skipped = {n for n in names if n in _SKIP_ANYWHERE or n.startswith(".venv") or n.endswith(".egg-info")}
+    if os.path.abspath(directory) == REPO_ROOT:
+        skipped |= _SKIP_AT_ROOT & set(names)
+    return skipped
+
+
+def _run(command: list[str], timeout: float, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torch_free_install_runs_ganaug_sample(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(REPO_ROOT, source, ignore=_ignore)  # the build must not touch the working tree
+    venv = tmp_path / "venv"
+    created = _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    assert created.returncode == 0, created.stderr
+    python = venv / "bin" / "python"
+    installed = _run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", str(source)],
+        timeout=500,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+
+    no_torch = _run([str(python), "-c", "import torch"], timeout=60, cwd=tmp_path)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+
+    model = make_model(tmp_path / "model.onnx", class_names=["cat", "dog"], shape=(8, 8, 3))
+    out = tmp_path / "out"
+    result = _run(
+        [str(venv / "bin" / "ganaug"), "sample", str(model), "--n", "10", "--out", str(out), "--seed", "2"],
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 10 images" in result.stderr
+    assert sorted(os.listdir(out)) == ["cat", "dog", "manifest.csv", "sample_info.json"]
+    expected, _ = Sampler.load(model, provider="cpu").generate(10, seed=2)
+    with Image.open(out / "dog" / "dog_00000007.png") as image:
+        assert np.array_equal(np.asarray(image), expected[7])

@@ -38,6 +38,14 @@ def trained_run(tmp_path_factory):
     return make
 
 
+def error_line(stderr: str, command: str) -> str:
+    """The one error line a failed command printed; logs may precede it, a traceback may not."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith(f"ganaug {command}: error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def copy_run(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target

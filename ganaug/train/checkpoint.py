@@ -54,17 +54,27 @@ def load_checkpoint(path: Path) -> dict:
     """Load with weights_only=True; any unreadable, truncated or unsafe file is a UserError."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint, or is truncated")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"checkpoint {path} was refused by the safe loader (weights_only=True): {first}") from None
+        raise UserError(f"checkpoint {path} was refused by the safe loader (weights_only=True): "
+                        f"{_refusal_reason(str(exc))}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {path} is unreadable or truncated: {first}") from None
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
     return state
+
+
+def _refusal_reason(message: str) -> str:
+    """The line of torch's long weights_only message that names what was blocked."""
+    for line in message.splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip()
+    return "it holds objects other than tensors and plain values"
 
 
 def step_checkpoints(folder: Path) -> list[Path]:

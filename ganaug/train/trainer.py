@@ -210,13 +210,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ the loop
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGINT (cluster preemption, Ctrl-C) finish the step, save and exit 0."""
+
         def request_stop(signum, _frame):
             self.stop_signal = signum
             signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, request_stop)
+        return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def _stop_requested(self) -> bool:
         if not self.info.distributed:
@@ -226,7 +227,6 @@ class Trainer:
 
     def fit(self) -> None:
         cfg, tc = self.cfg, self.cfg.train
-        self._install_signal_handlers()
         if self.step >= tc.steps:
             log.info("run already at step %d of %d: nothing to do", self.step, tc.steps)
             return
@@ -238,6 +238,7 @@ class Trainer:
             log.info("resumed at step %d", self.step)
         self.tb.text("config", "```\n" + _yaml(cfg) + "\n```", self.step)
         progress = _progress_bar(tc.steps, self.step, self.info.is_main and cfg.log.progress)
+        previous_handlers = self._install_signal_handlers()
         sums: dict[str, torch.Tensor] = {}
         interval_start, interval_steps = time.perf_counter(), 0
         try:
@@ -265,6 +266,8 @@ class Trainer:
                     log.info("stopped by signal %d at step %d; checkpoint saved", self.stop_signal or 0, self.step)
                     break
         finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             progress.close()
             self.tb.close()
         if self.step == tc.steps and self.info.is_main:

@@ -1,0 +1,35 @@
+# ganaug developer entry points. `make demo` and `make test` set everything up from nothing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The exact torch build this project is tested with (local wheels on the CI machines; a CUDA build).
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[train,dev]'
+	touch $(STAMP)
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo.sh
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/ganaug bench --out runs/bench.json
+
+lint: venv
+	$(BIN)/ruff check ganaug tests
+	$(BIN)/shellcheck scripts/*.sh launch/*.sh export/*.sh
+	$(BIN)/shellcheck -s bash launch/*.sbatch
+
+clean:
+	rm -rf runs .pytest_cache

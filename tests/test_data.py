@@ -1,0 +1,220 @@
+"""Every data source on tiny generated files, the conversions, bad files, and per-rank sharding."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ganaug.config import DataConfig
+from ganaug.data import load_dataset
+from ganaug.data.loader import ShardedBatches, epoch_shard
+from ganaug.errors import UserError
+
+CPU = torch.device("cpu")
+
+
+def data_cfg(source, **kw) -> DataConfig:
+    return DataConfig(source=str(source), resolution=kw.pop("resolution", 8), **kw)
+
+
+def write_class_folder(root, modes=("L", "RGB")):
+    """Two classes with images of several modes and sizes; returns the expected count per class."""
+    rng = np.random.default_rng(0)
+    (root / "cat").mkdir(parents=True)
+    (root / "dog").mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 12, 3), dtype=np.uint8), "RGB").save(root / "cat" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(root / "cat" / "b.jpg")
+    rgba = rng.integers(0, 255, (10, 10, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(root / "cat" / "c.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), "RGB").convert("P").save(root / "dog" / "d.gif")
+    Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(root / "dog" / "e.png")
+    (root / "dog" / "notes.txt").write_text("not an image")
+    return {"cat": 3, "dog": 2}
+
+
+def test_digits_is_the_embedded_default():
+    data = load_dataset(DataConfig(resolution=16))
+    assert data.images.shape == (1797, 1, 16, 16) and data.images.dtype == torch.uint8
+    assert data.class_names == [str(i) for i in range(10)]
+    assert torch.bincount(data.labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert data.images.max() > 200  # ink levels scaled from 0..16 to 0..255
+
+
+def test_class_folder_of_mixed_modes_and_sizes(tmp_path, caplog):
+    expected = write_class_folder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(data_cfg(tmp_path, resolution=8))
+    assert data.class_names == ["cat", "dog"]
+    assert data.channels == 3  # colour images present
+    assert data.images.shape == (5, 3, 8, 8)
+    assert torch.bincount(data.labels).tolist() == list(expected.values())
+    assert "ignored 1 files without an image suffix" in caplog.text
+    # 16-bit grey is scaled into 0..255, not clipped at 255: its bright corner stays below white
+    sixteen_bit = data.images[4]
+    assert 0 < sixteen_bit.float().mean() < 255 and (sixteen_bit[0] == sixteen_bit[1]).all()
+
+
+def test_grey_folder_gives_one_channel_and_channels_can_be_forced(tmp_path):
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((5, 7), 40 * i, np.uint8), "L").save(tmp_path / "a" / f"{i}.png")
+    assert load_dataset(data_cfg(tmp_path)).images.shape == (3, 1, 8, 8)
+    forced = load_dataset(data_cfg(tmp_path, channels=3))
+    assert forced.images.shape == (3, 3, 8, 8) and (forced.images[:, 0] == forced.images[:, 2]).all()
+
+
+def test_flat_folder_trains_unconditionally(tmp_path):
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), i * 50, np.uint8), "RGB").save(tmp_path / f"{i}.png")
+    data = load_dataset(data_cfg(tmp_path))
+    assert data.labels is None and data.num_classes == 0 and len(data) == 4
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NHW"])
+def test_npz_with_labels_and_class_names(tmp_path, layout):
+    images = np.random.default_rng(1).integers(0, 255, (6, 12, 12, 3) if layout == "NHWC" else (6, 12, 12), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, images=images, labels=np.array([0, 1, 2, 0, 1, 2]), class_names=np.array(["x", "y", "z"]))
+    data = load_dataset(data_cfg(path, resolution=8))
+    assert data.images.shape == (6, 3 if layout == "NHWC" else 1, 8, 8)
+    assert data.class_names == ["x", "y", "z"] and data.labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_npz_without_labels_is_unconditional(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((3, 8, 8, 1), np.uint8))
+    data = load_dataset(data_cfg(path))
+    assert data.labels is None and data.images.shape == (3, 1, 8, 8)
+
+
+def write_idx(path, array: np.ndarray):
+    dims = array.shape
+    magic = 0x0800 | len(dims)
+    path.write_bytes(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + array.tobytes())
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_format_files_from_root(tmp_path, name, folder):
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("t10k", 4)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    data = load_dataset(DataConfig(source=name, root=str(tmp_path), resolution=16))
+    assert data.images.shape == (12, 1, 16, 16) and data.num_classes == 10
+    assert data.labels.tolist() == [i % 10 for i in range(12)]
+
+
+def test_cifar10_format_files_from_root(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10, cifar
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 255, (2, 3072), dtype=np.uint8), "labels": [1, 7]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    # Hand-made files cannot match torchvision's MD5 list; the format is what this test is about.
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
+    data = load_dataset(DataConfig(source="cifar10", root=str(tmp_path), resolution=16))
+    assert data.images.shape == (10, 3, 16, 16) and data.class_names[7] == "c7"
+    assert data.labels.tolist() == [1, 7] * 5
+
+
+def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(UserError, match="mnist not found under data.root=.*set data.download=true"):
+        load_dataset(DataConfig(source="mnist", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\nbroken", b"plain text"])
+def test_bad_image_file_is_an_error_naming_it(tmp_path, content):
+    write_class_folder(tmp_path)
+    bad = tmp_path / "cat" / "zz_bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(UserError, match=f"cannot read image {bad}"):
+        load_dataset(data_cfg(tmp_path, channels=3))
+
+
+def test_truncated_image_is_an_error_or_skipped_with_a_warning(tmp_path, caplog):
+    write_class_folder(tmp_path)
+    good = (tmp_path / "cat" / "a.png").read_bytes()
+    bad = tmp_path / "cat" / "a_truncated.png"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(UserError, match="a_truncated.png"):
+        load_dataset(data_cfg(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        data = load_dataset(data_cfg(tmp_path, skip_bad=True))
+    assert len(data) == 5 and "a_truncated.png" in caplog.text and "skipped 1 unreadable images of 6" in caplog.text
+
+
+def test_bad_folders_and_npz_files(tmp_path):
+    (tmp_path / "empty_class").mkdir()
+    (tmp_path / "full").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "full" / "x.png")
+    with pytest.raises(UserError, match="class folder .*empty_class has no images"):
+        load_dataset(data_cfg(tmp_path))
+    with pytest.raises(UserError, match="not a known dataset name, a folder or a .npz file"):
+        load_dataset(data_cfg(tmp_path / "nowhere"))
+    cases = {
+        "nokey.npz": ({"pictures": np.zeros((2, 4, 4), np.uint8)}, "has no 'images' array"),
+        "float.npz": ({"images": np.zeros((2, 4, 4), np.float32)}, "'images' must be uint8, got float32"),
+        "shape.npz": ({"images": np.zeros((2, 4, 4, 5), np.uint8)}, "must be NHW or NHWC"),
+        "labels.npz": ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0])}, "'labels' must be 2 integers"),
+        "negative.npz": ({"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0, -1])}, "negative"),
+        "empty.npz": ({"images": np.zeros((0, 4, 4), np.uint8)}, "holds no images"),
+    }
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(UserError, match=message):
+            load_dataset(data_cfg(tmp_path / name))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a readable .npz file"):
+        load_dataset(data_cfg(tmp_path / "junk.npz"))
+
+
+def test_ranks_draw_disjoint_shards_reseeded_each_epoch():
+    shards = [epoch_shard(11, seed=3, epoch=0, rank=r, world=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 5  # the uneven tail is dropped so ranks step together
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    assert not torch.equal(epoch_shard(11, 3, 1, 0, 2), shards[0])  # a new order every epoch
+    assert torch.equal(epoch_shard(11, 3, 0, 0, 2), shards[0])  # and the same one when asked again
+
+
+def test_batches_resume_mid_epoch_exactly():
+    data = load_dataset(DataConfig(resolution=8))
+    reference = ShardedBatches(data, 64, rank=1, world=2, seed=0, device=CPU)
+    drawn = [next(reference) for _ in range(20)]  # crosses an epoch boundary (14 batches per epoch)
+    resumed = ShardedBatches(data, 64, rank=1, world=2, seed=0, device=CPU)
+    for _ in range(9):
+        next(resumed)
+    state = resumed.state_dict()
+    fresh = ShardedBatches(data, 64, rank=1, world=2, seed=0, device=CPU)
+    fresh.load_state_dict(state)
+    for images, labels in drawn[9:]:
+        again_images, again_labels = next(fresh)
+        assert torch.equal(images, again_images) and torch.equal(labels, again_labels)
+
+
+def test_streaming_from_disk_matches_the_in_memory_batches(tmp_path):
+    write_class_folder(tmp_path)
+    in_memory = ShardedBatches(load_dataset(data_cfg(tmp_path)), 2, 0, 1, 0, CPU)
+    streamed = ShardedBatches(load_dataset(data_cfg(tmp_path, in_memory="false")), 2, 0, 1, 0, CPU, num_workers=1)
+    assert not streamed.data.in_memory
+    for _ in range(5):  # more than one epoch (2 batches of 2 per epoch)
+        (a, la), (b, lb) = next(in_memory), next(streamed)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_batch_larger_than_the_data_is_a_clear_error():
+    data = load_dataset(DataConfig(resolution=8))
+    with pytest.raises(UserError, match="train.batch_size: 1000 per process is larger than each process's share"):
+        ShardedBatches(data, 1000, 0, 2, 0, CPU)

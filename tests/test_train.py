@@ -1,0 +1,192 @@
+"""The training loop in one process: gradients, precision, resume equivalence, divergence, outputs."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, error_line
+from ganaug.cli import main
+from ganaug.config import load_config
+from ganaug.data import load_dataset
+from ganaug.train.dist import read_env
+from ganaug.train.trainer import Trainer, model_spec
+
+
+def train(run_dir: Path, *overrides: str) -> int:
+    return main(["train", "--run-dir", str(run_dir), *TINY, "train.threads=1", *overrides])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def make_trainer(tmp_path, *overrides) -> Trainer:
+    cfg = load_config(None, [*TINY, *overrides])
+    data = load_dataset(cfg.data)
+    return Trainer(cfg, tmp_path, read_env(), data, model_spec(cfg, data))
+
+
+def test_each_update_reaches_only_the_network_it_trains(tmp_path):
+    trainer = make_trainer(tmp_path, "train.r1_gamma=1", "train.r1_every=1")
+    seen = {}
+
+    def spy(name, optimizer):
+        original = optimizer.step
+
+        def step(*args, **kwargs):
+            seen[name] = {
+                "G": [p.grad is not None for p in trainer.G.parameters()],
+                "D": [p.grad is not None for p in trainer.D.parameters()],
+            }
+            return original(*args, **kwargs)
+
+        optimizer.step = step
+
+    spy("d_update", trainer.opt_d)
+    spy("g_update", trainer.opt_g)
+    before = [p.detach().clone() for p in trainer.D.parameters()]
+    trainer.train_step()
+    assert all(seen["d_update"]["D"]) and not any(seen["d_update"]["G"])
+    assert all(seen["g_update"]["G"]) and not any(seen["g_update"]["D"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.D.parameters()))
+
+
+def test_bf16_autocast_runs_the_convolutions_in_bf16(tmp_path):
+    trainer = make_trainer(tmp_path, "train.precision=bf16")
+    dtypes = []
+    conv = next(m for m in trainer.D.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    stats = [trainer.train_step() for _ in range(3)]
+    assert trainer.precision.name == "bf16" and set(dtypes) == {torch.bfloat16}
+    assert all(torch.isfinite(s["loss/d"]) and torch.isfinite(s["loss/g"]) for s in stats)
+
+
+def test_fp16_uses_a_grad_scaler_per_optimizer(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, "train.precision=fp16", "train.steps=3", "ckpt.every=3") == 0
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["scaler_g"]["scale"] > 0 and state["scaler_d"]["scale"] > 0
+    assert state["config"]["train"]["precision"] == "fp16"
+
+
+def test_resume_continues_the_same_trajectory(tmp_path):
+    common = ["train.r1_gamma=0.5", "train.r1_every=2", "ckpt.every=3", "train.loss=bce"]
+    assert train(tmp_path / "straight", *common, "train.steps=6") == 0
+    assert train(tmp_path / "split", *common, "train.steps=3") == 0
+    assert load(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 3
+    assert main(["train", "--run-dir", str(tmp_path / "split"), "train.steps=6"]) == 0  # config comes from the run
+    a, b = load(tmp_path / "straight" / "checkpoints" / "last.pt"), load(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert all(torch.equal(x, y) for x, y in zip(a["opt_g"]["state"][0].values(), b["opt_g"]["state"][0].values()))
+    assert a["data"] == b["data"]
+
+
+def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert train(tmp_path / name, "train.steps=2", f"train.seed={seed}") == 0
+    a, b, c = (load(tmp_path / n / "checkpoints" / "last.pt")["G"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_checkpoint_holds_only_safe_values_and_the_run_layout(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, "train.steps=4", "ckpt.every=1", "ckpt.keep=2", "log.image_every=2") == 0
+    state = load(run / "checkpoints" / "last.pt")  # weights_only=True succeeds
+    assert {"schema", "step", "config", "model", "class_names", "G", "D", "G_ema", "opt_g", "opt_d",
+            "scaler_g", "scaler_d", "data", "rng"} <= set(state)
+    assert state["step"] == 4 and state["class_names"] == [str(i) for i in range(10)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt"]
+    assert (run / "config.yaml").read_text().startswith("data:")
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+
+
+def test_tensorboard_scalars_images_and_config_are_readable(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    assert train(run, "train.steps=4", "log.every=2", "log.image_every=4") == 0
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    expected = {"loss/d", "loss/g", "d/real_score", "d/fake_score", "grad_norm/d", "grad_norm/g",
+                "lr/g", "lr/d", "perf/images_per_sec", "perf/step_ms"}
+    assert expected <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss/d")] == [2, 4]
+    assert all(e.value == e.value for e in events.Scalars("loss/g"))  # not NaN
+    assert tags["images"] == ["samples/ema"]
+    assert any("config" in t for t in tags["tensors"])
+
+
+def test_non_finite_gradients_stop_the_run_with_a_diagnosis_checkpoint(tmp_path, monkeypatch, capsys):
+    from ganaug.train.losses import GanLoss
+
+    monkeypatch.setattr(GanLoss, "generator", lambda self, logits: logits.float().mean() * float("nan"))
+    run = tmp_path / "run"
+    assert train(run, "train.steps=10", "train.max_nonfinite_steps=3") == 2
+    err = error_line(capsys.readouterr().err, "train")
+    assert "3 consecutive steps with non-finite gradients at step 3" in err
+    diverged = load(run / "checkpoints" / "diverged_step_0000003.pt")
+    assert all(torch.isfinite(t).all() for t in diverged["G"].values())  # the bad steps were skipped
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_refuses_another_model_shape(tmp_path, trained_run, capsys):
+    import shutil
+
+    run = shutil.copytree(trained_run(), tmp_path / "run")
+    assert main(["train", "--run-dir", str(run), "model.z_dim=7"]) == 2
+    assert "trained with another model or data shape (z_dim: 16 -> 7)" in error_line(capsys.readouterr().err, "train")
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch exploited_marker",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"schema": 1, "payload": _Exploit()}, folder / "last.pt", pickle_module=pickle)
+    assert main(["train", "--run-dir", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "no loadable checkpoint" in error_line(err, "train")
+    assert "Unsupported GLOBAL posix.system" in err or "GLOBAL posix.system" in err
+    assert not (tmp_path / "exploited_marker").exists()
+
+
+def test_an_unreadable_last_checkpoint_falls_back_to_the_newest_step_file(tmp_path, trained_run, capsys):
+    import shutil
+
+    run = shutil.copytree(trained_run(), tmp_path / "run")
+    (run / "checkpoints" / "last.pt").write_bytes(b"garbage")
+    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
+    assert "last.pt is not a PyTorch checkpoint, or is truncated; trying an older checkpoint" in capsys.readouterr().err
+    assert load(run / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_run_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("precious")
+    assert main(["train", "--run-dir", str(target), *TINY]) == 2
+    assert "is a file, not a directory" in error_line(capsys.readouterr().err, "train")
+    assert target.read_text() == "precious"
+
+
+def test_conditional_true_without_labels_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", images=np.zeros((40, 8, 8), np.uint8))
+    assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY, f"data.source={tmp_path / 'd.npz'}",
+                 "model.conditional=true"]) == 2
+    assert "model.conditional=true but data.source" in error_line(capsys.readouterr().err, "train")

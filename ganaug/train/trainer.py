@@ -286,8 +286,10 @@ class Trainer:
         self.tb.scalar("perf/step_ms", 1000 * elapsed / steps, self.step)
         self.tb.scalar("train/skipped_steps", self.skipped_steps, self.step)
         self.tb.flush()
-        values = dict(zip(keys, means.tolist()))
-        log.debug("step %d: %s", self.step, values)
+        if not self.cfg.log.progress:  # without a progress bar (batch jobs), a line per interval
+            values = dict(zip(keys, means.tolist()))
+            log.info("step %d/%d  loss/d %.3f  loss/g %.3f  %.0f img/s", self.step, self.cfg.train.steps,
+                     values["loss/d"], values["loss/g"], images_per_sec)
         return images_per_sec
 
     def _diverged(self) -> None:

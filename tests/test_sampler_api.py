@@ -225,6 +225,15 @@ def test_optimised_model_cache(model, tmp_path, monkeypatch):
     assert len(os.listdir(cache)) == 1
 
 
+def test_unusable_cache_dir_only_warns(model, tmp_path, monkeypatch, ganaug_logs):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GANAUG_ORT_CACHE", str(blocker / "cache"))
+    sampler = Sampler.load(model, provider="cpu")
+    assert sampler.generate(2)[0].shape == (2, 8, 8, 1)
+    assert ["not caching the optimised model" in r.getMessage() for r in ganaug_logs.records] == [True]
+
+
 def test_sampler_and_cli_never_import_torch(model, tmp_path):
     code = (
         "import sys\n"

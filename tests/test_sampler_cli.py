@@ -251,12 +251,12 @@ def test_resume_after_sigkill_is_byte_identical(model, tmp_path):
     reference, out = tmp_path / "reference", tmp_path / "out"
     args = ["--n", "600", "--batch-size", "16", "--no-progress"]
     sample(model, reference, *args)
-    # Slow the writer down (2 ms per image) so the kill lands mid-run.
+    # Slow the writer down (5 ms per image) so the kill surely lands mid-run.
     code = (
         "import sys, time\n"
         "import ganaug.sampler.job as job\n"
         "encode = job.encode_png\n"
-        "job.encode_png = lambda image: (time.sleep(0.002), encode(image))[1]\n"
+        "job.encode_png = lambda image: (time.sleep(0.005), encode(image))[1]\n"
         "from ganaug.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -328,6 +328,7 @@ HOSTILE_NAMES = [
     "dup",
     "DUP",
     "CON",
+    "aux.txt",
     "manifest.csv",
     "..",
     ".",
@@ -355,7 +356,7 @@ def test_hostile_class_names_stay_inside_out(tmp_path):
     for name in directories:
         assert name and not name.startswith(".") and "/" not in name and "\\" not in name
         assert all(ord(ch) >= 32 for ch in name) and len(name.encode()) <= 200
-        assert name.upper() != "CON" and name != "manifest.csv"
+        assert name.split(".")[0].upper() not in ("CON", "AUX") and name != "manifest.csv"
         assert len(os.listdir(out / name)) == 2
     for directory, _, files in os.walk(out):
         for file in files:

@@ -41,8 +41,9 @@ def sanitize_class_name(name: str, index: int) -> str:
     text = _truncate_utf8(text, _MAX_NAME_BYTES).rstrip(". ")
     if not text:
         return f"class_{index}"
-    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
-        text = f"{text}_"
+    stem, dot, extension = text.partition(".")
+    if stem.upper() in _WINDOWS_RESERVED:  # Windows reserves "CON" and "CON.anything" alike
+        text = f"{stem}_{dot}{extension}"
     return text
 
 

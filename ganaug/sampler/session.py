@@ -166,7 +166,11 @@ def _create_with_cache(
             return _new_session(cached, options, providers, cache_dir)
         except ORT_ERRORS as exc:
             log.warning("ignoring unreadable optimised-model cache %s: %s", cached, ort_message(exc))
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as exc:  # a cache is an optimisation: never a reason to fail
+        log.warning("not caching the optimised model: cannot create %s (%s)", cache_dir, exc.strerror or exc)
+        return _new_session(model_bytes, session_options(threads), providers, None)
     temp = os.path.join(cache_dir, f".ganaug-{uuid.uuid4().hex}.tmp")
     options = session_options(threads)
     options.optimized_model_filepath = temp
@@ -216,11 +220,8 @@ def create_session(
             continue
         actual = session.get_providers()[0]
         # onnxruntime drops a provider that fails to initialise (e.g. no CUDA device) without raising.
-        problems += [
-            f"{short_provider(p)} did not start"
-            for p in candidates[: candidates.index(actual)]
-            if actual in candidates
-        ]
+        dropped = candidates[: candidates.index(actual)] if actual in candidates else []
+        problems += [f"{short_provider(p)} did not start" for p in dropped]
         break
     if problems:
         log.warning(

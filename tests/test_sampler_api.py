@@ -249,3 +249,12 @@ def test_sampler_and_cli_never_import_torch(model, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(os.listdir(tmp_path / "out")) == 5  # 3 class dirs, manifest, sample_info
+
+
+def test_physical_cores_is_within_the_cpus_we_may_use():
+    from ganaug.sampler.session import physical_cores, session_options
+
+    cores = physical_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert session_options(0).intra_op_num_threads == cores
+    assert session_options(3).intra_op_num_threads == 3

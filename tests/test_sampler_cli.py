@@ -405,3 +405,18 @@ def test_progress_fallback_without_tqdm(model, tmp_path, monkeypatch):
         logger.removeHandler(handler)
     assert [r.getMessage().split(" (")[0] for r in records] == ["4/10 images"]
     assert sample(model, tmp_path / "out", "--n", 3) == 0
+
+
+def test_concurrent_run_on_the_same_directory_is_refused(model, tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `ganaug sample` holds it
+        assert sample(model, out, "--n", 3) == 2
+        assert "another `ganaug sample` is writing to" in capsys.readouterr().err
+        assert os.listdir(out) == []
+    finally:
+        os.close(fd)
+    assert sample(model, out, "--n", 3) == 0

@@ -167,18 +167,21 @@ class Trainer:
         labels = labels if self.spec.num_classes else None
         batch = real.shape[0]
 
+        # One generator forward per step (as the DCGAN reference does): D trains on its output
+        # detached, then G's update backpropagates through the same graph.
+        z = torch.randn(batch, self.spec.z_dim, device=self.device)
+        with self.precision.autocast():
+            fake = self.G_train(z, labels)
+
         # (1) Update D: minimise the discriminator loss on real vs generated images
         self.D.requires_grad_(True)
-        z = torch.randn(batch, self.spec.z_dim, device=self.device)
-        with torch.no_grad(), self.precision.autocast():
-            fake = self.G(z, labels)  # the bare G: nothing to synchronise for it in this phase
         apply_r1 = tc.r1_gamma > 0 and self.step % tc.r1_every == 0
         real_aug = self.augment(real)
         if apply_r1:
             real_aug = real_aug.detach().requires_grad_(True)
         both_labels = None if labels is None else torch.cat([labels, labels])
         with self.precision.autocast():
-            logits = self.D_train(torch.cat([real_aug, self.augment(fake.float())]), both_labels)
+            logits = self.D_train(torch.cat([real_aug, self.augment(fake.detach().float())]), both_labels)
         real_logits, fake_logits = logits.float().chunk(2)
         loss_d = self.loss.discriminator(real_logits, fake_logits)
         if apply_r1:  # lazy regularisation: a stronger penalty every r1_every steps
@@ -187,10 +190,8 @@ class Trainer:
 
         # (2) Update G: minimise the generator loss through D, whose weights are frozen here
         self.D.requires_grad_(False)
-        z = torch.randn(batch, self.spec.z_dim, device=self.device)
         with self.precision.autocast():
-            fake = self.G_train(z, labels)
-            fake_logits_g = self.D(self.augment(fake), labels)  # the bare D: no reduction for its weights
+            fake_logits_g = self.D(self.augment(fake.float()), labels)  # the bare D: no reduction for its weights
         loss_g = self.loss.generator(fake_logits_g)
         norm_g, finite_g = self._optimize(self.opt_g, self.scaler_g, loss_g, self.G)
         if self.ema:

@@ -6,6 +6,7 @@ a file that would run code when unpickled is refused.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -34,20 +35,28 @@ def _fsync_dir(path: Path) -> None:
 def save_atomic(state: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash at any point leaves either the old file or the new one, never a torn one.
+    A crash at any point leaves either the old file or the new one, never a torn one; a write
+    error (a full disk, a quota) is a UserError and leaves the old file as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # Serialise in memory first: a failed write then surfaces as an OSError with its errno
+        # (ENOSPC, EFBIG, EDQUOT) instead of torch's opaque "unexpected pos" error.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc} (the previous one is intact)") from None
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict:

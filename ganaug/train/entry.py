@@ -96,6 +96,7 @@ def main(args) -> int:
             trainer.load_state_dict(resume)
             del resume
         if info.is_main:
+            checkpoint.clean_stale_temporaries(run_dir / "checkpoints")  # left by a writer that was killed
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         trainer.fit()
     finally:

@@ -1,0 +1,100 @@
+"""`ganaug bench`: measured speed on the machine it runs on, as ratios taken side by side in one run.
+
+The machine may be shared and noisy, so every comparison alternates its contenders round by round
+in one process (or one batch of torchrun runs) and reports medians; absolute rates are context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+TARGETS = {  # key: (target, higher is better)
+    "train_speedup_vs_reference": (2.0, True),
+    "ddp_scaling_efficiency": (0.9, True),
+    "sampler_ort_vs_torch": (3.0, True),
+    "sampler_ort_vs_torch_best": (1.5, True),
+    "sampler_end_to_end_fraction": (0.8, True),
+    "sampler_cold_start_s": (1.0, False),
+    "sampler_rss_growth": (1.1, False),
+}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__, "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg()}
+
+
+def _train_run(folder: Path) -> Path:
+    """A briefly trained default generator (32x32, conditional digits): weights for the sampling figures."""
+    from ganaug.cli import main
+
+    run = folder / "run"
+    if main(["train", "--run-dir", str(run), "train.steps=20", "ckpt.every=20", "log.progress=false",
+             "log.image_every=0"]) != 0:
+        raise RuntimeError("could not train the benchmark's generator")
+    return run
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'measure':<34} {'value':>10}  target"]
+    for key in ("train_speedup_vs_reference", "bf16_speedup_vs_fp32", "ddp_scaling_efficiency",
+                "sampler_ort_vs_torch", "sampler_ort_vs_torch_best", "sampler_end_to_end_fraction",
+                "sampler_end_to_end_fraction_npz", "sampler_cold_start_s", "sampler_rss_growth"):
+        if key not in results:
+            continue
+        target = TARGETS.get(key)
+        verdict = ""
+        if target:
+            ok = results[key] >= target[0] if target[1] else results[key] <= target[0]
+            verdict = f"{'>=' if target[1] else '<='} {target[0]}  {'met' if ok else 'MISSED'}"
+        lines.append(f"{key:<34} {results[key]:>10.3f}  {verdict}")
+    for name, value in results.get("sampler_ort_vs_torch_by_variant", {}).items():
+        lines.append(f"{'  ort ' + name + ' vs torch eager fp32':<34} {value:>10.3f}")
+    for name, value in results.get("generator_gflops_fraction", {}).items():
+        lines.append(f"{'  ' + name:<34} {value:>10.3f}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    from ganaug.bench.ddp_speed import bench_ddp
+    from ganaug.bench.peak import bench_peaks
+    from ganaug.bench.sample_speed import bench_sampling
+    from ganaug.bench.train_speed import bench_training
+
+    quick = args.quick
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    results: dict = {"machine": machine(), "quick": quick}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ganaug-bench-") as folder:
+        work = Path(folder)
+        log.info("bench: matmul peaks")
+        results |= bench_peaks()
+        log.info("bench: training against the reference loop, bf16 against fp32")
+        results |= bench_training(work / "train", steps=3 if quick else 8, rounds=3 if quick else 5)
+        log.info("bench: DDP scaling (torchrun, gloo)")
+        results |= bench_ddp(steps=20 if quick else 60, rounds=1 if quick else 2)
+        log.info("bench: sampling")
+        run = _train_run(work)
+        results |= bench_sampling(run, work, n=1024 if quick else 4096, rounds=3 if quick else 5,
+                                  peaks=results, try_compile=not quick)
+    results["seconds"] = time.perf_counter() - start
+    print(format_table(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0

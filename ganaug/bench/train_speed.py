@@ -1,0 +1,93 @@
+"""Training throughput: ganaug's trainer against a plain reference loop, and bf16 against fp32.
+
+The reference is the seed design's algorithm written the obvious way in PyTorch: fp32, eager,
+a DataLoader over tensors, BCE, Adam, one generator forward per step reused for both losses.
+Both sides train the same networks (`model.arch=seed`, unconditional, 28x28) on the same data
+with the same batch, in this process, in alternating rounds, so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SEED_OVERRIDES = ["model.arch=seed", "model.conditional=false", "data.resolution=28", "train.batch_size=128",
+                  "train.loss=bce", "train.diffaug=none", "log.progress=false", "log.image_every=0"]
+
+
+class ReferenceLoop:
+    """The seed's training step, as one would first write it."""
+
+    def __init__(self, images_u8: torch.Tensor, batch_size: int = 128, z_dim: int = 100):
+        from ganaug.models.seed import SeedDiscriminator, SeedGenerator
+
+        torch.manual_seed(0)
+        self.G, self.D = SeedGenerator(z_dim, 0, 1, 0), SeedDiscriminator(0, 1)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        dataset = torch.utils.data.TensorDataset(images_u8.float() / 127.5 - 1)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+        self.batches = itertools.chain.from_iterable(itertools.repeat(loader))
+        self.bce, self.z_dim, self.batch_size = nn.BCEWithLogitsLoss(), z_dim, batch_size
+
+    def step(self) -> None:
+        (real,) = next(self.batches)
+        fake = self.G(torch.randn(real.shape[0], self.z_dim))
+        real_out, fake_out = self.D(real), self.D(fake.detach())
+        d_loss = self.bce(real_out, torch.ones_like(real_out)) + self.bce(fake_out, torch.zeros_like(fake_out))
+        self.opt_d.zero_grad()
+        d_loss.backward()
+        self.opt_d.step()
+        g_out = self.D(fake)
+        g_loss = self.bce(g_out, torch.ones_like(g_out))
+        self.opt_g.zero_grad()
+        g_loss.backward()
+        self.opt_g.step()
+
+
+def make_trainer(overrides: list[str], run_dir: Path):
+    from ganaug.config import load_config
+    from ganaug.data import load_dataset
+    from ganaug.train.dist import DistInfo
+    from ganaug.train.trainer import Trainer, model_spec
+
+    cfg = load_config(None, overrides)
+    data = load_dataset(cfg.data)
+    return Trainer(cfg, run_dir, DistInfo(), data, model_spec(cfg, data)), data
+
+
+def images_per_second(step, batch_size: int, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def compare(contenders: dict, batch_size: int, steps: int, rounds: int) -> dict[str, float]:
+    """Median images/s of each contender over alternating rounds (after one warm-up step each)."""
+    for step in contenders.values():
+        step()
+    results = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, step in contenders.items():
+            results[name].append(images_per_second(step, batch_size, steps))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
+def bench_training(run_dir: Path, steps: int, rounds: int) -> dict:
+    trainer_bf16, data = make_trainer([*SEED_OVERRIDES, "train.precision=bf16"], run_dir / "bf16")
+    trainer_fp32, _ = make_trainer([*SEED_OVERRIDES, "train.precision=fp32"], run_dir / "fp32")
+    reference = ReferenceLoop(data.images)
+    speeds = compare({"reference": reference.step, "ganaug_bf16": trainer_bf16.train_step,
+                      "ganaug_fp32": trainer_fp32.train_step}, 128, steps, rounds)
+    return {
+        "train_images_per_sec": speeds,
+        "train_speedup_vs_reference": speeds["ganaug_bf16"] / speeds["reference"],
+        "train_fp32_speedup_vs_reference": speeds["ganaug_fp32"] / speeds["reference"],
+        "bf16_speedup_vs_fp32": speeds["ganaug_bf16"] / speeds["ganaug_fp32"],
+    }

@@ -68,7 +68,8 @@ class Trainer:
         # broadcast_buffers=False: D's only buffers are spectral-norm vectors, updated from the weights
         # alone and so equal on every rank; G's BatchNorm statistics are rank-local between checkpoints
         # and averaged over ranks when one is written (see save()).
-        ddp = {**_no_buffer_broadcast(), "device_ids": [device.index] if device.type == "cuda" else None}
+        ddp = {**_no_buffer_broadcast(), "gradient_as_bucket_view": True,
+               "device_ids": [device.index] if device.type == "cuda" else None}
         self.G_train = DDP(self.G, **ddp) if info.distributed else self.G
         self.D_train = DDP(self.D, **ddp) if info.distributed else self.D
         if tc.compile:

@@ -1,0 +1,472 @@
+"""The launchers in launch/, run for real on this machine: torchrun agents on loopback (gloo), a
+worker killed and restarted, SIGTERM to the launcher, the Slurm batch script against stand-ins
+for srun/scancel/scontrol; plus shellcheck and the Kubernetes manifests' invariants.
+
+Every multi-process test has a hard timeout and kills whatever it started (tagged through an
+environment variable, so workers that outlive their torchrun are found too).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch"
+BIN = Path(sys.executable).parent  # the venv's torchrun and shellcheck
+SHELL_FILES = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
+# Two workers (or two "nodes") share this machine's cores: one thread each, as on a real cluster
+# where each worker has its own cores.
+SMALL = [*TINY, "train.threads=1"]
+TAG = "GANAUG_LAUNCH_TEST_TAG"
+WORLD_2 = "world size 2, batch 16 per process, global batch 32"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(TAG) == tag:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def kill_tagged(tag: str) -> None:
+    procs = tagged_processes(tag)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=15)
+
+
+class Launch:
+    """Launchers started by one test: common environment, log files, and a kill-all at the end."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.tag = uuid.uuid4().hex
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def env(self, **knobs: str) -> dict:
+        knob_names = ("NPROC", "CONFIG", "RUN_DIR", "NNODES", "RDZV_ENDPOINT", "RDZV_ID", "MAX_RESTARTS",
+                      "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+        env = {k: v for k, v in os.environ.items() if k not in knob_names}
+        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+        env.update(knobs)
+        env[TAG] = self.tag
+        return env
+
+    def start(self, command: list[str], env: dict, name: str) -> subprocess.Popen:
+        log_path = self.tmp_path / f"{name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((proc, log_path))
+        return proc
+
+    def log(self, proc: subprocess.Popen) -> str:
+        return next(path for p, path in self.procs if p is proc).read_text()
+
+    def logs_tail(self) -> str:
+        return "\n".join(f"--- {path.name} ---\n{path.read_text()[-2500:]}" for _, path in self.procs)
+
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
+        """Poll until predicate() holds; fail at once if a launcher ends first."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            for proc, _ in self.procs:
+                if proc.poll() is not None:
+                    pytest.fail(f"waiting for {what}: a launcher exited with {proc.returncode}\n{self.logs_tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} within {timeout:.0f} s\n{self.logs_tail()}")
+            time.sleep(0.05)
+
+    def wait(self, proc: subprocess.Popen, timeout: float) -> int:
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"launcher still running after {timeout:.0f} s\n{self.logs_tail()}")
+
+    def close(self) -> None:
+        kill_tagged(self.tag)
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    runner = Launch(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def write_config(path: Path) -> Path:
+    path.write_text("ckpt:\n  every: 4\nlog:\n  every: 4\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ train.sh
+
+
+@pytest.fixture(scope="module")
+def train_sh_run(tmp_path_factory):
+    """launch/train.sh with NPROC=2, a CONFIG file and overrides, 8 steps: (run dir, log, seconds)."""
+    tmp = tmp_path_factory.mktemp("train_sh")
+    runner = Launch(tmp)
+    try:
+        run_dir = tmp / "run"
+        env = runner.env(NPROC="2", RUN_DIR=str(run_dir), CONFIG=str(write_config(tmp / "config.yaml")))
+        start = time.monotonic()
+        proc = runner.start([str(LAUNCH / "train.sh"), *SMALL, "train.steps=8"], env, "train_sh")
+        code = runner.wait(proc, timeout=150)
+        seconds = time.monotonic() - start
+        log = runner.log(proc)
+        assert code == 0, log[-3000:]
+        return run_dir, log, seconds
+    finally:
+        runner.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_train_sh_runs_nproc_workers_with_config_file_and_overrides(train_sh_run):
+    run_dir, log, seconds = train_sh_run
+    print(f"launch/train.sh, 2 workers, 8 steps: {seconds:.1f} s")
+    assert WORLD_2 in log
+    saved = load(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == 8
+    assert len(saved["rng"]) == 2  # both workers contributed their state
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert resolved["ckpt"]["every"] == 4  # from CONFIG
+    assert resolved["train"]["steps"] == 8 and resolved["data"]["resolution"] == 16  # from the arguments
+    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt"]
+    assert len(list((run_dir / "tb").iterdir())) == 1
+
+
+# ------------------------------------------------------------------------------------------ multinode.sh
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_agents_on_loopback_train_one_model_in_a_shared_run_dir(launch, tmp_path, train_sh_run):
+    """Two torchrun agents (--nnodes 2 --nproc-per-node 1, c10d rendezvous on 127.0.0.1) form one
+    world of 2; rank 0 alone writes into the shared run directory; the result is bit for bit the
+    one of two workers on one node (train.sh above, same config), so both nodes trained it."""
+    run_dir = tmp_path / "shared_run"
+    knobs = {"NNODES": "2", "NPROC": "1", "RDZV_ENDPOINT": f"127.0.0.1:{free_port()}",
+             "RDZV_ID": f"test-{launch.tag[:8]}", "RUN_DIR": str(run_dir), "MAX_RESTARTS": "0",
+             "CONFIG": str(write_config(tmp_path / "config.yaml"))}
+    command = [str(LAUNCH / "multinode.sh"), *SMALL, "train.steps=8"]
+    start = time.monotonic()
+    agents = [launch.start(command, launch.env(**knobs), f"node{i}") for i in (0, 1)]
+    codes = [launch.wait(agent, timeout=150) for agent in agents]
+    print(f"two agents, 8 steps: {time.monotonic() - start:.1f} s")
+    logs = [launch.log(agent) for agent in agents]
+    assert codes == [0, 0], launch.logs_tail()
+
+    # One agent's worker is rank 0 (INFO lines); the other's is rank 1 (warnings only).
+    assert sorted(WORLD_2 in log for log in logs) == [False, True], launch.logs_tail()
+    assert sum("[rank0]" in log for log in logs) == 1
+
+    # Only rank 0 wrote: one TensorBoard file, one set of checkpoints, no stray temporaries.
+    assert len(list((run_dir / "tb").iterdir())) == 1
+    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt"]
+    saved = load(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == 8 and len(saved["rng"]) == 2
+
+    reference = load(train_sh_run[0] / "checkpoints" / "last.pt")
+    for net in ("G", "D", "G_ema"):
+        for name, tensor in reference[net].items():
+            assert torch.equal(saved[net][name], tensor), f"{net}.{name} differs from the one-node run"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_worker_killed_with_sigkill_is_restarted_and_the_run_resumes_from_last_pt(launch, tmp_path):
+    run_dir = tmp_path / "run"
+    steps, every = 100, 10
+    env = launch.env(NNODES="1", NPROC="2", RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
+                     RDZV_ID=f"test-{launch.tag[:8]}", RUN_DIR=str(run_dir), MAX_RESTARTS="1")
+    start = time.monotonic()
+    agent = launch.start([str(LAUNCH / "multinode.sh"), *SMALL, f"train.steps={steps}", f"ckpt.every={every}",
+                          f"log.every={every}"], env, "elastic")
+    launch.wait_for(lambda: (run_dir / "checkpoints" / f"step_{every:07d}.pt").exists(), 120, "first checkpoint")
+
+    torchrun = psutil.Process(agent.pid)  # multinode.sh exec'd torchrun
+    assert any("torchrun" in part for part in torchrun.cmdline()), torchrun.cmdline()
+    workers = {int(p.environ()["RANK"]): p for p in torchrun.children()}
+    assert sorted(workers) == [0, 1]
+    victim = workers[0]  # the rank that writes checkpoints
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+
+    assert launch.wait(agent, timeout=150) == 0, launch.logs_tail()
+    print(f"SIGKILL and restart, {steps} steps: {time.monotonic() - start:.1f} s")
+    log = launch.log(agent)
+    assert log.count("INFO training dcgan") == 2  # the worker group started twice
+    resumed = [int(s) for s in re.findall(r"resumed at step (\d+)", log)]
+    assert len(resumed) == 1 and every <= resumed[0] < steps, log[-3000:]
+    saved = load(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == steps and len(saved["rng"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigterm_to_the_launcher_saves_a_checkpoint_and_stops(launch, tmp_path):
+    """What SLURM or Kubernetes does before killing a job: SIGTERM to the launcher (train.sh, which
+    exec's torchrun); torchrun forwards it, the workers finish the step, save and exit."""
+    run_dir = tmp_path / "run"
+    steps, every = 100_000, 20
+    env = launch.env(NPROC="2", RUN_DIR=str(run_dir))
+    start = time.monotonic()
+    agent = launch.start([str(LAUNCH / "train.sh"), *SMALL, f"train.steps={steps}", f"ckpt.every={every}"],
+                         env, "sigterm")
+    launch.wait_for(lambda: (run_dir / "checkpoints" / f"step_{every:07d}.pt").exists(), 120, "first checkpoint")
+    assert any("torchrun" in part for part in psutil.Process(agent.pid).cmdline())
+    agent.send_signal(signal.SIGTERM)
+    code = launch.wait(agent, timeout=90)
+    print(f"SIGTERM to train.sh: {time.monotonic() - start:.1f} s")
+    log = launch.log(agent)
+    # torchrun reports the signal it got as its own failure (exit 1) after its workers exited 0;
+    # it was not killed by it.
+    assert code in (0, 1), log[-3000:]
+    stopped = [int(s) for s in re.findall(r"stopped by signal 15 at step (\d+); checkpoint saved", log)]
+    assert len(stopped) == 1, log[-3000:]
+    assert every <= stopped[0] < steps
+    # The workers exited by themselves: torchrun did not have to SIGKILL them after its timeout.
+    assert "forcefully exiting" not in log and "Unable to shutdown" not in log
+    assert load(run_dir / "checkpoints" / "last.pt")["step"] == stopped[0]
+    assert tagged_processes(launch.tag) == []
+
+
+# ------------------------------------------------------------------------------------------ slurm.sbatch
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stand-in for srun in an allocation of SLURM_JOB_NUM_NODES nodes (all of them this machine):
+# start the command once per node as one job step, remember the step's processes for scancel.
+echo "srun $*" >> "$FAKE_SLURM_DIR/calls"
+while [[ $# -gt 0 && $1 == -* ]]; do shift; done
+pids=()
+for ((node = 0; node < SLURM_JOB_NUM_NODES; node++)); do
+    "$@" &
+    pids+=("$!")
+done
+printf '%s\\n' "${pids[@]}" > "$FAKE_SLURM_DIR/step_pids"
+status=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || status=$?
+done
+exit "$status"
+"""
+
+# Like Slurm with proctrack/cgroup: a step signal reaches every process of the step.
+FAKE_SCANCEL = """#!{python}
+import os, signal, sys
+import psutil
+folder = os.environ["FAKE_SLURM_DIR"]
+with open(os.path.join(folder, "calls"), "a") as calls:
+    calls.write("scancel " + " ".join(sys.argv[1:]) + "\\n")
+signum = signal.SIGTERM
+for arg in sys.argv[1:]:
+    if arg.startswith("--signal="):
+        signum = getattr(signal, "SIG" + arg.split("=", 1)[1])
+step = []
+for line in open(os.path.join(folder, "step_pids")):
+    root = psutil.Process(int(line))
+    step += [root, *root.children(recursive=True)]
+for proc in step:
+    try:
+        proc.send_signal(signum)
+    except psutil.NoSuchProcess:
+        pass
+"""
+
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >> "$FAKE_SLURM_DIR/calls"
+if [[ $1 == show && $2 == hostnames ]]; then
+    printf '127.0.0.1\\n127.0.0.2\\n'
+fi
+"""
+
+
+def fake_slurm(folder: Path) -> Path:
+    folder.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL.format(python=sys.executable)),
+                       ("scontrol", FAKE_SCONTROL)):
+        path = folder / name
+        path.write_text(text)
+        path.chmod(0o755)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_slurm_batch_script_saves_on_the_time_limit_signal_and_requeues(launch, tmp_path):
+    """slurm.sbatch on a pretend 2-node allocation: SIGUSR1 to the batch shell (what
+    `#SBATCH --signal=B:USR1@180` sends) -> scancel --signal=TERM reaches torchrun and the workers
+    -> the workers save at the same step and exit 0 -> torchrun exits 0 -> scontrol requeue."""
+    fakes = fake_slurm(tmp_path / "slurm")
+    run_dir = tmp_path / "run"
+    steps, every = 100_000, 20
+    port = free_port()
+    env = launch.env(RUN_DIR=str(run_dir), NPROC="1", RDZV_PORT=str(port), SLURM_JOB_ID="4242",
+                     SLURM_JOB_NODELIST="node[1-2]", SLURM_JOB_NUM_NODES="2", FAKE_SLURM_DIR=str(fakes))
+    env["PATH"] = f"{fakes}{os.pathsep}{env['PATH']}"
+    start = time.monotonic()
+    batch = launch.start(["bash", str(LAUNCH / "slurm.sbatch"), *SMALL, f"train.steps={steps}",
+                          f"ckpt.every={every}"], env, "sbatch")
+    launch.wait_for(lambda: (run_dir / "checkpoints" / f"step_{every:07d}.pt").exists(), 120, "first checkpoint")
+    batch.send_signal(signal.SIGUSR1)
+    code = launch.wait(batch, timeout=90)
+    print(f"slurm.sbatch, 2 pretend nodes, USR1: {time.monotonic() - start:.1f} s")
+    log = launch.log(batch)
+    assert code == 0, log[-3000:]
+    assert WORLD_2 in log
+    stopped = [int(s) for s in re.findall(r"stopped by signal 15 at step (\d+); checkpoint saved", log)]
+    assert len(stopped) == 1 and every <= stopped[0] < steps, log[-3000:]
+    assert load(run_dir / "checkpoints" / "last.pt")["step"] == stopped[0]
+    calls = (fakes / "calls").read_text().splitlines()
+    srun = next(call for call in calls if call.startswith("srun "))
+    assert f"--rdzv-endpoint 127.0.0.1:{port} --rdzv-id 4242" in srun and "--nnodes 2" in srun
+    assert "scancel --signal=TERM 4242" in calls
+    assert calls[-1] == "scontrol requeue 4242"
+    assert tagged_processes(launch.tag) == []
+
+
+# ------------------------------------------------------------------------------------------ static checks
+
+
+def test_launch_has_the_expected_shell_files_and_they_are_executable():
+    assert [p.name for p in SHELL_FILES] == ["multinode.sh", "train.sh", "slurm.sbatch"]
+    for path in SHELL_FILES:
+        assert os.access(path, os.X_OK), f"{path.name} is not executable"
+        assert path.read_text().startswith("#!"), f"{path.name} has no shebang"
+        assert "set -euo pipefail" in path.read_text()
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
+def test_shell_files_pass_bash_n_and_shellcheck(path):
+    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert syntax.returncode == 0, syntax.stderr
+    check = subprocess.run([str(BIN / "shellcheck"), "--shell=bash", "--severity=style", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize(("script", "knobs", "missing"), [
+    ("multinode.sh", {}, "NNODES"),
+    ("multinode.sh", {"NNODES": "2"}, "RDZV_ENDPOINT"),
+    ("multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "h:1"}, "RDZV_ID"),
+    ("multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "h:1", "RDZV_ID": "x"}, "RUN_DIR"),
+    ("slurm.sbatch", {}, "RUN_DIR"),
+])
+def test_required_knobs_are_asked_for_by_name(script, knobs, missing, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "RDZV_ENDPOINT", "RDZV_ID", "RUN_DIR")}
+    env["PATH"] = str(tmp_path)  # nothing to launch: the script must stop before it would
+    result = subprocess.run(["/bin/bash", str(LAUNCH / script)], env={**env, **knobs}, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode != 0
+    assert f"{missing}: set {missing}" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ Kubernetes
+
+
+def manifest(name: str) -> dict:
+    documents = [d for d in yaml.safe_load_all((LAUNCH / "k8s" / name).read_text()) if d is not None]
+    assert len(documents) == 1
+    return documents[0]
+
+
+def pinned(image: str) -> bool:
+    tag = image.rsplit("/", 1)[-1].partition(":")[2]
+    return bool(tag) and tag != "latest" and bool(re.search(r"\d", tag))
+
+
+def test_pytorchjob_is_elastic_with_a_shared_run_dir_and_gpus():
+    job = manifest("pytorchjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    elastic = job["spec"]["elasticPolicy"]
+    assert elastic["rdzvBackend"] == "c10d" and elastic["maxRestarts"] >= 1
+    worker = job["spec"]["pytorchReplicaSpecs"]["Worker"]
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Worker"}  # elastic: no Master
+    assert elastic["minReplicas"] <= worker["replicas"] <= elastic["maxReplicas"]
+    pod = worker["template"]["spec"]
+    container = next(c for c in pod["containers"] if c["name"] == "pytorch")  # the operator's name
+    assert pinned(container["image"])
+    assert container["command"] == ["torchrun"] and container["args"][:3] == ["-m", "ganaug", "train"]
+    # torchrun's rendezvous flags come from the operator (PET_*), not hard-coded next to them.
+    assert not any(a.startswith(("--nnodes", "--rdzv", "--max-restarts")) for a in container["args"])
+    gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(job["spec"]["nprocPerNode"]) == gpus
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["pytorchjob-port"] == elastic["rdzvPort"]
+    # The run directory is on the PersistentVolumeClaim that every pod mounts.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    run_dir = container["args"][container["args"].index("--run-dir") + 1]
+    mount = next(m for m in container["volumeMounts"] if run_dir.startswith(m["mountPath"] + "/"))
+    assert "persistentVolumeClaim" in volumes[mount["name"]]
+    assert pod["terminationGracePeriodSeconds"] > 30  # torchrun waits 30 s for its workers to save
+    # The same restart workaround as launch/multinode.sh and launch/slurm.sbatch.
+    assert {e["name"]: e["value"] for e in container["env"]}["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+
+
+def test_sampler_job_runs_the_sampler_image_as_non_root_and_writes_to_a_volume():
+    job = manifest("sampler-job.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pinned(container["image"]) and "sampler" in container["image"]
+    assert "command" not in container  # the image's entrypoint is `ganaug sample`
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    args = container["args"]
+    assert args[0].endswith(".onnx") and "--out" in args
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+
+    def volume_of(path: str) -> tuple[dict, dict]:
+        mount_path = next(m for m in mounts if path.startswith(m + "/"))
+        return mounts[mount_path], volumes[mounts[mount_path]["name"]]
+
+    out_mount, out_volume = volume_of(args[args.index("--out") + 1])
+    assert "persistentVolumeClaim" in out_volume and not out_mount.get("readOnly", False)
+    model_mount, model_volume = volume_of(args[0])
+    assert "persistentVolumeClaim" in model_volume and model_mount.get("readOnly") is True
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        assert "/tmp" in mounts

@@ -46,7 +46,7 @@ def test_two_process_torchrun_keeps_g_and_d_identical_on_both_ranks(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_sigterm_finishes_the_step_saves_and_exits_zero_then_resume_continues(tmp_path):
+def test_sigterm_twice_finishes_the_step_saves_and_exits_zero_then_resume_continues(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "ganaug", "train", "--run-dir", str(run), *TINY, "train.steps=100000",
                "ckpt.every=100000", "log.every=5"]
@@ -58,6 +58,8 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero_then_resume_continues(tm
             time.sleep(0.2)
         time.sleep(2)
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # schedulers may signal twice: the save must not be cut short
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
@@ -70,3 +72,14 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero_then_resume_continues(tm
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed at step {step}" in resumed.stderr
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == step + 3
+
+
+def test_ranks_that_found_different_checkpoints_stop_with_one_clear_error(monkeypatch):
+    from ganaug.errors import UserError
+    from ganaug.train import entry
+
+    monkeypatch.setattr(entry, "gather_objects", lambda step: [8, 4])
+    with pytest.raises(UserError, match=r"checkpoints of different steps \(8, 4 by rank\).*shared filesystem"):
+        entry._check_same_resume_step(8)
+    monkeypatch.setattr(entry, "gather_objects", lambda step: [8, 8])
+    entry._check_same_resume_step(8)  # agreeing ranks pass

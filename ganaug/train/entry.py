@@ -17,7 +17,7 @@ from ganaug.config import Config, dump_yaml, load_config
 from ganaug.errors import UserError
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
-from ganaug.train.dist import destroy_distributed, init_distributed, read_env
+from ganaug.train.dist import destroy_distributed, gather_objects, init_distributed, read_env
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ def set_threads(cfg: Config, local_world_size: int) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, cores // local_world_size))
 
 
+def _check_same_resume_step(step: int) -> None:
+    """Every rank must continue from the same checkpoint, or they would desynchronise in a collective."""
+    steps = gather_objects(step)
+    if len(set(steps)) > 1:
+        raise UserError(f"the processes found checkpoints of different steps ({', '.join(map(str, steps))} by rank): "
+                        "every node must see the same --run-dir (a shared filesystem)")
+
+
 def main(args) -> int:
     if not args.run_dir and not args.dry_run:
         raise UserError("--run-dir is required")
@@ -91,6 +99,7 @@ def main(args) -> int:
     info = init_distributed()
     setup_logging(info.rank)
     try:
+        _check_same_resume_step(resume["step"] if resume else 0)
         trainer = Trainer(cfg, run_dir, info, data, spec)
         if resume:
             trainer.load_state_dict(resume)

@@ -213,13 +213,21 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
 
     def _install_signal_handlers(self) -> dict:
-        """SIGTERM/SIGINT (cluster preemption, Ctrl-C) finish the step, save and exit 0."""
+        """SIGTERM/SIGINT (cluster preemption, Ctrl-C) finish the step, save and exit 0.
+
+        A repeated SIGTERM changes nothing (schedulers and torchrun may both deliver one), so the
+        save is never cut short; a second Ctrl-C gets the previous handler and interrupts at once.
+        """
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
 
         def request_stop(signum, _frame):
-            self.stop_signal = signum
-            signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+            self.stop_signal = self.stop_signal or signum
+            if signum == signal.SIGINT:
+                signal.signal(signum, previous[signum])
 
-        return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+        for signum in previous:
+            signal.signal(signum, request_stop)
+        return previous
 
     def _stop_requested(self) -> bool:
         if not self.info.distributed:

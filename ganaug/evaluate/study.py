@@ -1,0 +1,391 @@
+"""The augmentation study: does synthetic data help a classifier that has K labelled images per class?
+
+Protocol (docs/evaluation.md):
+1. Split the real data into train and held-out test, stratified and seeded.
+2. For each K, keep K labelled images per class of train and write them, and only them, to an
+   .npz file. The GAN is trained with `data.source=` that file, so it provably sees nothing else:
+   no test image, no label the classifier would not have.
+3. Train, export and sample the GAN through the commands users run (`ganaug train / export /
+   sample`, called in-process through `ganaug.cli.main`).
+4. Train the same small classifier on (a) real only, (b) real + classical augmentation,
+   (c) real + synthetic, (d) real + classical + synthetic, (e) synthetic only, for several seeds,
+   and measure accuracy on the held-out test split.
+
+Every finished unit (a GAN per K, its quality metrics, an arm/seed result) is recorded in
+OUT/state.json and skipped when the study runs again; an interrupted GAN resumes from its last.pt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganaug.config import Config, dump_yaml
+from ganaug.errors import UserError
+from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_classifier
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+ARMS = ("real", "real+classical", "real+synthetic", "real+classical+synthetic", "synthetic")
+ALL = None  # K = all labelled training images
+
+# The study's GAN settings, under the user's config file and key=value overrides (see
+# docs/evaluation.md for how they were chosen). 16x16: digits are 8x8 natively, the CPU is slow.
+STUDY_GAN_DEFAULTS = {
+    "data": {"resolution": 16},
+    "model": {"g_channels": 32, "d_channels": 32},
+    "train": {"batch_size": 64, "loss": "hinge", "ema_decay": 0.999, "diffaug": "color,translation,cutout"},
+    "log": {"image_every": 500},
+}
+QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1500}
+FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
+
+
+def k_name(k: int | None) -> str:
+    return "all" if k is ALL else str(k)
+
+
+@dataclass
+class StudySettings:
+    """Everything that decides the study's numbers (K values and seeds only add or drop units)."""
+
+    ks: list  # ints, or None for all
+    seeds: int
+    gan_steps: int
+    gan_config: dict  # the resolved GAN config (data.source = the real data the study splits)
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    synthetic_per_class: int = 500
+    synthetic_fraction: float = 0.5  # share of each classifier batch drawn from synthetic images
+    truncation: float = 0.0
+    classifier: TrainSettings = field(default_factory=TrainSettings)
+
+    def fingerprint(self) -> dict:
+        values = asdict(self)
+        values.pop("ks"), values.pop("seeds")
+        values["classifier"]["widths"] = list(values["classifier"]["widths"])
+        return values
+
+
+# ------------------------------------------------------------------------------ data protocol
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, test indices): each class split in the same proportion, seeded."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=test_fraction, stratify=labels.numpy(), random_state=seed)
+    return torch.as_tensor(np.sort(train)), torch.as_tensor(np.sort(test))
+
+
+def k_per_class(labels: torch.Tensor, candidates: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
+    """K indices per class out of `candidates` (all of them for K = all), seeded."""
+    if k is ALL:
+        return candidates
+    order = candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))]
+    chosen = []
+    for c in labels.unique().tolist():
+        of_class = order[labels[order] == c]
+        if len(of_class) < k:
+            log.warning("class %s has only %d training images for K=%d; using all of them", c, len(of_class), k)
+        chosen.append(of_class[:k])
+    return torch.cat(chosen).sort().values
+
+
+def write_npz(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> None:
+    """images uint8 NCHW -> an .npz `ganaug train` reads (images NHWC, labels, class_names), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
+             class_names=np.array(class_names))
+    os.replace(tmp, path)
+
+
+def image_hashes(images: torch.Tensor) -> set[str]:
+    """One sha256 per image (uint8 NCHW or NHWC, as long as both sides use the same layout)."""
+    return {hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images.numpy()}
+
+
+def read_synthetic(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The .npz shards of a finished `ganaug sample --format npz` run: uint8 NCHW, int64 labels."""
+    info = json.loads((folder / "sample_info.json").read_text())
+    if not info.get("complete"):
+        raise UserError(f"{folder} is an unfinished sample set")
+    images, labels = [], []
+    for shard in sorted(folder.glob("shard_*.npz")):
+        with np.load(shard, allow_pickle=False) as arrays:
+            images.append(torch.from_numpy(arrays["images"]).permute(0, 3, 1, 2).contiguous())
+            labels.append(torch.from_numpy(arrays["labels"]).long())
+    return torch.cat(images), torch.cat(labels)
+
+
+# ------------------------------------------------------------------------------ state file
+
+
+class StudyState:
+    """OUT/state.json: the settings and every finished unit; rewritten atomically after each unit."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path} is unreadable ({exc}); move it aside to start the study afresh") from None
+            if saved.get("settings") != settings:
+                changed = sorted(_changed_keys(saved.get("settings") or {}, settings))
+                raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
+                                "use another --out, or the same settings to resume it")
+            self.units = saved["units"]
+        else:
+            self.units = {}
+        self.settings = settings
+
+    def get(self, key: str):
+        return self.units.get(key)
+
+    def record(self, key: str, value) -> None:
+        self.units[key] = value
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"format": STATE_FORMAT, "settings": self.settings, "units": self.units}, indent=1))
+        os.replace(tmp, self.path)
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# ------------------------------------------------------------------------------ the commands
+
+
+def run_ganaug(argv: list[str]) -> None:
+    """Run a `ganaug` command in this process, as a user would type it; a failure stops the study.
+
+    The trainer installs SIGINT/SIGTERM handlers for a graceful stop; they are restored afterwards
+    so that Ctrl-C during the rest of the study still interrupts it.
+    """
+    from ganaug.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    try:
+        code = main(argv)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        torch.set_num_threads(threads)
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise UserError(f"`ganaug {' '.join(argv)}` failed (exit status {code}); its error is above")
+
+
+def _trained_steps(run_dir: Path) -> int:
+    from ganaug.train.checkpoint import load_checkpoint
+
+    last = run_dir / "checkpoints" / "last.pt"
+    return int(load_checkpoint(last)["step"]) if last.is_file() else 0
+
+
+# ------------------------------------------------------------------------------ the study
+
+
+class Study:
+    def __init__(self, out_dir: Path, settings: StudySettings, device: torch.device | None = None):
+        from ganaug.data import load_dataset
+
+        self.out = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.device = device or torch.device("cpu")
+        self.cfg = _config_from_dict(settings.gan_config)
+        self.data = load_dataset(self.cfg.data)
+        if self.data.labels is None or not self.data.in_memory:
+            raise UserError(f"data.source {self.cfg.data.source!r}: the study needs labelled images that fit in "
+                            "memory")
+        self.class_names = self.data.class_names
+        self.train_index, self.test_index = stratified_split(self.data.labels, settings.test_fraction,
+                                                             settings.split_seed)
+        self.state = StudyState(out_dir / "state.json", settings.fingerprint())
+        (out_dir / "gan_config.yaml").write_text(dump_yaml(self.cfg))
+        self.units_total = len(settings.ks) * (2 + settings.seeds * len(ARMS))
+        self.units_done = 0
+
+    # -- pieces of data ----------------------------------------------------------------------
+
+    @property
+    def test_images(self) -> torch.Tensor:
+        return self.data.images[self.test_index]
+
+    @property
+    def test_labels(self) -> torch.Tensor:
+        return self.data.labels[self.test_index]
+
+    def subset(self, k: int | None) -> torch.Tensor:
+        return k_per_class(self.data.labels, self.train_index, k, self.settings.split_seed)
+
+    def subset_npz(self, k: int | None) -> Path:
+        """The labelled images for K, and nothing else: the GAN's only data."""
+        path = self.out / "data" / f"k{k_name(k)}.npz"
+        if not path.is_file():
+            index = self.subset(k)
+            write_npz(path, self.data.images[index], self.data.labels[index], self.class_names)
+        return path
+
+    def gan_dir(self, k: int | None) -> Path:
+        return self.out / f"gan_k{k_name(k)}"
+
+    # -- units -------------------------------------------------------------------------------
+
+    def _progress(self, text: str) -> None:
+        self.units_done += 1
+        log.info("[%d/%d] %s", self.units_done, self.units_total, text)
+
+    def train_gan(self, k: int | None) -> Path:
+        """Train (or resume) and export the GAN for K; returns the ONNX model."""
+        key = f"gan/k{k_name(k)}"
+        run_dir, model = self.gan_dir(k), self.gan_dir(k) / "generator.onnx"
+        if self.state.get(key) and model.is_file():
+            self._progress(f"K={k_name(k)}: GAN already trained")
+            return model
+        npz = self.subset_npz(k)
+        n_images = len(self.subset(k))
+        batch_size = min(self.cfg.train.batch_size, n_images)  # K=5 x 10 classes is fewer than a batch
+        log.info("K=%s: training the GAN on %d labelled images (%s), %d steps", k_name(k), n_images, npz,
+                 self.settings.gan_steps)
+        start = time.perf_counter()
+        run_ganaug(["train", "--run-dir", str(run_dir), "--config", str(self.out / "gan_config.yaml"),
+                    f"data.source={npz}", f"train.steps={self.settings.gan_steps}", f"train.batch_size={batch_size}"])
+        steps = _trained_steps(run_dir)
+        if steps < self.settings.gan_steps:  # the trainer stops gracefully on a signal and returns 0
+            raise KeyboardInterrupt
+        run_ganaug(["export", str(run_dir), "--out", str(model), "--force"])
+        self.state.record(key, {"steps": steps, "images": n_images, "batch_size": batch_size,
+                                "seconds": round(time.perf_counter() - start, 1)})
+        self._progress(f"K={k_name(k)}: GAN trained and exported ({steps} steps)")
+        return model
+
+    def synthetic(self, k: int | None, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic set for (K, seed), written by `ganaug sample` (which resumes itself)."""
+        folder = self.gan_dir(k) / f"samples_seed{seed}"
+        info = folder / "sample_info.json"
+        if not (info.is_file() and json.loads(info.read_text()).get("complete")):
+            run_ganaug(["sample", str(model), "--per-class", str(self.settings.synthetic_per_class),
+                        "--out", str(folder), "--format", "npz", "--seed", str(seed),
+                        "--truncation", str(self.settings.truncation), "--overwrite", "--no-progress"])
+        return read_synthetic(folder)
+
+    def gan_metrics(self, k: int | None, model: Path) -> None:
+        """FD, KID, precision/recall, per-class FD and memorisation of the GAN for K, with figures."""
+        from ganaug.evaluate import report
+        from ganaug.evaluate.features import load_or_train_domain_features
+        from ganaug.evaluate.metrics import quality_metrics
+
+        key = f"metrics/k{k_name(k)}"
+        if self.state.get(key):
+            self._progress(f"K={k_name(k)}: GAN metrics already measured")
+            return
+        train_images, train_labels = self.data.images[self.train_index], self.data.labels[self.train_index]
+        extractor = load_or_train_domain_features(train_images, train_labels, len(self.class_names),
+                                                  self.out / "features", seed=self.settings.split_seed)
+        fake, fake_labels = self.synthetic(k, model, seed=0)
+        seen = self.data.images[self.subset(k)]
+        metrics, memo = quality_metrics(extractor, train_images, train_labels, fake, fake_labels,
+                                        self.class_names, train_u8=seen, unseen_u8=self.test_images)
+        figures = self.out / "figures"
+        report.sample_grid(fake, fake_labels, self.class_names, figures / f"samples_k{k_name(k)}.png",
+                           title=f"Synthetic samples, GAN trained on K={k_name(k)} per class")
+        report.nearest_neighbour_grid(fake, seen, memo, figures / f"nearest_k{k_name(k)}.png",
+                                      title=f"Closest synthetic images (left) and their nearest training image "
+                                            f"(right), K={k_name(k)}")
+        self.state.record(key, metrics)
+        self._progress(f"K={k_name(k)}: FD {metrics['fd']:.2f}, precision {metrics['precision']:.2f}, "
+                       f"recall {metrics['recall']:.2f}")
+
+    def arm(self, k: int | None, arm: str, seed: int, model: Path) -> None:
+        key = f"result/k{k_name(k)}/{arm}/seed{seed}"
+        if self.state.get(key) is not None:
+            self._progress(f"K={k_name(k)} seed {seed} {arm}: done before")
+            return
+        s = self.settings
+        index = self.subset(k)
+        real, real_labels = self.data.images[index], self.data.labels[index]
+        if "synthetic" in arm:
+            synth, synth_labels = self.synthetic(k, model, seed)
+        if arm == "synthetic":
+            data = TrainingSet(synth, synth_labels)
+        elif "synthetic" in arm:
+            data = TrainingSet(real, real_labels, synth, synth_labels, s.synthetic_fraction)
+        else:
+            data = TrainingSet(real, real_labels)
+        start = time.perf_counter()
+        classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed,
+                                      augment="classical" in arm, device=self.device)
+        acc = accuracy(classifier, self.test_images, self.test_labels)
+        self.state.record(key, {"accuracy": acc, "seconds": round(time.perf_counter() - start, 2)})
+        self._progress(f"K={k_name(k)} seed {seed} {arm}: held-out accuracy {100 * acc:.1f}%")
+
+    def run(self) -> dict:
+        start = time.perf_counter()
+        for k in self.settings.ks:
+            model = self.train_gan(k)
+            self.gan_metrics(k, model)
+            for seed in range(self.settings.seeds):
+                for arm in ARMS:
+                    self.arm(k, arm, seed, model)
+        log.info("study finished in %.0f s (this run)", time.perf_counter() - start)
+        return self.results()
+
+    def results(self) -> dict:
+        """Everything the report needs, from the state file."""
+        s = self.settings
+        accuracies = {}
+        for k in s.ks:
+            accuracies[k_name(k)] = {arm: [self.state.get(f"result/k{k_name(k)}/{arm}/seed{seed}")["accuracy"]
+                                           for seed in range(s.seeds)] for arm in ARMS}
+        return {
+            "protocol": {
+                "data_source": self.cfg.data.source, "resolution": self.cfg.data.resolution,
+                "class_names": self.class_names, "n_train": len(self.train_index), "n_test": len(self.test_index),
+                "test_fraction": s.test_fraction, "split_seed": s.split_seed,
+                "ks": [k_name(k) for k in s.ks], "seeds": s.seeds, "gan_steps": s.gan_steps,
+                "synthetic_per_class": s.synthetic_per_class, "synthetic_fraction": s.synthetic_fraction,
+                "truncation": s.truncation, "classifier": {**asdict(s.classifier),
+                                                           "widths": list(s.classifier.widths)},
+                "gan_config": s.gan_config,
+            },
+            "gan": {k_name(k): {**self.state.get(f"gan/k{k_name(k)}"),
+                                "metrics": self.state.get(f"metrics/k{k_name(k)}")} for k in s.ks},
+            "accuracy_by_seed": accuracies,
+        }
+
+
+def _config_from_dict(values: dict) -> Config:
+    from ganaug.config import apply_dict
+
+    return apply_dict(Config(), values).validate()
+
+
+def resolve_gan_config(config_path: str | None, overrides: list[str]) -> Config:
+    """Defaults < the study's GAN defaults < the user's config file < key=value overrides."""
+    from ganaug.config import load_config
+
+    return load_config(config_path, overrides, base=STUDY_GAN_DEFAULTS)

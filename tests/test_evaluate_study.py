@@ -1,0 +1,164 @@
+"""The augmentation study: what the GAN may see, a tiny end-to-end study, resuming, the reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY
+
+from ganaug.cli import main
+from ganaug.errors import UserError
+from ganaug.evaluate import features, study
+from ganaug.evaluate.report import mean_interval
+from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, resolve_gan_config
+
+TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-steps", "15",
+              "--synthetic-per-class", "12", *TINY]
+
+
+def settings(ks=(5, 20), **changes) -> StudySettings:
+    cfg = resolve_gan_config(None, TINY)
+    return StudySettings(ks=list(ks), seeds=1, gan_steps=4, gan_config=cfg.to_dict(), **changes)
+
+
+# ------------------------------------------------------------------------------ the protocol
+
+
+def test_the_gan_data_is_exactly_k_labelled_training_images_per_class_and_no_test_image(tmp_path):
+    s = Study(tmp_path, settings())
+    test_hashes = image_hashes(s.test_images)
+    train_hashes = image_hashes(s.data.images[s.train_index])
+    assert len(test_hashes) == len(s.test_index) and not test_hashes & train_hashes  # a clean split
+    for k in (5, 20):
+        with np.load(s.subset_npz(k), allow_pickle=False) as npz:
+            images, labels, names = npz["images"], npz["labels"], npz["class_names"].tolist()
+        assert names == s.class_names
+        assert np.bincount(labels, minlength=10).tolist() == [k] * 10
+        hashes = image_hashes(torch.from_numpy(images).permute(0, 3, 1, 2))
+        assert len(hashes) == 10 * k
+        assert hashes <= train_hashes and not hashes & test_hashes
+        # Each image keeps its own label: the npz pairs match the real data's pairs.
+        by_hash = {h: int(y) for h, y in zip(
+            [next(iter(image_hashes(x[None]))) for x in s.data.images], s.data.labels, strict=True)}
+        for image, label in zip(torch.from_numpy(images).permute(0, 3, 1, 2), labels, strict=True):
+            assert by_hash[next(iter(image_hashes(image[None])))] == label
+
+
+def test_the_split_is_stratified_and_seeded(tmp_path):
+    a, b = Study(tmp_path / "a", settings()), Study(tmp_path / "b", settings())
+    assert torch.equal(a.test_index, b.test_index)
+    counts = torch.bincount(a.data.labels[a.test_index]).float() / torch.bincount(a.data.labels).float()
+    assert torch.allclose(counts, torch.full((10,), 0.3), atol=0.01)
+    c = Study(tmp_path / "c", settings(split_seed=1))
+    assert not torch.equal(a.test_index, c.test_index)
+    assert torch.equal(a.subset(5), a.subset(5)) and len(a.subset(None)) == len(a.train_index)
+
+
+def test_other_settings_in_the_same_out_dir_are_refused(tmp_path):
+    Study(tmp_path, settings()).state.record("gan/k5", {"steps": 4})
+    Study(tmp_path, settings(ks=(5, 10, 20)))  # more K values or seeds: the same study, more units
+    with pytest.raises(UserError, match="other settings.*synthetic_fraction"):
+        Study(tmp_path, settings(synthetic_fraction=0.25))
+
+
+def test_mean_and_95_percent_t_interval():
+    summary = mean_interval([0.80, 0.82, 0.84])
+    assert summary["mean"] == pytest.approx(0.82)
+    assert summary["half_width"] == pytest.approx(4.302653 * 0.02 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2)
+    assert np.isnan(mean_interval([0.9])["half_width"])
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """`ganaug evaluate study` with a tiny GAN, K=5, two seeds: train, export, sample, classify."""
+    out = tmp_path_factory.mktemp("study")
+    steps = features.FEATURE_NET_STEPS
+    features.FEATURE_NET_STEPS = 30
+    try:
+        assert main(["evaluate", "study", "--out", str(out), *TINY_STUDY]) == 0
+    finally:
+        features.FEATURE_NET_STEPS = steps
+    return out
+
+
+@pytest.mark.slow
+def test_a_tiny_study_writes_the_report_json_markdown_and_figures(tiny_study, capsys):
+    out = tiny_study
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= {"protocol", "gan", "accuracy", "accuracy_by_seed", "gains"}
+    assert report["protocol"]["ks"] == ["5"] and report["protocol"]["seeds"] == 2
+    assert set(report["accuracy"]["5"]) == set(ARMS)
+    for arm in ARMS:
+        entry = report["accuracy"]["5"][arm]
+        assert len(entry["values"]) == 2 and all(0 <= v <= 1 for v in entry["values"])
+        assert entry["ci95"][0] <= entry["mean"] <= entry["ci95"][1]
+    assert "real+synthetic vs real" in report["gains"]["5"]
+    metrics = report["gan"]["5"]["metrics"]
+    assert set(metrics) >= {"fd", "kid_mean", "precision", "recall", "per_class_fd", "memorisation"}
+    assert report["gan"]["5"]["steps"] == 4 and report["gan"]["5"]["images"] == 50
+    markdown = (out / "report.md").read_text()
+    assert "(a) real" in markdown and "(e) synthetic only" in markdown and "figures/accuracy_vs_k.png" in markdown
+    for figure in ("accuracy_vs_k.png", "samples_k5.png", "nearest_k5.png"):
+        assert (out / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_gan_was_trained_on_the_k_per_class_file_alone(tiny_study):
+    run_config = yaml.safe_load((tiny_study / "gan_k5" / "config.yaml").read_text())
+    assert Path(run_config["data"]["source"]) == tiny_study / "data" / "k5.npz"
+    assert run_config["train"]["steps"] == 4 and run_config["train"]["batch_size"] == 16
+
+
+@pytest.mark.slow
+def test_a_finished_study_is_not_run_again_and_a_lost_unit_is_redone(tiny_study, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "study"
+    shutil.copytree(tiny_study, out)
+    calls = []
+    real_train = study.train_classifier
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("augment"))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(study, "train_classifier", counting)
+    monkeypatch.setattr(study, "run_ganaug", lambda argv: pytest.fail(f"ran ganaug {argv[0]} again"))
+    assert main(["evaluate", "study", "--out", str(out), *TINY_STUDY]) == 0
+    assert calls == []
+    printed = capsys.readouterr().out
+    assert "(c) real+synthetic" in printed and "real+synthetic vs real" in printed  # the table, as text
+
+    state = json.loads((out / "state.json").read_text())
+    lost = state["units"].pop("result/k5/real+classical/seed1")
+    (out / "state.json").write_text(json.dumps(state))
+    assert main(["evaluate", "study", "--out", str(out), *TINY_STUDY]) == 0
+    assert calls == [True]  # that one arm, with classical augmentation, and nothing else
+    redone = json.loads((out / "state.json").read_text())["units"]["result/k5/real+classical/seed1"]
+    assert redone["accuracy"] == lost["accuracy"]  # seeded: the same number again
+
+
+@pytest.mark.slow
+def test_metrics_of_the_studys_model_against_the_digits(tiny_study, tmp_path, capsys):
+    out = tmp_path / "metrics"
+    model = tiny_study / "gan_k5" / "generator.onnx"
+    steps = features.FEATURE_NET_STEPS
+    features.FEATURE_NET_STEPS = 30
+    try:
+        assert main(["evaluate", "metrics", "--model", str(model), "--data", "digits", "--out", str(out),
+                     "--n", "200"]) == 0
+    finally:
+        features.FEATURE_NET_STEPS = steps
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_fake"] == 200 and metrics["n_real"] == 1797
+    assert len(metrics["per_class_fd"]) == 10 and metrics["fd"] > 0
+    assert (out / "metrics.md").is_file() and (out / "samples.png").is_file() and (out / "nearest.png").is_file()
+    assert "FD" in capsys.readouterr().out

@@ -3,7 +3,6 @@ costs, cold start, memory growth, and how close generation gets to the machine's
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -108,16 +107,25 @@ def time_to_first_image(model: Path, out_dir: Path) -> float:
     return first
 
 
+_REPORT_PEAK_RSS = """
+import sys
+from ganaug.cli import main
+code = main(sys.argv[1:])
+# VmHWM belongs to this process image alone; ru_maxrss would include the forking parent's pages.
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(int(peak.split()[1]) // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+
+
 def peak_rss_mb(model: Path, out_dir: Path, n: int) -> float:
     """Peak resident memory of one `ganaug sample` process writing n PNGs."""
-    command = [sys.executable, "-m", "ganaug", "sample", str(model), "--n", str(n), "--out", str(out_dir),
+    command = [sys.executable, "-c", _REPORT_PEAK_RSS, "sample", str(model), "--n", str(n), "--out", str(out_dir),
                "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"ganaug sample --n {n} failed ({process.returncode})")
-    return usage.ru_maxrss / 1024  # kilobytes on Linux
+    result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"ganaug sample --n {n} failed ({result.returncode}): {result.stderr[-500:]}")
+    return float(result.stderr.strip().splitlines()[-1])
 
 
 def bench_sampling(run_dir: Path, work: Path, n: int, rounds: int, peaks: dict, try_compile: bool) -> dict:

@@ -1,0 +1,48 @@
+"""The benchmark's pieces work and measure what they claim (no speed is asserted: that is bench's job)."""
+
+from __future__ import annotations
+
+import torch
+
+from ganaug.bench import TARGETS, format_table
+from ganaug.bench.train_speed import ReferenceLoop, compare
+
+
+def test_reference_loop_trains_the_seed_networks():
+    images = torch.randint(0, 256, (256, 1, 28, 28), dtype=torch.uint8)
+    loop = ReferenceLoop(images, batch_size=128)
+    before_g = [p.detach().clone() for p in loop.G.parameters()]
+    before_d = [p.detach().clone() for p in loop.D.parameters()]
+    loop.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before_d, loop.D.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_g, loop.G.parameters()))
+
+
+def test_compare_alternates_contenders_and_reports_medians():
+    calls = []
+    speeds = compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, batch_size=4, steps=2, rounds=3)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # one warm-up each, then alternating rounds
+    assert set(speeds) == {"a", "b"} and all(v > 0 for v in speeds.values())
+
+
+def test_table_marks_targets_met_and_missed():
+    table = format_table({"train_speedup_vs_reference": 2.5, "sampler_cold_start_s": 1.7,
+                          "sampler_ort_vs_torch_by_variant": {"int8": 7.0}})
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert lines["train_speedup_vs_reference"].endswith(">= 2.0  met")
+    assert lines["sampler_cold_start_s"].endswith("<= 1.0  MISSED")
+    assert "ort int8 vs torch eager fp32" in table
+    assert set(TARGETS) <= {"train_speedup_vs_reference", "ddp_scaling_efficiency", "sampler_ort_vs_torch",
+                            "sampler_ort_vs_torch_best", "sampler_end_to_end_fraction", "sampler_cold_start_s",
+                            "sampler_rss_growth"}
+
+
+def test_sampler_memory_and_cold_start_probes(tmp_path):
+    from onnx_models import make_model
+
+    from ganaug.bench.sample_speed import peak_rss_mb, time_to_first_image
+
+    model = make_model(tmp_path / "m.onnx")
+    assert 10 < peak_rss_mb(model, tmp_path / "a", 64) < 2000  # the sampler process alone, in MB
+    assert 0 < time_to_first_image(model, tmp_path / "b") < 60
+    assert len(list((tmp_path / "b").glob("*/*.png"))) == 1

@@ -15,6 +15,13 @@ from ganaug import __version__
 from ganaug.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (`ganaug sample: error: ...`), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -126,9 +133,9 @@ def _run_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ganaug", description="GAN-based data augmentation.")
+    parser = _Parser(prog="ganaug", description="GAN-based data augmentation.")
     parser.add_argument("--version", action="version", version=f"ganaug {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add in (_add_train, _add_export, _add_sample, _add_evaluate, _add_bench):
         add(sub)
     return parser

@@ -81,8 +81,9 @@ def load_checkpoint(path: Path) -> dict:
 def _refusal_reason(message: str) -> str:
     """The line of torch's long weights_only message that names what was blocked."""
     for line in message.splitlines():
-        if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip()
+        if "GLOBAL" in line:  # e.g. "Trying to load unsupported GLOBAL posix.system whose module ..."
+            # torch goes on to suggest allow-listing the class: not advice for a user of a CLI.
+            return line.split(" was not an allowed global")[0].split(" Please")[0].strip()
     return "it holds objects other than tensors and plain values"
 
 

@@ -1,0 +1,1132 @@
+"""The bad-input catalogue: every bad input tried on train, export, sample and evaluate, as one table.
+
+Each case builds one bad input under tmp_path, runs the real command line in-process
+(`ganaug.cli.main`) and checks what the user sees: exit status 2 and exactly one
+`ganaug <command>: error: ...` line holding the expected fragment, no traceback, and nothing that
+existed before the command lost or changed (every file under tmp_path keeps its bytes, the named
+survivors exist, no temporary file is left). A few inputs are rightly accepted: skipped with a
+documented WARNING (exit 0), or handled (odd image modes and sizes train normally).
+
+docs/reliability.md's catalogue table is generated from CASES (scripts/reliability_catalogue.py
+--write) and `test_the_catalogue_in_the_docs_matches_the_cases` keeps the two equal.
+
+Cases marked `fails=...` are bugs found by this catalogue and not yet fixed: they run as strict
+xfails (when the bug is fixed the case passes, the xfail turns into an error, and the mark must go).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import traceback
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from onnx import TensorProto
+from onnx_models import make_model
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+COMMANDS = ("train", "export", "sample", "evaluate")
+OUTCOMES = ("error", "warning", "accepted")
+CLASSES = ["cat", "dog", "fox"]
+META_KEYS = ["ganaug.schema", "ganaug.z_dim", "ganaug.num_classes", "ganaug.class_names", "ganaug.image_shape",
+             "ganaug.precision", "ganaug.train_step", "ganaug.checkpoint_sha256"]
+# sysfs refuses new entries even to root (permission bits do not stop root, and CI runs as root).
+READ_ONLY = Path("/sys")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    command: str  # train | export | sample | evaluate
+    bad_input: str  # what is wrong, in the catalogue's words
+    setup: Callable  # setup(env) builds the bad input under env.tmp and returns the argv
+    expect: str  # fragment of the error line (of the WARNING line for outcome="warning"); {tmp} = tmp_path
+    survives: tuple[str, ...] = ()  # paths under tmp_path that must exist before and be unchanged after
+    outcome: str = "error"  # error: exit 2, one error line | warning: exit 0 + WARNING | accepted: exit 0
+    fails: str | None = None  # a bug this case found: what happens today (the case runs as a strict xfail)
+    check: Callable | None = None  # check(env): more assertions after the command
+    may_change: tuple[str, ...] = ()  # files the command may rewrite with the same meaning (config.yaml)
+    isolate: bool = False  # run in a subprocess with a 3 GiB address-space limit (inputs that exhaust memory)
+
+
+CASES: list[Case] = []
+
+
+def case(id: str, command: str, bad_input: str, expect: str, **options):  # noqa: A002
+    def register(setup):
+        CASES.append(Case(id, command, bad_input, setup, expect, **options))
+        return setup
+
+    return register
+
+
+class _RunsCode:
+    """Pickles to a call of os.system: a checkpoint that would run code when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class Env:
+    """Builders for bad inputs under one case's tmp_path."""
+
+    def __init__(self, tmp: Path, trained_run):
+        self.tmp = tmp
+        self._trained_run = trained_run
+        self.stderr = ""  # what the command printed, for the checks
+
+    # ---------------------------------------------------------------- train
+    def train(self, *overrides: str, run: str = "run") -> list[str]:
+        # One thread: on a shared two-core machine, faster than two for these tiny networks.
+        return ["train", "--run-dir", str(self.tmp / run), *TINY, "train.threads=1", *overrides]
+
+    def source(self, name: str) -> str:
+        return f"data.source={self.tmp / name}"
+
+    def class_folder(self, name: str = "data", classes=("cat", "dog"), per_class: int = 3) -> Path:
+        root = self.tmp / name
+        rng = np.random.default_rng(0)
+        for label in classes:
+            (root / label).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+                Image.fromarray(pixels, "L").save(root / label / f"{label}_{i}.png")
+        return root
+
+    def npz(self, name: str, **arrays) -> Path:
+        path = self.tmp / name
+        np.savez(path, **arrays)
+        return path
+
+    def run_copy(self, name: str = "run") -> Path:
+        target = self.tmp / name
+        shutil.copytree(self._trained_run(), target)
+        return target
+
+    def checkpoint_state(self) -> dict:
+        return torch.load(self._trained_run() / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+
+    def tampered_checkpoint(self, name: str, **changes) -> Path:
+        """The trained run's last.pt with top-level entries replaced (None deletes one)."""
+        state = self.checkpoint_state()
+        for key, value in changes.items():
+            if value is None:
+                del state[key]
+            else:
+                state[key] = value
+        torch.save(state, self.tmp / name)
+        return self.tmp / name
+
+    def hostile_pickle(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"schema": 1, "step": 1, "payload": _RunsCode(self.marker)}, path, pickle_module=pickle)
+        return path
+
+    @property
+    def marker(self) -> Path:
+        return self.tmp / "code_ran"
+
+    # ---------------------------------------------------------------- export / sample / evaluate
+    def export(self, source: Path | str, *args: str, out: str = "g.onnx") -> list[str]:
+        return ["export", str(source), "--out", str(self.tmp / out), *args]
+
+    def model(self, name: str = "g.onnx", **kw) -> str:
+        kw.setdefault("class_names", CLASSES)
+        return make_model(self.tmp / name, **kw)
+
+    def sample(self, model, *args: str, out: str | Path = "out") -> list[str]:
+        out = out if isinstance(out, Path) else self.tmp / out
+        return ["sample", str(model), "--out", str(out), "--no-progress", "--provider", "cpu", *args]
+
+    def digits_model(self, name: str = "digits.onnx", **kw) -> str:
+        kw.setdefault("class_names", [str(i) for i in range(10)])
+        kw.setdefault("shape", (16, 16, 1))
+        return make_model(self.tmp / name, **kw)
+
+    def metrics(self, *args: str, model: str | None = None, out: str = "eval") -> list[str]:
+        model = model or self.digits_model()
+        return ["evaluate", "metrics", "--model", str(model), "--data", "digits", "--out", str(self.tmp / out),
+                "--n", "30", *args]
+
+    def study(self, *args: str, out: str = "study") -> list[str]:
+        return ["evaluate", "study", "--out", str(self.tmp / out), "--quick", *args]
+
+
+def png_bytes(width: int, height: int, body: bytes = b"") -> bytes:
+    """A grey PNG's signature and header for any claimed size, then `body` as its only IDAT data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+# ============================================================================== train: data
+
+@case("train-image-random-bytes", "train", "an image file of random bytes in a class folder",
+      "data: cannot read image {tmp}/data/cat/zz.png", survives=("data",))
+def _train_image_random_bytes(env):
+    env.class_folder()
+    (env.tmp / "data" / "cat" / "zz.png").write_bytes(np.random.default_rng(1).bytes(600))
+    return env.train(env.source("data"))
+
+
+@case("train-image-truncated", "train", "a PNG cut off half-way",
+      "data: cannot read image {tmp}/data/cat/zz.png", survives=("data",))
+def _train_image_truncated(env):
+    root = env.class_folder()
+    whole = (root / "cat" / "cat_0.png").read_bytes()
+    (root / "cat" / "zz.png").write_bytes(whole[: len(whole) // 2])
+    return env.train(env.source("data"))
+
+
+@case("train-image-zero-bytes", "train", "a zero-byte .png",
+      "data: cannot read image {tmp}/data/dog/empty.png", survives=("data",))
+def _train_image_zero_bytes(env):
+    env.class_folder()
+    (env.tmp / "data" / "dog" / "empty.png").write_bytes(b"")
+    return env.train(env.source("data"))
+
+
+@case("train-image-text-named-png", "train", "a text file named .jpg",
+      "data: cannot read image {tmp}/data/dog/notes.jpg", survives=("data",))
+def _train_image_text_named_png(env):
+    env.class_folder()
+    (env.tmp / "data" / "dog" / "notes.jpg").write_text("not a picture\n")
+    return env.train(env.source("data"))
+
+
+@case("train-image-decompression-bomb", "train", "a PNG whose header claims 60000x60000 pixels",
+      "could be decompression bomb", survives=("data",))
+def _train_image_decompression_bomb(env):
+    env.class_folder()
+    (env.tmp / "data" / "cat" / "huge.png").write_bytes(png_bytes(60000, 60000, zlib.compress(b"\0" * 64)))
+    return env.train(env.source("data"))
+
+
+@case("train-image-truncated-skipped", "train", "a truncated PNG with data.skip_bad=true",
+      "data: cannot read image {tmp}/data/cat/zz.png", outcome="warning", survives=("data",),
+      check=lambda env: _assert_trained(env, steps=1, images_seen=6))
+def _train_image_truncated_skipped(env):
+    root = env.class_folder()
+    whole = (root / "cat" / "cat_0.png").read_bytes()
+    (root / "cat" / "zz.png").write_bytes(whole[:40])
+    return env.train(env.source("data"), "data.skip_bad=true", "train.batch_size=2", "train.steps=1",
+                     "ckpt.every=1")
+
+
+@case("train-non-image-files", "train", "a flat image folder that also holds notes.txt and data.csv",
+      "data: ignored 2 files without an image suffix", outcome="warning", survives=("flat",),
+      check=lambda env: _assert_trained(env, steps=1, images_seen=4))
+def _train_non_image_files(env):
+    root = env.tmp / "flat"
+    root.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), 40 * i).save(root / f"{i}.png")
+    (root / "notes.txt").write_text("hello")
+    (root / "data.csv").write_text("a,b\n")
+    return env.train(env.source("flat"), "train.batch_size=2", "train.steps=1", "ckpt.every=1")
+
+
+def _odd_modes(root: Path) -> None:
+    """One image of each odd mode and bit depth PIL writes, all in one class folder."""
+    folder = root / "odd"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 255, (12, 12), dtype=np.uint8)
+    Image.fromarray(grey).convert("1").save(folder / "bilevel.png")
+    Image.fromarray(grey).convert("LA").save(folder / "grey_alpha.png")
+    palette = Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).convert("P")
+    palette.save(folder / "palette_transparent.png", transparency=0)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(folder / "grey16.png")  # I;16
+    Image.fromarray(grey.astype(np.int32) * 1000, "I").save(folder / "int32.tif")
+    Image.fromarray(grey.astype(np.float32) / 255.0, "F").save(folder / "float32.tif")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (12, 12, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
+    frames = [Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+
+
+@case("train-image-odd-modes", "train",
+      "1-bit, grey+alpha, transparent palette, 16-bit, 32-bit int, float, CMYK, RGBA and animated images",
+      "odd modes are converted: colour (3 channels) because CMYK/RGBA/palette are present",
+      outcome="accepted", survives=("data",),
+      check=lambda env: _assert_trained(env, steps=1, images_seen=9, channels=3))
+def _train_image_odd_modes(env):
+    _odd_modes(env.tmp / "data")
+    return env.train(env.source("data"), "train.batch_size=2", "train.steps=1", "ckpt.every=1")
+
+
+@case("train-image-mixed-sizes", "train", "images of 1x1, 2x300, 300x2, 64x48 and 17x17 pixels",
+      "sizes are centre-cropped to a square and resized to data.resolution",
+      outcome="accepted", survives=("data",),
+      check=lambda env: _assert_trained(env, steps=1, images_seen=5, channels=1))
+def _train_image_mixed_sizes(env):
+    folder = env.tmp / "data" / "only"
+    folder.mkdir(parents=True)
+    for w, h in ((1, 1), (2, 300), (300, 2), (64, 48), (17, 17)):
+        Image.fromarray(np.full((h, w), (w * 7 + h) % 255, np.uint8)).save(folder / f"{w}x{h}.png")
+    return env.train(env.source("data"), "train.batch_size=2", "train.steps=1", "ckpt.every=1")
+
+
+@case("train-class-folder-empty", "train", "an empty class folder beside full ones",
+      "class folder {tmp}/data/emu has no images", survives=("data",))
+def _train_class_folder_empty(env):
+    env.class_folder()
+    (env.tmp / "data" / "emu").mkdir()
+    return env.train(env.source("data"))
+
+
+@case("train-class-folder-no-images", "train", "a class folder holding only non-image files",
+      "class folder {tmp}/data/emu has no images", survives=("data",))
+def _train_class_folder_no_images(env):
+    env.class_folder()
+    (env.tmp / "data" / "emu").mkdir()
+    (env.tmp / "data" / "emu" / "README.txt").write_text("no pictures yet")
+    return env.train(env.source("data"))
+
+
+@case("train-folder-empty", "train", "an empty data folder", "no images found in {tmp}/data", survives=("data",))
+def _train_folder_empty(env):
+    (env.tmp / "data").mkdir()
+    return env.train(env.source("data"))
+
+
+@case("train-folder-mixed-layout", "train", "loose images beside class sub-folders",
+      "has both image files and class sub-folders; use one layout (e.g. move stray.png into a class folder)",
+      survives=("data",),
+      fails="exit 2 and one line, but the line reads '(e.g. move {loose[0].name} into a class folder)': "
+            "the second half of the message in data/folder.py scan_folder lacks its f prefix")
+def _train_folder_mixed_layout(env):
+    env.class_folder()
+    Image.new("L", (8, 8)).save(env.tmp / "data" / "stray.png")
+    return env.train(env.source("data"))
+
+
+@case("train-source-missing", "train", "data.source naming nothing that exists",
+      "is not a known dataset name, a folder or a .npz file")
+def _train_source_missing(env):
+    return env.train(env.source("nowhere"))
+
+
+@case("train-torchvision-not-downloaded", "train", "data.source=mnist with an empty data.root",
+      "mnist not found under data.root", survives=("root",))
+def _train_torchvision_not_downloaded(env):
+    (env.tmp / "root").mkdir()
+    return env.train("data.source=mnist", f"data.root={env.tmp / 'root'}")
+
+
+@case("train-npz-no-images", "train", ".npz without an 'images' array", "has no 'images' array (found: pictures)",
+      survives=("d.npz",))
+def _train_npz_no_images(env):
+    env.npz("d.npz", pictures=np.zeros((4, 8, 8), np.uint8))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-float-images", "train", ".npz with float32 images", "'images' must be uint8, got float32",
+      survives=("d.npz",))
+def _train_npz_float_images(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.float32))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-bad-shape", "train", ".npz images of shape [N, H, W, 5]", "must be NHW or NHWC with 1, 3 or 4 channels",
+      survives=("d.npz",))
+def _train_npz_bad_shape(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8, 5), np.uint8))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-zero-size-images", "train", ".npz images of shape [40, 0, 0, 3] (no pixels)",
+      "'images'", survives=("d.npz",),
+      fails="RuntimeError traceback from F.interpolate (data/convert.py resize_batch): 'Input and output sizes "
+            "should be greater than 0', exit 1")
+def _train_npz_zero_size_images(env):
+    env.npz("d.npz", images=np.zeros((40, 0, 0, 3), np.uint8))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-empty", "train", ".npz with zero images", "holds no images", survives=("d.npz",))
+def _train_npz_empty(env):
+    env.npz("d.npz", images=np.zeros((0, 8, 8), np.uint8))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-labels-wrong-length", "train", ".npz with 4 images and 3 labels", "'labels' must be 4 integers",
+      survives=("d.npz",))
+def _train_npz_labels_wrong_length(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0]))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-float-labels", "train", ".npz with float labels", "'labels' must be 4 integers, got float64",
+      survives=("d.npz",))
+def _train_npz_float_labels(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0.0, 1.0, 0.0, 1.0]))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-negative-label", "train", ".npz with a label of -1", "'labels' has negative values",
+      survives=("d.npz",))
+def _train_npz_negative_label(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, -1, 1]))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-label-beyond-class-names", "train", ".npz with label 2 but two class_names",
+      "label 2 has no entry in 'class_names' (2 names)", survives=("d.npz",))
+def _train_npz_label_beyond_class_names(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 2, 1]),
+            class_names=np.array(["a", "b"]))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-label-huge", "train", ".npz with one label of 2**40 and no class_names",
+      "'labels'", survives=("d.npz",), isolate=True,
+      fails="MemoryError traceback (data/npz.py builds [str(i) for i in range(labels.max() + 1)]: a trillion "
+            "class names); without a memory limit it eats all RAM first")
+def _train_npz_label_huge(env):
+    env.npz("d.npz", images=np.zeros((40, 8, 8), np.uint8), labels=np.array([0] * 39 + [2**40]))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-object-array", "train", ".npz holding a pickled object array (would run code on load)",
+      "Object arrays cannot be loaded when allow_pickle=False", survives=("d.npz",))
+def _train_npz_object_array(env):
+    env.npz("d.npz", images=np.array([None, {"a": 1}], dtype=object))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-not-a-zip", "train", "a text file named .npz", "is not a readable .npz file", survives=("d.npz",))
+def _train_npz_not_a_zip(env):
+    (env.tmp / "d.npz").write_text("images")
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-zero-bytes", "train", "a zero-byte .npz", "is not a readable .npz file", survives=("d.npz",))
+def _train_npz_zero_bytes(env):
+    (env.tmp / "d.npz").write_bytes(b"")
+    return env.train(env.source("d.npz"))
+
+
+@case("train-npz-truncated", "train", "an .npz cut off half-way", "is not a readable .npz file", survives=("d.npz",))
+def _train_npz_truncated(env):
+    whole = env.npz("whole.npz", images=np.zeros((40, 8, 8), np.uint8)).read_bytes()
+    (env.tmp / "d.npz").write_bytes(whole[: len(whole) // 2])
+    return env.train(env.source("d.npz"))
+
+
+@case("train-batch-larger-than-data", "train", "train.batch_size=16 for a 10-image dataset",
+      "train.batch_size: 16 per process is larger than each process's share of the dataset (10 images",
+      survives=("d.npz",))
+def _train_batch_larger_than_data(env):
+    env.npz("d.npz", images=np.zeros((10, 8, 8), np.uint8))
+    return env.train(env.source("d.npz"))
+
+
+@case("train-conditional-without-labels", "train", "model.conditional=true on unlabelled data",
+      "model.conditional=true but data.source", survives=("d.npz",))
+def _train_conditional_without_labels(env):
+    env.npz("d.npz", images=np.zeros((40, 8, 8), np.uint8))
+    return env.train(env.source("d.npz"), "model.conditional=true")
+
+
+# ============================================================================== train: config
+
+@case("train-config-typo", "train", "a misspelt key on the command line (train.stpes=5)",
+      "unknown config key 'train.stpes' (did you mean train.steps?)")
+def _train_config_typo(env):
+    return env.train("train.stpes=5")
+
+
+@case("train-config-not-key-value", "train", "an override without '=' (train.steps 5)",
+      "override 'train.steps 5' is not of the form dotted.key=value")
+def _train_config_not_key_value(env):
+    return env.train("train.steps 5")
+
+
+@case("train-config-wrong-type", "train", "a word for an int (train.steps=many)",
+      "train.steps: expected int, got str 'many'")
+def _train_config_wrong_type(env):
+    return env.train("train.steps=many")
+
+
+@case("train-config-wrong-bool", "train", "a word for a bool (data.download=maybe)",
+      "data.download: expected bool, got str 'maybe'")
+def _train_config_wrong_bool(env):
+    return env.train("data.download=maybe")
+
+
+@case("train-config-below-minimum", "train", "train.batch_size=0", "train.batch_size: 0 is below the minimum 1")
+def _train_config_below_minimum(env):
+    return env.train("train.batch_size=0")
+
+
+@case("train-config-bad-choice", "train", "train.precision=fp64", "train.precision: 'fp64' is not one of")
+def _train_config_bad_choice(env):
+    return env.train("train.precision=fp64")
+
+
+@case("train-config-bad-channels", "train", "data.channels=2", "data.channels: 2 is not one of 0, 1, 3")
+def _train_config_bad_channels(env):
+    return env.train("data.channels=2")
+
+
+@case("train-config-ema-decay-one", "train", "train.ema_decay=1", "train.ema_decay: 1.0 must be in [0, 1)")
+def _train_config_ema_decay_one(env):
+    return env.train("train.ema_decay=1")
+
+
+@case("train-config-lr-nan", "train", "train.lr_g=.nan (YAML's NaN)", "train.lr_g",
+      fails="ValueError traceback from torch.optim.Adam ('Invalid learning rate: nan'), exit 1: "
+            "NaN passes the `value < min` check in Config.validate")
+def _train_config_lr_nan(env):
+    return env.train("train.lr_g=.nan")
+
+
+@case("train-config-lr-inf", "train", "train.lr_g=.inf (YAML's infinity)", "train.lr_g",
+      fails="accepted: the run exits 0 and its checkpoint's generator weights are all NaN "
+            "(3 steps, fewer than train.max_nonfinite_steps)")
+def _train_config_lr_inf(env):
+    return env.train("train.lr_g=.inf", "train.steps=3", "ckpt.every=3")
+
+
+@case("train-config-resolution-unsupported", "train", "data.resolution=36 (9 times a power of two)",
+      "data.resolution: 36 is not 4..7 times a power of two")
+def _train_config_resolution_unsupported(env):
+    return env.train("data.resolution=36")
+
+
+@case("train-config-resolution-huge", "train", "data.resolution=16777216 (4 x 2**22, valid in form)",
+      "data.resolution",
+      fails="RuntimeError traceback: DefaultCPUAllocator cannot allocate the resized dataset (data/convert.py "
+            "resize_batch); there is no upper bound on data.resolution")
+def _train_config_resolution_huge(env):
+    return env.train("data.resolution=16777216")
+
+
+@case("train-config-seed-arch-resolution", "train", "model.arch=seed at data.resolution=32",
+      "model.arch=seed is a 28x28 network, got 32")
+def _train_config_seed_arch_resolution(env):
+    return env.train("model.arch=seed", "data.resolution=32")
+
+
+@case("train-config-diffaug-unknown", "train", "train.diffaug=colour,translation (misspelt policy)",
+      "train.diffaug: unknown policy 'colour'")
+def _train_config_diffaug_unknown(env):
+    return env.train("train.diffaug=colour,translation")
+
+
+@case("train-config-code-as-value", "train", "train.diffaug=__import__('os').system('touch ...')",
+      "train.diffaug: unknown policy \"__import__('os').system('touch",
+      check=lambda env: _assert_no_code_ran(env))
+def _train_config_code_as_value(env):
+    return env.train(f"train.diffaug=__import__('os').system('touch {env.marker}')")
+
+
+@case("train-config-yaml-python-tag", "train", "an override with a YAML python tag (!!python/object/apply:os.system)",
+      "train.steps: cannot read value", check=lambda env: _assert_no_code_ran(env))
+def _train_config_yaml_python_tag(env):
+    return env.train(f"train.steps=!!python/object/apply:os.system ['touch {env.marker}']")
+
+
+@case("train-config-file-missing", "train", "--config naming a missing file", "cannot read config file {tmp}/nope.yaml")
+def _train_config_file_missing(env):
+    return [*env.train(), "--config", str(env.tmp / "nope.yaml")]
+
+
+@case("train-config-file-not-yaml", "train", "--config file that is not YAML", "is not valid YAML",
+      survives=("bad.yaml",))
+def _train_config_file_not_yaml(env):
+    (env.tmp / "bad.yaml").write_text("train: [steps: 3\n")
+    return [*env.train(), "--config", str(env.tmp / "bad.yaml")]
+
+
+@case("train-config-file-python-tag", "train", "--config file with a !!python/object/apply tag",
+      "is not valid YAML", survives=("evil.yaml",), check=lambda env: _assert_no_code_ran(env))
+def _train_config_file_python_tag(env):
+    (env.tmp / "evil.yaml").write_text(f"train:\n  steps: !!python/object/apply:os.system ['touch {env.marker}']\n")
+    return [*env.train(), "--config", str(env.tmp / "evil.yaml")]
+
+
+@case("train-config-file-unknown-section", "train", "--config file with a misspelt section (trian:)",
+      "unknown config key 'trian'", survives=("typo.yaml",))
+def _train_config_file_unknown_section(env):
+    (env.tmp / "typo.yaml").write_text("trian:\n  steps: 3\n")
+    return [*env.train(), "--config", str(env.tmp / "typo.yaml")]
+
+
+@case("train-config-file-not-mapping", "train", "--config file holding a list", "config: expected a mapping, got list",
+      survives=("list.yaml",))
+def _train_config_file_not_mapping(env):
+    (env.tmp / "list.yaml").write_text("- train.steps=3\n")
+    return [*env.train(), "--config", str(env.tmp / "list.yaml")]
+
+
+@case("train-config-file-wrong-type", "train", "--config file with steps: 3.5", "train.steps: expected int, got float 3.5",
+      survives=("float.yaml",))
+def _train_config_file_wrong_type(env):
+    (env.tmp / "float.yaml").write_text("train:\n  steps: 3.5\n")
+    return [*env.train(), "--config", str(env.tmp / "float.yaml")]
+
+
+# ============================================================================== train: run dir, checkpoints
+
+@case("train-run-dir-missing", "train", "no --run-dir", "--run-dir is required")
+def _train_run_dir_missing(env):
+    return ["train", *TINY]
+
+
+@case("train-run-dir-is-file", "train", "--run-dir naming an existing file", "is a file, not a directory",
+      survives=("notes.txt",))
+def _train_run_dir_is_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return ["train", "--run-dir", str(env.tmp / "notes.txt"), *TINY]
+
+
+@case("train-run-dir-under-file", "train", "--run-dir inside a regular file", "is not a writable directory",
+      survives=("notes.txt",))
+def _train_run_dir_under_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return ["train", "--run-dir", str(env.tmp / "notes.txt" / "run"), *TINY]
+
+
+@case("train-run-dir-read-only", "train", "--run-dir on a read-only file system (/sys)",
+      "--run-dir /sys/ganaug-run is not a writable directory")
+def _train_run_dir_read_only(env):
+    return ["train", "--run-dir", str(READ_ONLY / "ganaug-run"), *TINY]
+
+
+@case("train-checkpoint-truncated", "train", "resume from a truncated last.pt (no step files)",
+      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
+def _train_checkpoint_truncated(env):
+    run = env.run_copy()
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    _drop_step_files(run)
+    return ["train", "--run-dir", str(run)]
+
+
+@case("train-checkpoint-zero-bytes", "train", "resume from a zero-byte last.pt",
+      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
+def _train_checkpoint_zero_bytes(env):
+    run = env.run_copy()
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    _drop_step_files(run)
+    return ["train", "--run-dir", str(run)]
+
+
+@case("train-checkpoint-not-a-checkpoint", "train", "resume from a last.pt that is a PNG",
+      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
+def _train_checkpoint_not_a_checkpoint(env):
+    run = env.run_copy()
+    Image.new("L", (4, 4)).save(run / "checkpoints" / "last.pt", format="PNG")
+    _drop_step_files(run)
+    return ["train", "--run-dir", str(run)]
+
+
+@case("train-checkpoint-hostile-pickle", "train", "resume from a last.pt whose pickle calls os.system",
+      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",),
+      check=lambda env: _assert_no_code_ran(env))
+def _train_checkpoint_hostile_pickle(env):
+    folder = env.tmp / "run" / "checkpoints"
+    env.hostile_pickle(folder / "last.pt")
+    return env.train()
+
+
+@case("train-checkpoint-not-a-dict", "train", "resume from a last.pt holding a list",
+      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
+def _train_checkpoint_not_a_dict(env):
+    folder = env.tmp / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save([1, 2, 3], folder / "last.pt")
+    return env.train()
+
+
+@case("train-checkpoint-other-schema", "train", "resume from a checkpoint of schema 2",
+      "has schema 2; this ganaug reads schema 1", survives=("run/checkpoints/last.pt",))
+def _train_checkpoint_other_schema(env):
+    run = env.run_copy()
+    _drop_step_files(run)
+    env.tampered_checkpoint("run/checkpoints/last.pt", schema=2)
+    return ["train", "--run-dir", str(run)]
+
+
+@case("train-checkpoint-missing-entries", "train", "resume from a last.pt of {'schema': 1} alone",
+      "{tmp}/run/checkpoints/last.pt", survives=("run/checkpoints/last.pt",),
+      fails="KeyError: 'step' traceback (train/entry.py find_resume_state logs state['step']), exit 1")
+def _train_checkpoint_missing_entries(env):
+    folder = env.tmp / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save({"schema": 1}, folder / "last.pt")
+    return env.train()
+
+
+@case("train-checkpoint-model-not-a-mapping", "train", "resume from a checkpoint whose 'model' entry is a string",
+      "{tmp}/run/checkpoints/last.pt", survives=("run/checkpoints/last.pt",),
+      fails="TypeError traceback from ModelSpec.from_dict ('argument after ** must be a mapping, not str'), "
+            "exit 1 (the same for a 'model' dict with missing fields)")
+def _train_checkpoint_model_not_a_mapping(env):
+    run = env.run_copy()
+    _drop_step_files(run)
+    env.tampered_checkpoint("run/checkpoints/last.pt", model="dcgan")
+    return ["train", "--run-dir", str(run)]
+
+
+@case("train-checkpoint-other-architecture", "train", "resume a dcgan run with model.arch=dcgan_tconv",
+      "trained with another model or data shape (arch: dcgan -> dcgan_tconv)", survives=("run",))
+def _train_checkpoint_other_architecture(env):
+    run = env.run_copy()
+    return ["train", "--run-dir", str(run), "model.arch=dcgan_tconv"]
+
+
+@case("train-checkpoint-other-data-shape", "train", "resume a 16x16 grey run on 3-channel data",
+      "trained with another model or data shape (channels: 1 -> 3)", survives=("run", "rgb.npz"))
+def _train_checkpoint_other_data_shape(env):
+    run = env.run_copy()
+    env.npz("rgb.npz", images=np.zeros((40, 8, 8, 3), np.uint8), labels=np.arange(40) % 10)
+    return ["train", "--run-dir", str(run), env.source("rgb.npz")]
+
+
+@case("train-checkpoint-truncated-fallback", "train", "a truncated last.pt beside an intact step_0000004.pt",
+      "last.pt is not a PyTorch checkpoint, or is truncated; trying an older checkpoint", outcome="warning",
+      survives=("run/checkpoints/step_0000004.pt", "run/checkpoints/last.pt"), may_change=("run/config.yaml",))
+def _train_checkpoint_truncated_fallback(env):
+    run = env.run_copy()
+    last = run / "checkpoints" / "last.pt"
+    last.unlink()  # a hard link to step_0000004.pt: break it before cutting
+    last.write_bytes((run / "checkpoints" / "step_0000004.pt").read_bytes()[:5000])
+    return ["train", "--run-dir", str(run), "train.steps=4"]
+
+
+def _drop_step_files(run: Path) -> None:
+    for path in (run / "checkpoints").glob("step_*.pt"):
+        path.unlink()
+
+
+# ============================================================================== sample
+
+@case("sample-model-random-bytes", "sample", "a model file of random bytes", "cannot load {tmp}/m.onnx as an ONNX model",
+      survives=("m.onnx",))
+def _sample_model_random_bytes(env):
+    (env.tmp / "m.onnx").write_bytes(np.random.default_rng(3).bytes(4096))
+    return env.sample(env.tmp / "m.onnx", "--n", "3")
+
+
+@case("sample-model-zero-bytes", "sample", "a zero-byte model file", "model file {tmp}/m.onnx is empty",
+      survives=("m.onnx",))
+def _sample_model_zero_bytes(env):
+    (env.tmp / "m.onnx").write_bytes(b"")
+    return env.sample(env.tmp / "m.onnx", "--n", "3")
+
+
+@case("sample-model-truncated", "sample", "an ONNX model cut off half-way", "cannot load {tmp}/m.onnx as an ONNX model",
+      survives=("m.onnx",))
+def _sample_model_truncated(env):
+    whole = Path(env.model("whole.onnx")).read_bytes()
+    (env.tmp / "m.onnx").write_bytes(whole[: len(whole) // 2])
+    return env.sample(env.tmp / "m.onnx", "--n", "3")
+
+
+@case("sample-model-is-checkpoint", "sample", "a PyTorch checkpoint passed as the model",
+      "cannot load {tmp}/run/checkpoints/last.pt as an ONNX model", survives=("run/checkpoints/last.pt",))
+def _sample_model_is_checkpoint(env):
+    run = env.run_copy()
+    return env.sample(run / "checkpoints" / "last.pt", "--n", "3")
+
+
+@case("sample-model-missing", "sample", "a model path that does not exist", "model file {tmp}/nope.onnx does not exist")
+def _sample_model_missing(env):
+    return env.sample(env.tmp / "nope.onnx", "--n", "3")
+
+
+@case("sample-model-is-directory", "sample", "a directory passed as the model", "is a directory, not an .onnx file")
+def _sample_model_is_directory(env):
+    (env.tmp / "models").mkdir()
+    return env.sample(env.tmp / "models", "--n", "3")
+
+
+@case("sample-model-without-metadata", "sample", "an ONNX model without ganaug metadata",
+      "has no ganaug metadata (missing 'ganaug.schema'", survives=("m.onnx",))
+def _sample_model_without_metadata(env):
+    return env.sample(env.model("m.onnx", meta_overrides=dict.fromkeys(META_KEYS)), "--n", "3")
+
+
+@case("sample-model-metadata-not-json", "sample", "metadata ganaug.class_names that is not JSON",
+      "ganaug.class_names='cat,dog,fox' is not valid JSON", survives=("m.onnx",))
+def _sample_model_metadata_not_json(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.class_names": "cat,dog,fox"}), "--n", "3")
+
+
+@case("sample-model-other-schema", "sample", "a model of ganaug.schema 2", "unsupported ganaug.schema '2'",
+      survives=("m.onnx",))
+def _sample_model_other_schema(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.schema": "2"}), "--n", "3")
+
+
+@case("sample-model-float-output", "sample", "a model whose output is float, not uint8",
+      "output 'images' is tensor(float); the contract is uint8", survives=("m.onnx",))
+def _sample_model_float_output(env):
+    return env.sample(env.model("m.onnx", output_dtype=TensorProto.FLOAT), "--n", "3")
+
+
+@case("sample-class-unknown", "sample", "--classes naming a class the model lacks",
+      "unknown class 'zebra'; the model's classes are: 'cat', 'dog', 'fox'")
+def _sample_class_unknown(env):
+    return env.sample(env.model(), "--n", "3", "--classes", "cat,zebra")
+
+
+@case("sample-class-twice", "sample", "--classes naming a class twice", "class 'cat' is named twice in --classes")
+def _sample_class_twice(env):
+    return env.sample(env.model(), "--n", "3", "--classes", "cat,cat")
+
+
+@case("sample-classes-empty", "sample", "--classes ','", "--classes is empty")
+def _sample_classes_empty(env):
+    return env.sample(env.model(), "--n", "3", "--classes", ",")
+
+
+@case("sample-classes-unconditional", "sample", "--classes with an unconditional model",
+      "--classes needs a class-conditional model")
+def _sample_classes_unconditional(env):
+    return env.sample(env.model(conditional=False, class_names=None), "--n", "3", "--classes", "a")
+
+
+@case("sample-n-zero", "sample", "--n 0", "argument --n: 0 must be positive")
+def _sample_n_zero(env):
+    return env.sample(env.model(), "--n", "0")
+
+
+@case("sample-n-negative", "sample", "--n -5", "argument --n: -5 must be positive")
+def _sample_n_negative(env):
+    return env.sample(env.model(), "--n", "-5")
+
+
+@case("sample-n-not-a-number", "sample", "--n ten", "argument --n: 'ten' is not a whole number")
+def _sample_n_not_a_number(env):
+    return env.sample(env.model(), "--n", "ten")
+
+
+@case("sample-n-and-per-class", "sample", "--n with --per-class", "--n and --per-class exclude each other")
+def _sample_n_and_per_class(env):
+    return env.sample(env.model(), "--n", "3", "--per-class", "2")
+
+
+@case("sample-no-count", "sample", "neither --n nor --per-class", "say how many images: --n N (in total) or --per-class K")
+def _sample_no_count(env):
+    return env.sample(env.model())
+
+
+@case("sample-batch-size-zero", "sample", "--batch-size 0", "argument --batch-size: 0 must be positive")
+def _sample_batch_size_zero(env):
+    return env.sample(env.model(), "--n", "3", "--batch-size", "0")
+
+
+@case("sample-threads-negative", "sample", "--threads -1", "--threads must be 0")
+def _sample_threads_negative(env):
+    return env.sample(env.model(), "--n", "3", "--threads", "-1")
+
+
+@case("sample-truncation-negative", "sample", "--truncation -0.5", "--truncation must be 0 (off) or at least")
+def _sample_truncation_negative(env):
+    return env.sample(env.model(), "--n", "3", "--truncation", "-0.5")
+
+
+@case("sample-truncation-nan", "sample", "--truncation nan", "--truncation",
+      fails="accepted (exit 0, truncation silently off, NaN written into sample_info.json); re-running the same "
+            "command then fails with 'holds samples made with other settings (truncation nan there, nan now)', "
+            "so an interrupted run can never be resumed")
+def _sample_truncation_nan(env):
+    return env.sample(env.model(), "--n", "3", "--truncation", "nan")
+
+
+@case("sample-npz-shard-too-big", "sample", "--format npz --n 10**15 --shard-size 10**15 (a shard of 8 PB)",
+      "--shard-size",
+      fails="numpy ArrayMemoryError traceback ('Unable to allocate 7.11 PiB', sampler/job.py _write_shards "
+            "allocates a whole shard), exit 1; sample_info.json is left behind")
+def _sample_npz_shard_too_big(env):
+    return env.sample(env.model(), "--format", "npz", "--n", str(10**15), "--shard-size", str(10**15))
+
+
+@case("sample-out-is-file", "sample", "--out naming an existing file", "--out {tmp}/notes.txt exists and is not a directory",
+      survives=("notes.txt",))
+def _sample_out_is_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.sample(env.model(), "--n", "3", out="notes.txt")
+
+
+@case("sample-out-under-file", "sample", "--out inside a regular file", "cannot create output directory",
+      survives=("notes.txt",))
+def _sample_out_under_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.sample(env.model(), "--n", "3", out="notes.txt/out")
+
+
+@case("sample-out-read-only", "sample", "--out on a read-only file system (/sys)",
+      "cannot create output directory /sys/ganaug-out")
+def _sample_out_read_only(env):
+    return env.sample(env.model(), "--n", "3", out=READ_ONLY / "ganaug-out")
+
+
+@case("sample-out-foreign-files", "sample", "--out that already holds someone's photos",
+      "is not empty and has no sample_info.json (e.g. 'holiday.jpg'); refusing to mix synthetic images into it",
+      survives=("out",))
+def _sample_out_foreign_files(env):
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "holiday.jpg").write_bytes(b"\xff\xd8 a photo")
+    return env.sample(env.model(), "--n", "3")
+
+
+@case("sample-out-other-settings", "sample", "--out holding a sample set made with another seed",
+      "holds samples made with other settings (seed 1 there, 2 now)", survives=("out",))
+def _sample_out_other_settings(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6", "--seed", "1")) == 0
+    return env.sample(model, "--n", "6", "--seed", "2")
+
+
+@case("sample-out-corrupt-info", "sample", "--out whose sample_info.json is not JSON",
+      "cannot read {tmp}/out/sample_info.json", survives=("out",))
+def _sample_out_corrupt_info(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "3")) == 0
+    (env.tmp / "out" / "sample_info.json").write_text("{broken")
+    return env.sample(model, "--n", "3")
+
+
+@case("sample-out-class-dir-symlink", "sample", "an interrupted set whose class folder became a symlink out of --out",
+      "{tmp}/out/cat is a symbolic link; refusing to write through it", survives=("out", "elsewhere"))
+def _sample_out_class_dir_symlink(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6")) == 0
+    info_path = env.tmp / "out" / "sample_info.json"  # as an interrupted run leaves it: incomplete, no manifest
+    info_path.write_text(info_path.read_text().replace('"complete": true', '"complete": false'))
+    (env.tmp / "out" / "manifest.csv").unlink()
+    shutil.rmtree(env.tmp / "out" / "cat")
+    (env.tmp / "elsewhere").mkdir()
+    (env.tmp / "elsewhere" / "keep.txt").write_text("not yours")
+    (env.tmp / "out" / "cat").symlink_to(env.tmp / "elsewhere", target_is_directory=True)
+    return env.sample(model, "--n", "6")
+
+
+# ============================================================================== helpers for the checks
+
+def _assert_trained(env: Env, steps: int, images_seen: int, channels: int | None = None) -> None:
+    state = torch.load(env.tmp / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == steps
+    assert all(torch.isfinite(t).all() for t in state["G"].values() if t.is_floating_point())
+    if channels is not None:
+        assert state["model"]["channels"] == channels
+    # The log names how many images were kept.
+    assert f"{images_seen} images" in env.stderr, env.stderr
+
+
+def _assert_no_code_ran(env: Env) -> None:
+    assert not env.marker.exists(), "the hostile input ran code"
+
+
+def _quiet_main(argv: list[str]) -> int:
+    from ganaug.cli import main
+
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+        return main(argv)
+
+
+# ============================================================================== the runner
+
+def snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file (bytes), symlink (target) and directory ('<dir>') under root, by relative path."""
+    found: dict[str, bytes | str] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                found[key] = f"<link to {os.readlink(path)}>"
+            elif path.is_dir():
+                found[key] = "<dir>"
+            else:
+                found[key] = path.read_bytes()
+    return found
+
+
+def _is_temporary(name: str) -> bool:
+    return name.endswith(".tmp") or name.startswith(".ganaug-")
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    from ganaug.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses bad flags before our code runs
+        code = exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # what the user would see: a traceback and exit status 1
+        sys.stderr.write(traceback.format_exc())
+        code = 1
+    return code, capsys.readouterr().err
+
+
+def run_isolated(argv: list[str]) -> tuple[int, str]:
+    """A fresh `python -m ganaug` with a 3 GiB address-space limit: runaway memory is a MemoryError, not an OOM."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "ganaug", *argv], capture_output=True, text=True, timeout=120,
+                            env=env, cwd=ROOT, preexec_fn=limit)
+    return result.returncode, result.stderr
+
+
+def error_lines(stderr: str, command: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith(f"ganaug {command}: error: ")]
+
+
+def params():
+    for item in CASES:
+        marks = [pytest.mark.xfail(strict=True, reason=item.fails)] if item.fails else []
+        yield pytest.param(item, id=item.id, marks=marks)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("item", list(params()))
+def test_bad_input(item: Case, tmp_path, trained_run, capsys):
+    env = Env(tmp_path, trained_run)
+    argv = item.setup(env)
+    assert argv[0] == item.command
+    expect = item.expect.replace("{tmp}", str(tmp_path))
+    before = snapshot(tmp_path)
+    for survivor in item.survives:
+        assert survivor in before, f"survivor {survivor} does not exist before the command"
+
+    code, stderr = run_isolated(argv) if item.isolate else run_in_process(argv, capsys)
+    env.stderr = stderr
+
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = error_lines(stderr, item.command)
+    if item.outcome == "error":
+        assert code == 2, f"exit status {code}\n{stderr[-3000:]}"
+        assert len(errors) == 1, stderr[-3000:]
+        assert expect in errors[0], f"{expect!r} not in {errors[0]!r}"
+    else:
+        assert code == 0, f"exit status {code}\n{stderr[-3000:]}"
+        assert errors == [], errors
+        if item.outcome == "warning":
+            warnings = [line for line in stderr.splitlines() if " WARNING " in line and expect in line]
+            assert warnings, stderr[-3000:]
+
+    after = snapshot(tmp_path)
+    for path, content in before.items():
+        assert path in after, f"{path} was lost"
+        if path not in item.may_change:
+            assert after[path] == content, f"{path} was changed"
+    for survivor in item.survives:
+        prefix = survivor + os.sep
+        assert {p: c for p, c in after.items() if p.startswith(prefix)} == {
+            p: c for p, c in before.items() if p.startswith(prefix)}, f"{survivor} changed"
+    left = [p for p in set(after) - set(before) if _is_temporary(Path(p).name)]
+    assert not left, f"temporary files left behind: {left}"
+    if item.check:
+        item.check(env)
+
+
+# ============================================================================== the catalogue
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _sees(item: Case) -> str:
+    fragment = _cell(item.expect)
+    if item.fails:
+        return f"**fails today:** {_cell(item.fails)}"
+    if item.outcome == "error":
+        return f"`ganaug {item.command}: error: …{fragment}…`, exit 2"
+    if item.outcome == "warning":
+        return f"`WARNING …{fragment}…`, exit 0 (skipped)"
+    return f"exit 0: {fragment}"
+
+
+def catalogue_markdown() -> str:
+    """The catalogue table in docs/reliability.md (between the bad-inputs markers)."""
+    rows = ["| # | case | command | bad input | what the user sees | what survives |",
+            "|---|---|---|---|---|---|"]
+    for number, item in enumerate(CASES, start=1):
+        survives = ", ".join(f"`{s}`" for s in item.survives) or "—"
+        rows.append(f"| {number} | `{item.id}` | {item.command} | {_cell(item.bad_input)} | {_sees(item)} | "
+                    f"{survives} |")
+    return "\n".join(rows)
+
+
+def catalogue_counts() -> str:
+    by_command = {command: sum(c.command == command for c in CASES) for command in COMMANDS}
+    failing = sum(c.fails is not None for c in CASES)
+    return (f"{len(CASES)} bad inputs ({', '.join(f'{n} {c}' for c, n in by_command.items())}); "
+            f"{failing} fail today (strict xfail).")
+
+
+def render_section() -> str:
+    return f"{TABLE_START}\n{catalogue_counts()}\n\n{catalogue_markdown()}\n{TABLE_END}"
+
+
+def test_the_catalogue_in_the_docs_matches_the_cases():
+    text = DOC.read_text()
+    assert TABLE_START in text and TABLE_END in text, "docs/reliability.md lost its catalogue markers"
+    section = text[text.index(TABLE_START): text.index(TABLE_END) + len(TABLE_END)]
+    assert section == render_section(), "regenerate it: python scripts/reliability_catalogue.py --write"
+
+
+def test_the_cases_are_well_formed():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)), "duplicate case ids"
+    assert len(CASES) >= 30
+    for item in CASES:
+        assert item.command in COMMANDS and item.outcome in OUTCOMES, item.id
+        assert item.id.startswith(item.command + "-"), item.id
+        assert item.expect.strip(), item.id
+
+
+def test_the_runner_catches_what_it_must():
+    """The checks above can fail: a traceback, a lost file and a second error line are all caught."""
+    assert error_lines("ganaug train: error: a\nganaug train: error: b\n", "train") == [
+        "ganaug train: error: a", "ganaug train: error: b"]
+    assert error_lines("[rank0] INFO ganaug train: error: quoted\n", "train") == []
+    assert _is_temporary(".last.pt.abc.tmp") and _is_temporary(".ganaug-0123.tmp") and not _is_temporary("x.png")
+
+
+@pytest.fixture
+def snapshot_dir(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"1")
+    (tmp_path / "l").symlink_to(tmp_path / "a")
+    return tmp_path
+
+
+def test_snapshot_sees_bytes_dirs_and_links(snapshot_dir):
+    shot = snapshot(snapshot_dir)
+    assert shot == {"a": "<dir>", "a/f": b"1", "l": f"<link to {snapshot_dir / 'a'}>"}
+    (snapshot_dir / "a" / "f").write_bytes(b"2")
+    assert snapshot(snapshot_dir)["a/f"] == b"2"
+

@@ -724,6 +724,182 @@ def _drop_step_files(run: Path) -> None:
         path.unlink()
 
 
+# ============================================================================== export
+
+@case("export-source-missing", "export", "a source path that does not exist",
+      "{tmp}/nope does not exist (expected a run directory or a checkpoint file)")
+def _export_source_missing(env):
+    return env.export(env.tmp / "nope")
+
+
+@case("export-source-dir-without-checkpoint", "export", "a directory without checkpoints/last.pt",
+      "is a directory without checkpoints/last.pt", survives=("empty_run",))
+def _export_source_dir_without_checkpoint(env):
+    (env.tmp / "empty_run" / "samples").mkdir(parents=True)
+    return env.export(env.tmp / "empty_run")
+
+
+@case("export-checkpoint-text", "export", "a text file passed as the checkpoint",
+      "checkpoint {tmp}/notes.pt is not a PyTorch checkpoint, or is truncated", survives=("notes.pt",))
+def _export_checkpoint_text(env):
+    (env.tmp / "notes.pt").write_text("weights go here")
+    return env.export(env.tmp / "notes.pt")
+
+
+@case("export-checkpoint-is-onnx", "export", "an ONNX model passed as the checkpoint",
+      "checkpoint {tmp}/m.onnx is not a PyTorch checkpoint, or is truncated", survives=("m.onnx",))
+def _export_checkpoint_is_onnx(env):
+    return env.export(env.model("m.onnx"))
+
+
+@case("export-checkpoint-truncated", "export", "a checkpoint cut off half-way",
+      "checkpoint {tmp}/run/checkpoints/last.pt is not a PyTorch checkpoint, or is truncated",
+      survives=("run/checkpoints/last.pt",))
+def _export_checkpoint_truncated(env):
+    run = env.run_copy()
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    return env.export(run)
+
+
+@case("export-checkpoint-zero-bytes", "export", "a zero-byte checkpoint",
+      "checkpoint {tmp}/last.pt is not a PyTorch checkpoint, or is truncated", survives=("last.pt",))
+def _export_checkpoint_zero_bytes(env):
+    (env.tmp / "last.pt").write_bytes(b"")
+    return env.export(env.tmp / "last.pt")
+
+
+@case("export-checkpoint-hostile-pickle", "export", "a checkpoint whose pickle calls os.system",
+      "was refused by the safe loader (weights_only=True): Trying to load unsupported GLOBAL posix.system",
+      survives=("evil.pt",), check=lambda env: _assert_no_code_ran(env))
+def _export_checkpoint_hostile_pickle(env):
+    return env.export(env.hostile_pickle(env.tmp / "evil.pt"))
+
+
+@case("export-checkpoint-not-a-dict", "export", "a checkpoint holding a list",
+      "checkpoint {tmp}/list.pt is not a ganaug checkpoint (got list)", survives=("list.pt",))
+def _export_checkpoint_not_a_dict(env):
+    torch.save([1, 2, 3], env.tmp / "list.pt")
+    return env.export(env.tmp / "list.pt")
+
+
+@case("export-checkpoint-other-schema", "export", "a checkpoint of schema 2", "has schema 2; this ganaug reads schema 1",
+      survives=("c.pt",))
+def _export_checkpoint_other_schema(env):
+    return env.export(env.tampered_checkpoint("c.pt", schema=2))
+
+
+@case("export-checkpoint-no-ema", "export", "a checkpoint without its G_ema entry",
+      "is not a ganaug checkpoint (no 'G_ema' entry)", survives=("c.pt",))
+def _export_checkpoint_no_ema(env):
+    return env.export(env.tampered_checkpoint("c.pt", G_ema=None))
+
+
+@case("export-checkpoint-other-architecture", "export", "dcgan weights in a checkpoint that says dcgan_tconv",
+      "the G_ema weights do not fit a dcgan_tconv generator at 16x16", survives=("c.pt",))
+def _export_checkpoint_other_architecture(env):
+    model = {**env.checkpoint_state()["model"], "arch": "dcgan_tconv"}
+    return env.export(env.tampered_checkpoint("c.pt", model=model))
+
+
+@case("export-checkpoint-unknown-architecture", "export", "a checkpoint of a 'stylegan' generator",
+      "holds a 'stylegan' generator; this ganaug exports dcgan, dcgan_tconv, seed", survives=("c.pt",))
+def _export_checkpoint_unknown_architecture(env):
+    model = {**env.checkpoint_state()["model"], "arch": "stylegan"}
+    return env.export(env.tampered_checkpoint("c.pt", model=model))
+
+
+@case("export-checkpoint-unsupported-resolution", "export", "a checkpoint that records resolution 36",
+      "cannot build its generator: data.resolution: 36 is not 4..7 times a power of two", survives=("c.pt",))
+def _export_checkpoint_unsupported_resolution(env):
+    model = {**env.checkpoint_state()["model"], "resolution": 36}
+    return env.export(env.tampered_checkpoint("c.pt", model=model))
+
+
+@case("export-checkpoint-model-not-a-mapping", "export", "a checkpoint whose 'model' entry is a string",
+      "'model' is not a model description", survives=("c.pt",))
+def _export_checkpoint_model_not_a_mapping(env):
+    return env.export(env.tampered_checkpoint("c.pt", model="dcgan"))
+
+
+@case("export-checkpoint-model-unknown-field", "export", "a checkpoint whose model description has an unknown field",
+      "the model description does not fit this ganaug", survives=("c.pt",))
+def _export_checkpoint_model_unknown_field(env):
+    model = {**env.checkpoint_state()["model"], "style_layers": 8}
+    return env.export(env.tampered_checkpoint("c.pt", model=model))
+
+
+@case("export-checkpoint-class-names-mismatch", "export", "one class name for a 10-class generator",
+      "1 class names for a generator of 10 classes", survives=("c.pt",))
+def _export_checkpoint_class_names_mismatch(env):
+    return env.export(env.tampered_checkpoint("c.pt", class_names=["a"]))
+
+
+@case("export-checkpoint-step-not-a-number", "export", "a checkpoint whose step is the string 'many'",
+      "'step' is 'many', not a step number", survives=("c.pt",))
+def _export_checkpoint_step_not_a_number(env):
+    return env.export(env.tampered_checkpoint("c.pt", step="many"))
+
+
+@case("export-checkpoint-nan-weights", "export", "a checkpoint whose generator weights are all NaN",
+      "parity check failed", survives=("c.pt",))
+def _export_checkpoint_nan_weights(env):
+    weights = {k: v * float("nan") if v.is_floating_point() else v for k, v in env.checkpoint_state()["G_ema"].items()}
+    return env.export(env.tampered_checkpoint("c.pt", G_ema=weights))
+
+
+@case("export-out-exists", "export", "--out naming an existing file, without --force",
+      "--out {tmp}/g.onnx already exists; pass --force to replace it", survives=("g.onnx",))
+def _export_out_exists(env):
+    run = env.run_copy()
+    (env.tmp / "g.onnx").write_bytes(b"someone's model")
+    return env.export(run)
+
+
+@case("export-out-is-directory", "export", "--out naming a directory", "is a directory; give the path of the .onnx file",
+      survives=("models",))
+def _export_out_is_directory(env):
+    run = env.run_copy()
+    (env.tmp / "models").mkdir()
+    return env.export(run, out="models")
+
+
+@case("export-out-under-file", "export", "--out inside a regular file", "cannot be created: {tmp}/notes.txt is a file",
+      survives=("notes.txt",))
+def _export_out_under_file(env):
+    run = env.run_copy()
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.export(run, out="notes.txt/g.onnx")
+
+
+@case("export-out-parent-missing", "export", "--out in a directory that does not exist",
+      "cannot be created: directory {tmp}/missing does not exist")
+def _export_out_parent_missing(env):
+    return env.export(env.run_copy(), out="missing/g.onnx")
+
+
+@case("export-out-read-only", "export", "--out on a read-only file system (/sys)", "--out /sys/g.onnx cannot be written")
+def _export_out_read_only(env):
+    return ["export", str(env.run_copy()), "--out", str(READ_ONLY / "g.onnx")]
+
+
+@case("export-out-is-the-checkpoint", "export", "--out naming the checkpoint being exported, with --force",
+      "is the checkpoint being exported", survives=("run/checkpoints/last.pt",))
+def _export_out_is_the_checkpoint(env):
+    last = env.run_copy() / "checkpoints" / "last.pt"
+    return ["export", str(last), "--out", str(last), "--force"]
+
+
+@case("export-precision-unknown", "export", "--precision int4", "argument --precision: invalid choice: 'int4'")
+def _export_precision_unknown(env):
+    return env.export(env.tmp / "run", "--precision", "int4")
+
+
+@case("export-opset-unsupported", "export", "--opset 3", "--opset 3 is not supported")
+def _export_opset_unsupported(env):
+    return env.export(env.run_copy(), "--opset", "3")
+
+
 # ============================================================================== sample
 
 @case("sample-model-random-bytes", "sample", "a model file of random bytes", "cannot load {tmp}/m.onnx as an ONNX model",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import onnxruntime as ort
 
 from ganaug import __version__
 from ganaug.errors import UserError
+from ganaug.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ def read_metadata(path: Path) -> dict:
         if key in metadata:
             metadata[key] = int(metadata[key])
     return metadata
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _speed_feeds(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:

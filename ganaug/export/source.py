@@ -7,7 +7,6 @@ another kind, another schema, weights that do not fit the recorded architecture)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 
 from ganaug.config import ConfigError
 from ganaug.errors import UserError
+from ganaug.files import sha256_of
 from ganaug.models import ARCHS, ModelSpec, build_generator
 from ganaug.train.checkpoint import load_checkpoint
 
@@ -49,14 +49,6 @@ def resolve_checkpoint(source: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{path} does not exist (expected a run directory or a checkpoint file)")
     return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _spec_from(state: dict, path: Path) -> ModelSpec:

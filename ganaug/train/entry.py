@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ganaug.config import Config, dump_yaml, load_config
 from ganaug.errors import UserError
+from ganaug.files import ensure_writable_dir
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
 from ganaug.train.dist import destroy_distributed, gather_objects, init_distributed, read_env
@@ -41,15 +41,6 @@ def find_resume_state(run_dir: Path) -> dict | None:
     if any(p.is_file() for p in candidates):
         raise UserError(f"no loadable checkpoint in {folder}; move the directory aside to start afresh")
     return None
-
-
-def check_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise UserError(f"--run-dir {run_dir} is not a writable directory: {exc.strerror or exc}") from None
 
 
 def set_threads(cfg: Config, local_world_size: int) -> None:
@@ -94,7 +85,7 @@ def main(args) -> int:
             raise UserError(f"the run in {run_dir} was trained with another model or data shape "
                             f"({', '.join(f'{k}: {saved.to_dict()[k]} -> {spec.to_dict()[k]}' for k in changed)}); "
                             "use a new --run-dir")
-    check_writable(run_dir)
+    ensure_writable_dir(run_dir, "--run-dir")
 
     info = init_distributed()
     setup_logging(info.rank)

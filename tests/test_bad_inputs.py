@@ -17,6 +17,7 @@ xfails (when the bug is fixed the case passes, the xfail turns into an error, an
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import resource
@@ -1103,6 +1104,219 @@ def _sample_out_class_dir_symlink(env):
     (env.tmp / "elsewhere" / "keep.txt").write_text("not yours")
     (env.tmp / "out" / "cat").symlink_to(env.tmp / "elsewhere", target_is_directory=True)
     return env.sample(model, "--n", "6")
+
+
+# ============================================================================== evaluate
+
+@case("evaluate-no-subcommand", "evaluate", "`ganaug evaluate` alone", "the following arguments are required: COMMAND")
+def _evaluate_no_subcommand(env):
+    return ["evaluate"]
+
+
+@case("evaluate-unknown-subcommand", "evaluate", "`ganaug evaluate fly`", "invalid choice: 'fly'")
+def _evaluate_unknown_subcommand(env):
+    return ["evaluate", "fly"]
+
+
+@case("evaluate-metrics-no-model", "evaluate", "metrics without --model", "the following arguments are required: --model")
+def _evaluate_metrics_no_model(env):
+    return ["evaluate", "metrics", "--data", "digits", "--out", str(env.tmp / "eval")]
+
+
+@case("evaluate-metrics-n-zero", "evaluate", "metrics --n 0", "argument --n: 0 must be positive")
+def _evaluate_metrics_n_zero(env):
+    return [*env.metrics(), "--n", "0"]
+
+
+@case("evaluate-metrics-model-missing", "evaluate", "metrics --model naming nothing",
+      "model file {tmp}/nope.onnx does not exist")
+def _evaluate_metrics_model_missing(env):
+    return env.metrics(model=str(env.tmp / "nope.onnx"))
+
+
+@case("evaluate-metrics-model-random-bytes", "evaluate", "metrics --model of random bytes",
+      "cannot load {tmp}/m.onnx as an ONNX model", survives=("m.onnx",))
+def _evaluate_metrics_model_random_bytes(env):
+    (env.tmp / "m.onnx").write_bytes(np.random.default_rng(4).bytes(2048))
+    return env.metrics(model=str(env.tmp / "m.onnx"))
+
+
+@case("evaluate-metrics-model-without-metadata", "evaluate", "metrics --model without ganaug metadata",
+      "has no ganaug metadata", survives=("m.onnx",))
+def _evaluate_metrics_model_without_metadata(env):
+    return env.metrics(model=env.digits_model("m.onnx", meta_overrides=dict.fromkeys(META_KEYS)))
+
+
+@case("evaluate-metrics-classes-not-in-data", "evaluate", "a cat/dog/fox model measured against the digits",
+      "classes ['cat', 'dog', 'fox'] are not in the data's classes", survives=("m.onnx",))
+def _evaluate_metrics_classes_not_in_data(env):
+    return env.metrics(model=env.model("m.onnx"))
+
+
+@case("evaluate-metrics-data-missing", "evaluate", "metrics --data naming nothing",
+      "--data: '{tmp}/nowhere' is not a known dataset")
+def _evaluate_metrics_data_missing(env):
+    argv = env.metrics()
+    argv[argv.index("digits")] = str(env.tmp / "nowhere")
+    return argv
+
+
+@case("evaluate-metrics-out-is-file", "evaluate", "metrics --out naming an existing file",
+      "--out {tmp}/notes.txt exists and is not a directory", survives=("notes.txt",))
+def _evaluate_metrics_out_is_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.metrics(out="notes.txt")
+
+
+@case("evaluate-metrics-out-read-only", "evaluate", "metrics --out on a read-only file system (/sys)",
+      "--out /sys/ganaug-eval is not a writable directory")
+def _evaluate_metrics_out_read_only(env):
+    argv = env.metrics()
+    argv[argv.index("--out") + 1] = str(READ_ONLY / "ganaug-eval")
+    return argv
+
+
+@case("evaluate-metrics-truncation-negative", "evaluate", "metrics --truncation -1",
+      "--truncation must be 0 (off) or positive, got -1.0")
+def _evaluate_metrics_truncation_negative(env):
+    return [*env.metrics(), "--truncation", "-1"]
+
+
+@case("evaluate-metrics-truncation-nan", "evaluate", "metrics --truncation nan (with --out a file, so that today's "
+      "acceptance fails fast on the --out check instead of running the metrics)", "--truncation",
+      survives=("notes.txt",),
+      fails="accepted: NaN passes `args.truncation < 0`; the run goes on (here to the --out error, otherwise to "
+            "the whole measurement with truncation silently off)")
+def _evaluate_metrics_truncation_nan(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return [*env.metrics(out="notes.txt"), "--truncation", "nan"]
+
+
+@case("evaluate-metrics-features-missing", "evaluate", "--features naming nothing", "--features: {tmp}/net.pt is not a file")
+def _evaluate_metrics_features_missing(env):
+    return [*env.metrics(), "--features", str(env.tmp / "net.pt")]
+
+
+@case("evaluate-metrics-features-random-bytes", "evaluate", "--features file of random bytes",
+      "--features: cannot read {tmp}/net.pt", survives=("net.pt",),
+      fails="struct.error traceback from torch's weights-only unpickler ('unpack requires a buffer of 4 bytes'), "
+            "exit 1: evaluate/features.py catches UnpicklingError, RuntimeError, ValueError, OSError, EOFError only")
+def _evaluate_metrics_features_random_bytes(env):
+    (env.tmp / "net.pt").write_bytes(b"junk")
+    return [*env.metrics(), "--features", str(env.tmp / "net.pt")]
+
+
+@case("evaluate-metrics-features-hostile-pickle", "evaluate", "--features file whose pickle calls os.system",
+      "GLOBAL posix.system", survives=("evil.pt",), check=lambda env: _assert_no_code_ran(env),
+      fails="refused without running (exit 2, one line), but the line is torch's text advising to re-run "
+            "torch.load with weights_only=False ('will likely succeed') and does not name the blocked global")
+def _evaluate_metrics_features_hostile_pickle(env):
+    return [*env.metrics(), "--features", str(env.hostile_pickle(env.tmp / "evil.pt"))]
+
+
+@case("evaluate-metrics-features-unknown-arch", "evaluate", "--features notamodel:PATH",
+      "--features: 'notamodel' is not a torchvision model", survives=("net.pt",))
+def _evaluate_metrics_features_unknown_arch(env):
+    torch.save({"w": torch.zeros(2)}, env.tmp / "net.pt")
+    return [*env.metrics(), "--features", f"notamodel:{env.tmp / 'net.pt'}"]
+
+
+@case("evaluate-study-k-zero", "evaluate", "study --k 0", "--k: 0 must be positive")
+def _evaluate_study_k_zero(env):
+    return env.study("--k", "0")
+
+
+@case("evaluate-study-k-not-a-number", "evaluate", "study --k five", "--k: 'five' is not a whole number or 'all'")
+def _evaluate_study_k_not_a_number(env):
+    return env.study("--k", "five")
+
+
+@case("evaluate-study-k-repeated", "evaluate", "study --k 5,5", "--k: '5,5' must list distinct values")
+def _evaluate_study_k_repeated(env):
+    return env.study("--k", "5,5")
+
+
+@case("evaluate-study-test-fraction-above-one", "evaluate", "study --test-fraction 1.5",
+      "argument --test-fraction: 1.5 is not between 0 and 1")
+def _evaluate_study_test_fraction_above_one(env):
+    return env.study("--test-fraction", "1.5")
+
+
+@case("evaluate-study-test-fraction-zero", "evaluate", "study --test-fraction 0",
+      "--test-fraction must be strictly between 0 and 1")
+def _evaluate_study_test_fraction_zero(env):
+    return env.study("--test-fraction", "0")
+
+
+@case("evaluate-study-seeds-zero", "evaluate", "study --seeds 0", "argument --seeds: 0 must be positive")
+def _evaluate_study_seeds_zero(env):
+    return env.study("--seeds", "0")
+
+
+@case("evaluate-study-truncation-nan", "evaluate", "study --truncation nan (with --out a file, so that today's "
+      "acceptance fails fast on the --out check instead of running the study)", "--truncation",
+      survives=("notes.txt",),
+      fails="accepted: NaN passes `args.truncation < 0`; the run goes on (here to the --out error, otherwise to "
+            "minutes of GAN training, then `ganaug sample --truncation nan`)")
+def _evaluate_study_truncation_nan(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.study("--truncation", "nan", out="notes.txt")
+
+
+@case("evaluate-study-config-typo", "evaluate", "study with a misspelt GAN override (train.stpes=3)",
+      "unknown config key 'train.stpes' (did you mean train.steps?)")
+def _evaluate_study_config_typo(env):
+    return env.study("train.stpes=3")
+
+
+@case("evaluate-study-config-file-missing", "evaluate", "study --config naming a missing file",
+      "cannot read config file {tmp}/nope.yaml")
+def _evaluate_study_config_file_missing(env):
+    return env.study("--config", str(env.tmp / "nope.yaml"))
+
+
+@case("evaluate-study-data-missing", "evaluate", "study --data naming nothing", "'{tmp}/nowhere' is not a known dataset")
+def _evaluate_study_data_missing(env):
+    return env.study("--data", str(env.tmp / "nowhere"))
+
+
+@case("evaluate-study-data-unlabelled", "evaluate", "study --data of unlabelled images",
+      "the study needs labelled images", survives=("d.npz",))
+def _evaluate_study_data_unlabelled(env):
+    env.npz("d.npz", images=np.zeros((40, 8, 8), np.uint8))
+    return env.study("--data", str(env.tmp / "d.npz"))
+
+
+@case("evaluate-study-out-is-file", "evaluate", "study --out naming an existing file",
+      "--out {tmp}/notes.txt exists and is not a directory", survives=("notes.txt",))
+def _evaluate_study_out_is_file(env):
+    (env.tmp / "notes.txt").write_text("precious")
+    return env.study(out="notes.txt")
+
+
+@case("evaluate-study-state-corrupt", "evaluate", "study --out whose state.json is not JSON",
+      "{tmp}/study/state.json is unreadable", survives=("study",))
+def _evaluate_study_state_corrupt(env):
+    (env.tmp / "study").mkdir()
+    (env.tmp / "study" / "state.json").write_text("{half a state")
+    return env.study()
+
+
+@case("evaluate-study-state-not-a-mapping", "evaluate", "study --out whose state.json is a JSON list",
+      "{tmp}/study/state.json", survives=("study",),
+      fails="AttributeError traceback ('list' object has no attribute 'get', evaluate/study.py StudyState), exit 1")
+def _evaluate_study_state_not_a_mapping(env):
+    (env.tmp / "study").mkdir()
+    (env.tmp / "study" / "state.json").write_text("[1, 2]")
+    return env.study()
+
+
+@case("evaluate-study-other-settings", "evaluate", "study --out holding a study made with other settings",
+      "holds a study with other settings", survives=("study",))
+def _evaluate_study_other_settings(env):
+    (env.tmp / "study").mkdir()
+    (env.tmp / "study" / "state.json").write_text(json.dumps({"format": 1, "settings": {"ks": [7]}, "units": {}}))
+    return env.study()
 
 
 # ============================================================================== helpers for the checks

@@ -10,6 +10,7 @@ mentions `eval(` or `shell=True` does not count; only real calls and imports do.
 - `torch.load` without an explicit `weights_only=True`;
 - `yaml.load`/`yaml.load_all` without a safe Loader, `yaml.unsafe_load`, `yaml.full_load`;
 - `tempfile.mktemp` (a name, not a file: another process can take it first);
+- `torch.jit.load` (a TorchScript archive is a program), except where ALLOWED says why;
 - importing any of those under another name (`from pickle import loads`), which would hide the call.
 """
 
@@ -44,6 +45,12 @@ UNSAFE_CALLS = {
     "yaml.unsafe_load": "YAML python tags construct objects",
     "yaml.full_load": "YAML python tags construct objects",
     "tempfile.mktemp": "mktemp returns a name another process can take first",
+    "torch.jit.load": "a TorchScript archive is a program",
+}
+# Deliberate exceptions, each documented in docs/reliability.md (Security).
+ALLOWED = {
+    ("ganaug/evaluate/features.py", "torch.jit.load"):
+        "`ganaug evaluate metrics --features PATH` runs a TorchScript feature network the user names",
 }
 UNSAFE_IMPORTS = {  # module -> names whose import under any name would hide an unsafe call
     "pickle": {"load", "loads", "Unpickler"},
@@ -157,7 +164,10 @@ def test_the_code_has_no_shell_eval_exec_unsafe_loads_or_mktemp():
     files = python_files()
     assert len(files) > 40 and ROOT / "ganaug" / "cli.py" in files  # the scan sees the package
     findings = [f for path in files for f in scan_source(path.read_text(), str(path.relative_to(ROOT)))]
-    assert findings == [], "\n".join(map(str, findings))
+    allowed = [f for f in findings if (f.where, f.call) in ALLOWED]
+    assert [f for f in findings if f not in allowed] == [], "\n".join(map(str, findings))
+    # An exception that no longer matches anything must go, so that the list stays short and true.
+    assert {(f.where, f.call) for f in allowed} == set(ALLOWED)
 
 
 def test_every_torch_load_passes_weights_only_true():
@@ -195,6 +205,7 @@ def test_every_torch_load_passes_weights_only_true():
     ("import yaml\nyaml.unsafe_load(text)", "yaml.unsafe_load"),
     ("import tempfile\ntempfile.mktemp()", "tempfile.mktemp"),
     ("import marshal\nmarshal.loads(b)", "marshal.loads"),
+    ("import torch\ntorch.jit.load(path)", "torch.jit.load"),
 ])
 def test_the_scan_finds_each_unsafe_pattern(source, call):
     assert [f.call for f in scan_source(source)] == [call]

@@ -618,6 +618,18 @@ def _train_run_dir_read_only(env):
     return ["train", "--run-dir", str(READ_ONLY / "ganaug-run"), *TINY]
 
 
+@case("train-run-dir-holds-own-config", "train",
+      "--run-dir . --config config.yaml: a fresh run directory that holds the user's own config.yaml",
+      "config.yaml", survives=("proj/config.yaml",),
+      fails="accepted: the run trains and replaces the user's config.yaml (comments and all) with the resolved "
+            "config (train/entry.py writes run_dir/config.yaml unconditionally)")
+def _train_run_dir_holds_own_config(env):
+    project = env.tmp / "proj"
+    project.mkdir()
+    (project / "config.yaml").write_text("# tuned by hand: keep\ntrain:\n  steps: 1\n  batch_size: 2\n")
+    return [*env.train("ckpt.every=1", run="proj"), "--config", str(project / "config.yaml")]
+
+
 @case("train-checkpoint-truncated", "train", "resume from a truncated last.pt (no step files)",
       "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
 def _train_checkpoint_truncated(env):
@@ -965,6 +977,36 @@ def _sample_model_other_schema(env):
       "output 'images' is tensor(float); the contract is uint8", survives=("m.onnx",))
 def _sample_model_float_output(env):
     return env.sample(env.model("m.onnx", output_dtype=TensorProto.FLOAT), "--n", "3")
+
+
+@case("sample-model-labels-but-no-classes", "sample", "a conditional model whose metadata says 0 classes",
+      "the model has a 'labels' input but ganaug.num_classes is 0", survives=("m.onnx",))
+def _sample_model_labels_but_no_classes(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.num_classes": "0"}), "--n", "3")
+
+
+@case("sample-model-two-channels", "sample", "metadata image_shape with 2 channels",
+      "images with 2 channels are not supported (1, 3 or 4)", survives=("m.onnx",))
+def _sample_model_two_channels(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[8, 8, 2]"}), "--n", "3")
+
+
+@case("sample-model-z-dim-zero", "sample", "metadata ganaug.z_dim=0", "metadata ganaug.z_dim=0 must be at least 1",
+      survives=("m.onnx",))
+def _sample_model_z_dim_zero(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.z_dim": "0"}), "--n", "3")
+
+
+@case("sample-model-class-names-not-strings", "sample", "metadata class_names [\"a\", 1, null]",
+      "ganaug.class_names must be a JSON list of strings", survives=("m.onnx",))
+def _sample_model_class_names_not_strings(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.class_names": '["a", 1, null]'}), "--n", "3")
+
+
+@case("sample-model-image-shape-mismatch", "sample", "metadata image_shape [100000, 100000, 1] on an 8x8 model",
+      "output 'images' has size 8 on axis 1 but ganaug.image_shape says [100000, 100000, 1]", survives=("m.onnx",))
+def _sample_model_image_shape_mismatch(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[100000, 100000, 1]"}), "--n", "3")
 
 
 @case("sample-class-unknown", "sample", "--classes naming a class the model lacks",

@@ -258,3 +258,45 @@ def test_a_config_file_with_python_tags_is_refused_without_running_them(tmp_path
     assert main(["train", "--run-dir", str(tmp_path / "run"), "--config", str(config), *TINY]) == 2
     assert "is not valid YAML" in error_line(capsys.readouterr().err, "train")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ names from data stay names
+
+HOSTILE_CLASS_NAMES = ["../../escaped", "/tmp/absolute", "..", "a/b", "con"]
+
+
+@pytest.mark.timeout(240)
+def test_hostile_class_names_travel_from_the_data_to_the_sampler_without_becoming_paths(tmp_path):
+    """Dataset class names go into the checkpoint, the ONNX metadata and the sampler's output tree:
+    end to end, with names built to escape, nothing is written outside the run directory and --out."""
+    import numpy as np
+
+    from ganaug.sampler import Sampler
+
+    jail = tmp_path / "jail"
+    jail.mkdir()
+    data = tmp_path / "data.npz"
+    labels = np.arange(40) % len(HOSTILE_CLASS_NAMES)
+    np.savez(data, images=np.random.default_rng(0).integers(0, 255, (40, 8, 8), dtype=np.uint8), labels=labels,
+             class_names=np.array(HOSTILE_CLASS_NAMES))
+    run, model, out = jail / "run", jail / "g.onnx", jail / "out"
+    absolute_before = _listing(Path("/tmp/absolute"))
+    assert main(["train", "--run-dir", str(run), *TINY, "train.threads=1", f"data.source={data}", "train.steps=1",
+                 "ckpt.every=1"]) == 0
+    assert main(["export", str(run), "--out", str(model)]) == 0
+    assert Sampler.load(model, provider="cpu").meta.class_names == tuple(HOSTILE_CLASS_NAMES)  # kept as data
+    assert main(["sample", str(model), "--per-class", "2", "--out", str(out), "--no-progress",
+                 "--provider", "cpu"]) == 0
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "jail"]  # nothing escaped the jail
+    assert sorted(p.name for p in jail.iterdir()) == ["g.onnx", "out", "run"]
+    for path in jail.rglob("*"):
+        assert path.resolve().is_relative_to(jail.resolve()), path
+    class_dirs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(class_dirs) == len(HOSTILE_CLASS_NAMES)  # one distinct, plain folder per class
+    assert all(len(list(d.iterdir())) == 2 for d in class_dirs)
+    assert _listing(Path("/tmp/absolute")) == absolute_before  # the absolute name did not lead there
+
+
+def _listing(path: Path):
+    return sorted(p.name for p in path.iterdir()) if path.is_dir() else path.exists()

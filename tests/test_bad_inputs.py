@@ -11,7 +11,8 @@ docs/reliability.md's catalogue table is generated from CASES (scripts/reliabili
 --write) and `test_the_catalogue_in_the_docs_matches_the_cases` keeps the two equal.
 
 Cases marked `fails=...` are bugs found by this catalogue and not yet fixed: they run as strict
-xfails (when the bug is fixed the case passes, the xfail turns into an error, and the mark must go).
+xfails. When the bug is fixed the case passes, the strict xfail turns into an error, and `fails=`
+becomes `found=` (the record of what used to happen; the case then runs as a normal one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import resource
 import shutil
 import struct
@@ -61,6 +63,7 @@ class Case:
     survives: tuple[str, ...] = ()  # paths under tmp_path that must exist before and be unchanged after
     outcome: str = "error"  # error: exit 2, one error line | warning: exit 0 + WARNING | accepted: exit 0
     fails: str | None = None  # a bug this case found: what happens today (the case runs as a strict xfail)
+    found: str | None = None  # a bug this case found that is fixed: what used to happen (kept for the record)
     check: Callable | None = None  # check(env): more assertions after the command
     may_change: tuple[str, ...] = ()  # files the command may rewrite with the same meaning (config.yaml)
     isolate: bool = False  # run in a subprocess with a 3 GiB address-space limit (inputs that exhaust memory)
@@ -209,9 +212,9 @@ def _train_image_zero_bytes(env):
     return env.train(env.source("data"))
 
 
-@case("train-image-text-named-png", "train", "a text file named .jpg",
+@case("train-image-text-named-jpg", "train", "a text file named .jpg",
       "data: cannot read image {tmp}/data/dog/notes.jpg", survives=("data",))
-def _train_image_text_named_png(env):
+def _train_image_text_named_jpg(env):
     env.class_folder()
     (env.tmp / "data" / "dog" / "notes.jpg").write_text("not a picture\n")
     return env.train(env.source("data"))
@@ -1494,6 +1497,11 @@ def _sees(item: Case) -> str:
     fragment = _cell(item.expect)
     if item.fails:
         return f"**fails today:** {_cell(item.fails)}"
+    fixed = f" (fixed; it used to fail: {_cell(item.found)})" if item.found else ""
+    return _sees_now(item, fragment) + fixed
+
+
+def _sees_now(item: Case, fragment: str) -> str:
     if item.outcome == "error":
         return f"`ganaug {item.command}: error: …{fragment}…`, exit 2"
     if item.outcome == "warning":
@@ -1515,8 +1523,9 @@ def catalogue_markdown() -> str:
 def catalogue_counts() -> str:
     by_command = {command: sum(c.command == command for c in CASES) for command in COMMANDS}
     failing = sum(c.fails is not None for c in CASES)
-    return (f"{len(CASES)} bad inputs ({', '.join(f'{n} {c}' for c, n in by_command.items())}); "
-            f"{failing} fail today (strict xfail).")
+    fixed = sum(c.found is not None for c in CASES)
+    return (f"{len(CASES)} bad inputs tried ({', '.join(f'{n} {c}' for c, n in by_command.items())}); "
+            f"{failing + fixed} failures found by them: {fixed} fixed, {failing} open (strict xfail).")
 
 
 def render_section() -> str:
@@ -1530,6 +1539,20 @@ def test_the_catalogue_in_the_docs_matches_the_cases():
     assert section == render_section(), "regenerate it: python scripts/reliability_catalogue.py --write"
 
 
+def test_the_faults_and_tests_the_docs_name_exist():
+    """docs/reliability.md counts its fault rows right, and every test it names exists."""
+    text = DOC.read_text()
+    faults = text[text.index("## Faults"): text.index("## Bad inputs")]
+    rows = [line for line in faults.splitlines() if line.startswith("| ") and not line.startswith("| fault |")]
+    assert f"{len(rows)} faults survived" in text
+    named = re.findall(r"(tests/[\w/]+\.py)::(test_\w+)", text)
+    assert len(named) >= len(rows)
+    for path, test in named:
+        assert f"def {test}(" in (ROOT / path).read_text(), f"{path}::{test} named in the docs does not exist"
+    for test in re.findall(r"`(test_\w+)`", text):  # short references name a test of a file named nearby
+        assert any(f"def {test}(" in p.read_text() for p in (ROOT / "tests").glob("test_*.py")), test
+
+
 def test_the_cases_are_well_formed():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
@@ -1538,6 +1561,7 @@ def test_the_cases_are_well_formed():
         assert item.command in COMMANDS and item.outcome in OUTCOMES, item.id
         assert item.id.startswith(item.command + "-"), item.id
         assert item.expect.strip(), item.id
+        assert not (item.fails and item.found), f"{item.id}: open or fixed, not both"
 
 
 def test_the_runner_catches_what_it_must():

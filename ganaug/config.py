@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ class Config:
             choices, lower = spec.metadata["choices"], spec.metadata["min"]
             if choices is not None and value not in choices:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}: {value!r} is not a finite number")
             if lower is not None and value < lower:
                 raise ConfigError(f"{key}: {value!r} is below the minimum {lower}")
         if not 0 <= self.train.ema_decay < 1:

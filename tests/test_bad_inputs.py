@@ -319,7 +319,7 @@ def _train_folder_empty(env):
 @case("train-folder-mixed-layout", "train", "loose images beside class sub-folders",
       "has both image files and class sub-folders; use one layout (e.g. move stray.png into a class folder)",
       survives=("data",),
-      fails="exit 2 and one line, but the line reads '(e.g. move {loose[0].name} into a class folder)': "
+      found="exit 2 and one line, but the line reads '(e.g. move {loose[0].name} into a class folder)': "
             "the second half of the message in data/folder.py scan_folder lacks its f prefix")
 def _train_folder_mixed_layout(env):
     env.class_folder()
@@ -502,14 +502,14 @@ def _train_config_ema_decay_one(env):
 
 
 @case("train-config-lr-nan", "train", "train.lr_g=.nan (YAML's NaN)", "train.lr_g",
-      fails="ValueError traceback from torch.optim.Adam ('Invalid learning rate: nan'), exit 1: "
+      found="ValueError traceback from torch.optim.Adam ('Invalid learning rate: nan'), exit 1: "
             "NaN passes the `value < min` check in Config.validate")
 def _train_config_lr_nan(env):
     return env.train("train.lr_g=.nan")
 
 
 @case("train-config-lr-inf", "train", "train.lr_g=.inf (YAML's infinity)", "train.lr_g",
-      fails="accepted: the run exits 0 and its checkpoint's generator weights are all NaN "
+      found="accepted: the run exits 0 and its checkpoint's generator weights are all NaN "
             "(3 steps, fewer than train.max_nonfinite_steps)")
 def _train_config_lr_inf(env):
     return env.train("train.lr_g=.inf", "train.steps=3", "ckpt.every=3")

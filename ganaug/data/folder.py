@@ -40,7 +40,7 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
         raise UserError(f"data.source: cannot read folder {root}: {exc.strerror or exc}") from None
     if subdirs and loose:
         raise UserError(f"data.source: {root} has both image files and class sub-folders; "
-                        "use one layout (e.g. move {loose[0].name} into a class folder)")
+                        f"use one layout (e.g. move {loose[0].name} into a class folder)")
     if not subdirs:
         files, labels, names = loose, None, []
     else:

@@ -690,7 +690,7 @@ def _train_checkpoint_other_schema(env):
 
 @case("train-checkpoint-missing-entries", "train", "resume from a last.pt of {'schema': 1} alone",
       "{tmp}/run/checkpoints/last.pt", survives=("run/checkpoints/last.pt",),
-      fails="KeyError: 'step' traceback (train/entry.py find_resume_state logs state['step']), exit 1")
+      found="KeyError: 'step' traceback (train/entry.py find_resume_state logs state['step']), exit 1")
 def _train_checkpoint_missing_entries(env):
     folder = env.tmp / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -700,7 +700,7 @@ def _train_checkpoint_missing_entries(env):
 
 @case("train-checkpoint-model-not-a-mapping", "train", "resume from a checkpoint whose 'model' entry is a string",
       "{tmp}/run/checkpoints/last.pt", survives=("run/checkpoints/last.pt",),
-      fails="TypeError traceback from ModelSpec.from_dict ('argument after ** must be a mapping, not str'), "
+      found="TypeError traceback from ModelSpec.from_dict ('argument after ** must be a mapping, not str'), "
             "exit 1 (the same for a 'model' dict with missing fields)")
 def _train_checkpoint_model_not_a_mapping(env):
     run = env.run_copy()

@@ -36,11 +36,29 @@ def find_resume_state(run_dir: Path) -> dict | None:
             continue
         if state.get("schema") != 1:
             raise UserError(f"checkpoint {path} has schema {state.get('schema')!r}; this ganaug reads schema 1")
+        _check_resume_entries(state, path)
         log.info("resuming from %s (step %d)", path, state["step"])
         return state
     if any(p.is_file() for p in candidates):
         raise UserError(f"no loadable checkpoint in {folder}; move the directory aside to start afresh")
     return None
+
+
+RESUME_ENTRIES = ("step", "config", "model", "G", "D", "G_ema", "opt_g", "opt_d", "scaler_g", "scaler_d", "data", "rng")
+
+
+def _check_resume_entries(state: dict, path: Path) -> None:
+    """A checkpoint of schema 1 that lacks what a resume reads is refused by name, not by a KeyError."""
+    from dataclasses import fields
+
+    from ganaug.models import ModelSpec
+
+    missing = [key for key in RESUME_ENTRIES if key not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete ganaug checkpoint")
+    names = {f.name for f in fields(ModelSpec)}
+    if not isinstance(state["model"], dict) or set(state["model"]) != names:
+        raise UserError(f"checkpoint {path} has no valid 'model' entry (expected the fields {', '.join(sorted(names))})")
 
 
 def set_threads(cfg: Config, local_world_size: int) -> None:

@@ -8,6 +8,7 @@ line on stderr and exit status 2; Ctrl-C in 130.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -29,6 +30,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
 
 
@@ -92,7 +103,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: physical cores)")
     p.add_argument("--shard-size", type=_positive_int, default=10000, help="images per .npz shard")
-    p.add_argument("--truncation", type=float, default=0.0,
+    p.add_argument("--truncation", type=_finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")
     p.add_argument("--overwrite", action="store_true", help="replace output made with another model or seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

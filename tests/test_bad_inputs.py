@@ -1075,7 +1075,7 @@ def _sample_truncation_negative(env):
 
 
 @case("sample-truncation-nan", "sample", "--truncation nan", "--truncation",
-      fails="accepted (exit 0, truncation silently off, NaN written into sample_info.json); re-running the same "
+      found="accepted (exit 0, truncation silently off, NaN written into sample_info.json); re-running the same "
             "command then fails with 'holds samples made with other settings (truncation nan there, nan now)', "
             "so an interrupted run can never be resumed")
 def _sample_truncation_nan(env):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, error_line
 
 import ganaug.train.checkpoint as checkpoint
-from conftest import TINY, error_line
 from ganaug.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import pytest
 import torch
-
 from conftest import TINY, error_line
+
 from ganaug.cli import main
 from ganaug.config import load_config
 from ganaug.data import load_dataset

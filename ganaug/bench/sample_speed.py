@@ -129,7 +129,7 @@ def peak_rss_mb(model: Path, out_dir: Path, n: int) -> float:
 
 
 def bench_sampling(run_dir: Path, work: Path, n: int, rounds: int, peaks: dict, try_compile: bool) -> dict:
-    from ganaug.sampler import SampleRequest, Sampler, write_samples
+    from ganaug.sampler import Sampler, SampleRequest, write_samples
 
     paths = export_variants(run_dir, work)
     generator, spec = load_torch_generator(run_dir)

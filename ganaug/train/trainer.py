@@ -25,7 +25,14 @@ from ganaug.errors import UserError
 from ganaug.models import ModelSpec, build_discriminator, build_generator
 from ganaug.train import checkpoint
 from ganaug.train.diffaug import DiffAugment
-from ganaug.train.dist import DistInfo, all_reduce_, any_rank, average_floating_buffers_, barrier, gather_objects
+from ganaug.train.dist import (
+    DistInfo,
+    all_reduce_,
+    any_rank,
+    average_floating_buffers_,
+    barrier,
+    gather_objects,
+)
 from ganaug.train.ema import EMA, recalibrate_batchnorm
 from ganaug.train.losses import GanLoss
 from ganaug.train.precision import Precision

@@ -14,7 +14,7 @@ from conftest import TINY
 from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.evaluate import features, study
-from ganaug.evaluate.report import mean_interval
+from ganaug.evaluate.report import mean_interval, verdict
 from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, resolve_gan_config
 
 TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-steps", "15",
@@ -71,6 +71,14 @@ def test_mean_and_95_percent_t_interval():
     assert summary["mean"] == pytest.approx(0.82)
     assert summary["half_width"] == pytest.approx(4.302653 * 0.02 / 3 ** 0.5, rel=1e-5)  # t(0.975, 2)
     assert np.isnan(mean_interval([0.9])["half_width"])
+
+
+def test_verdicts_are_read_off_the_paired_interval():
+    assert verdict(mean_interval([0.010, 0.020, 0.015])) == "gain"
+    assert verdict(mean_interval([-0.010, -0.020, -0.015])) == "loss"
+    assert verdict(mean_interval([-0.010, 0.020, 0.000])) == "no measurable difference"
+    # Two seeds that happen to differ by the same amount give a zero-width interval: no verdict.
+    assert "too few" in verdict(mean_interval([0.004, 0.004]))
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data-root", default="data", help="where torchvision datasets are looked for")
     m.add_argument("--out", required=True, help="output directory (metrics.json, metrics.md, figures)")
     m.add_argument("--n", type=_positive, default=2000, help="generated images (class-balanced)")
+    m.add_argument("--max-real", type=_positive, default=10000,
+                   help="real images compared against (a seeded random subset beyond this)")
     m.add_argument("--features", help="another feature network: a ganaug feature_net_*.pt, a TorchScript file, "
                                       "or ARCH:STATE_DICT for a torchvision classifier (e.g. inception_v3:pt.pth)")
     m.add_argument("--seed", type=int, default=0, help="latent seed of the generated images")
@@ -95,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
     s.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the real data")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split and K subsets")
-    s.add_argument("--synthetic-per-class", type=_positive, default=500, help="synthetic images per class")
+    s.add_argument("--synthetic-per-class", type=_positive, default=2000, help="synthetic images per class")
     s.add_argument("--synthetic-fraction", type=_fraction, default=0.5,
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
-    s.add_argument("--truncation", type=float, default=0.0, help="truncation of the sampler's latents (0: off)")
+    s.add_argument("--truncation", type=float, default=0.0,
+                   help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
     s.add_argument("--classifier-steps", type=_positive, default=400, help="classifier training steps (every arm)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=run_study)
@@ -130,14 +133,16 @@ def check_data_source(source: str, flag: str) -> None:
                         "an image folder or a .npz file")
 
 
-def _use_all_cores() -> None:
-    """One process does all the work here, so take every core (torchrun-style OMP=1 settings aside)."""
+def set_threads(threads: int = 0) -> None:
+    """One process does all the work here: every core by default (a torchrun-style OMP_NUM_THREADS=1
+    in the environment aside), or `threads` (train.threads) on a machine shared with other jobs,
+    where fewer threads than cores avoid waiting on descheduled ones."""
     import os
 
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(cores)
+    torch.set_num_threads(threads or cores)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -158,7 +163,7 @@ def run_metrics(args) -> int:
     from ganaug.evaluate.metrics import quality_metrics
     from ganaug.sampler import Sampler
 
-    _use_all_cores()
+    set_threads()
     sampler = Sampler.load(args.model)
     height, width, channels = sampler.meta.image_shape
     if height != width:
@@ -167,6 +172,9 @@ def run_metrics(args) -> int:
                                    in_memory="true"))
     real, real_labels, class_names = _match_classes(data, sampler.meta.class_names if sampler.meta.conditional
                                                     else [], args.model)
+    if len(real) > args.max_real:  # nearest neighbours and KID grow with the real set; keep them bounded
+        keep = torch.randperm(len(real), generator=torch.Generator().manual_seed(args.seed))[: args.max_real]
+        real, real_labels = real[keep], None if real_labels is None else real_labels[keep]
     log.info("generating %d images from %s", args.n, args.model)
     fake_nhwc, fake_labels = sampler.generate(args.n, seed=args.seed, truncation=args.truncation)
     fake = torch.from_numpy(fake_nhwc).permute(0, 3, 1, 2).contiguous()
@@ -239,7 +247,7 @@ def run_study(args) -> int:
     from ganaug.evaluate import report
     from ganaug.evaluate.study import Study
 
-    _use_all_cores()
+    set_threads(settings.gan_config["train"]["threads"])
     start = time.perf_counter()
     study = Study(out, settings)
     results = study.run()

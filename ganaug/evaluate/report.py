@@ -3,7 +3,8 @@
 Accuracies are summarised as the mean over seeds with a 95% t-interval. Gains of the synthetic
 arms are paired differences (the same seed trains every arm from the same initialisation and batch
 order), which separates the effect of the data from seed-to-seed noise. The verdict is mechanical:
-an interval above zero is a gain, below zero a loss, straddling zero no measurable difference.
+an interval above zero is a gain, below zero a loss, straddling zero no measurable difference (and
+fewer than three seeds no verdict at all).
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half], "half_width": half, "n": len(x)}
 
 
+MIN_SEEDS_FOR_VERDICT = 3  # two seeds can agree exactly (accuracies are multiples of 1/n_test): a zero-width "interval"
+
+
 def verdict(interval: dict) -> str:
     low, high = interval["ci95"]
-    if math.isnan(low):
-        return "one seed: no interval"
+    if interval["n"] < MIN_SEEDS_FOR_VERDICT:
+        return f"{interval['n']} seed(s): too few for a verdict"
     if low > 0:
         return "gain"
     if high < 0:

@@ -47,7 +47,8 @@ STUDY_GAN_DEFAULTS = {
     "train": {"batch_size": 64, "loss": "hinge", "ema_decay": 0.999, "diffaug": "color,translation,cutout"},
     "log": {"image_every": 500},
 }
-QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1500}
+METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
+QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
 
@@ -65,15 +66,21 @@ class StudySettings:
     gan_config: dict  # the resolved GAN config (data.source = the real data the study splits)
     test_fraction: float = 0.3
     split_seed: int = 0
-    synthetic_per_class: int = 500
+    synthetic_per_class: int = 2000
     synthetic_fraction: float = 0.5  # share of each classifier batch drawn from synthetic images
     truncation: float = 0.0
     classifier: TrainSettings = field(default_factory=TrainSettings)
 
     def fingerprint(self) -> dict:
+        """The settings a resumed study must share with the first run (logging, checkpoint cadence
+        and thread counts change how it runs, not its numbers)."""
         values = asdict(self)
         values.pop("ks"), values.pop("seeds")
         values["classifier"]["widths"] = list(values["classifier"]["widths"])
+        gan = {section: dict(keys) for section, keys in values["gan_config"].items() if section not in ("log", "ckpt")}
+        gan["train"].pop("threads", None)
+        gan["data"].pop("num_workers", None)
+        values["gan_config"] = gan
         return values
 
 
@@ -148,18 +155,23 @@ class StudyState:
                 raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
                                 "use another --out, or the same settings to resume it")
             self.units = saved["units"]
+            self.settings = settings
         else:
             self.units = {}
-        self.settings = settings
+            self.settings = settings
+            self._write()  # from now on, a run with other settings is refused
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"format": STATE_FORMAT, "settings": self.settings, "units": self.units}, indent=1))
+        os.replace(tmp, self.path)
 
     def get(self, key: str):
         return self.units.get(key)
 
     def record(self, key: str, value) -> None:
         self.units[key] = value
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"format": STATE_FORMAT, "settings": self.settings, "units": self.units}, indent=1))
-        os.replace(tmp, self.path)
+        self._write()
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -307,6 +319,9 @@ class Study:
         extractor = load_or_train_domain_features(train_images, train_labels, len(self.class_names),
                                                   self.out / "features", seed=self.settings.split_seed)
         fake, fake_labels = self.synthetic(k, model, seed=0)
+        # Image i has class i % classes, so the first images are class-balanced. A bounded count keeps
+        # the k-NN distances cheap and the metrics comparable between studies of other sizes.
+        fake, fake_labels = fake[:METRIC_SAMPLES], fake_labels[:METRIC_SAMPLES]
         seen = self.data.images[self.subset(k)]
         metrics, memo = quality_metrics(extractor, train_images, train_labels, fake, fake_labels,
                                         self.class_names, train_u8=seen, unseen_u8=self.test_images)
@@ -327,15 +342,12 @@ class Study:
             return
         s = self.settings
         index = self.subset(k)
-        real, real_labels = self.data.images[index], self.data.labels[index]
-        if "synthetic" in arm:
-            synth, synth_labels = self.synthetic(k, model, seed)
+        data = TrainingSet(self.data.images[index], self.data.labels[index])
         if arm == "synthetic":
-            data = TrainingSet(synth, synth_labels)
+            data = TrainingSet(*self.synthetic(k, model, seed))
         elif "synthetic" in arm:
-            data = TrainingSet(real, real_labels, synth, synth_labels, s.synthetic_fraction)
-        else:
-            data = TrainingSet(real, real_labels)
+            data = TrainingSet(data.real_images, data.real_labels, *self.synthetic(k, model, seed),
+                               synthetic_fraction=s.synthetic_fraction)
         start = time.perf_counter()
         classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed,
                                       augment="classical" in arm, device=self.device)

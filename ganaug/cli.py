@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -93,16 +93,16 @@ def _add_sample(sub) -> None:
                                    "shards. Image i depends only on (model, seed, i); re-running completes "
                                    "an interrupted run.")
     p.add_argument("model", help="ganaug ONNX model")
-    p.add_argument("--n", type=_positive_int, help="number of images (class-balanced when conditional)")
+    p.add_argument("--n", type=positive_int, help="number of images (class-balanced when conditional)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="png", choices=("png", "npz"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", help="comma-separated class names to generate (default: all)")
-    p.add_argument("--per-class", type=_positive_int, help="images per class (instead of --n)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: physical cores)")
-    p.add_argument("--shard-size", type=_positive_int, default=10000, help="images per .npz shard")
+    p.add_argument("--shard-size", type=positive_int, default=10000, help="images per .npz shard")
     p.add_argument("--truncation", type=_finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")
     p.add_argument("--overwrite", action="store_true", help="replace output made with another model or seed")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from pathlib import Path
 
+from ganaug.cli import positive_int
 from ganaug.errors import UserError
+from ganaug.files import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UserError(message)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -77,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data", required=True, help="real data: digits | mnist | fashion_mnist | cifar10 | folder | .npz")
     m.add_argument("--data-root", default="data", help="where torchvision datasets are looked for")
     m.add_argument("--out", required=True, help="output directory (metrics.json, metrics.md, figures)")
-    m.add_argument("--n", type=_positive, default=2000, help="generated images (class-balanced)")
-    m.add_argument("--max-real", type=_positive, default=10000,
+    m.add_argument("--n", type=positive_int, default=2000, help="generated images (class-balanced)")
+    m.add_argument("--max-real", type=positive_int, default=10000,
                    help="real images compared against (a seeded random subset beyond this)")
     m.add_argument("--features", help="another feature network: a ganaug feature_net_*.pt, a TorchScript file, "
                                       "or ARCH:STATE_DICT for a torchvision classifier (e.g. inception_v3:pt.pth)")
@@ -92,17 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="GAN config file (YAML); data.source names the real data")
     s.add_argument("--data", help="real data (sets data.source)")
     s.add_argument("--k", help="labelled images per class, comma-separated, 'all' for all (default 5,10,20,all)")
-    s.add_argument("--seeds", type=_positive, help="classifier seeds per arm (default 3)")
-    s.add_argument("--gan-steps", type=_positive, help="GAN training steps per K")
+    s.add_argument("--seeds", type=positive_int, help="classifier seeds per arm (default 3)")
+    s.add_argument("--gan-steps", type=positive_int, help="GAN training steps per K")
     s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
     s.add_argument("--test-fraction", type=_fraction, default=0.3, help="held-out share of the real data")
     s.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split and K subsets")
-    s.add_argument("--synthetic-per-class", type=_positive, default=2000, help="synthetic images per class")
+    s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
     s.add_argument("--synthetic-fraction", type=_fraction, default=0.5,
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
     s.add_argument("--truncation", type=float, default=0.0,
                    help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
-    s.add_argument("--classifier-steps", type=_positive, default=400, help="classifier training steps (every arm)")
+    s.add_argument("--classifier-steps", type=positive_int, default=400, help="classifier training steps (every arm)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=run_study)
     return parser
@@ -114,14 +105,7 @@ def main(argv: list[str]) -> int:
 
 
 def check_writable(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise UserError(f"--out {out} is not a writable directory: {exc.strerror or exc}") from None
+    ensure_writable_dir(out, "--out")
 
 
 def check_data_source(source: str, flag: str) -> None:

@@ -33,7 +33,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -103,7 +103,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: physical cores)")
     p.add_argument("--shard-size", type=positive_int, default=10000, help="images per .npz shard")
-    p.add_argument("--truncation", type=_finite_float, default=0.0,
+    p.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")
     p.add_argument("--overwrite", action="store_true", help="replace output made with another model or seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -22,9 +22,10 @@ class ConfigError(UserError):
     """A config key is unknown, has the wrong type or an out-of-range value."""
 
 
-def option(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None) -> Any:  # noqa: A002
+def option(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,  # noqa: A002
+           max: float | None = None) -> Any:  # noqa: A002
     """A config field with its one-line doc and the constraints `validate` checks."""
-    meta = {"doc": doc, "choices": choices, "min": min}
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -35,7 +36,8 @@ class DataConfig:
     source: str = option("digits", "digits | mnist | fashion_mnist | cifar10 | an image folder | a .npz file")
     root: str = option("data", "where torchvision datasets (mnist, fashion_mnist, cifar10) are looked for")
     download: bool = option(False, "let torchvision download its dataset into data.root when missing")
-    resolution: int = option(32, "image side in pixels: 4..7 times a power of two, e.g. 16, 28, 32, 64", min=8)
+    resolution: int = option(32, "image side in pixels: 4..7 times a power of two up to 1024, e.g. 16, 28, 32, 64",
+                             min=8, max=1024)
     channels: int = option(0, "image channels, 1 or 3; 0 takes them from the data", choices=(0, 1, 3))
     in_memory: str = option("auto", "hold the dataset as one tensor on the device: auto | true | false",
                             choices=("auto", "true", "false"))
@@ -109,13 +111,15 @@ class Config:
 
     def validate(self) -> Config:
         for key, spec, value in _leaves(self):
-            choices, lower = spec.metadata["choices"], spec.metadata["min"]
+            choices, lower, upper = spec.metadata["choices"], spec.metadata["min"], spec.metadata["max"]
             if choices is not None and value not in choices:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{key}: {value!r} is not a finite number")
             if lower is not None and value < lower:
                 raise ConfigError(f"{key}: {value!r} is below the minimum {lower}")
+            if upper is not None and value > upper:
+                raise ConfigError(f"{key}: {value!r} is above the maximum {upper}")
         if not 0 <= self.train.ema_decay < 1:
             raise ConfigError(f"train.ema_decay: {self.train.ema_decay} must be in [0, 1)")
         if self.model.arch == "seed" and self.data.resolution != 28:

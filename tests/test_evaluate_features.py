@@ -115,7 +115,7 @@ def test_a_torchvision_architecture_with_its_state_dict(tmp_path, digits):
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: p, "is not a file"),
-    (lambda p: (p.write_text("not a model"), p)[1], "cannot read"),
+    (lambda p: (p.write_text("not a model"), p)[1], "is not a PyTorch checkpoint"),
     (lambda p: (torch.save({"w": torch.zeros(2)}, p), p)[1], "neither a ganaug feature net nor a TorchScript"),
 ])
 def test_bad_feature_files_are_one_clear_error(tmp_path, make, message):

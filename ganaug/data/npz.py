@@ -12,6 +12,8 @@ from ganaug.data import ImageData
 from ganaug.data.convert import array_to_nchw, match_channels, resize_batch
 from ganaug.errors import UserError
 
+MAX_CLASSES = 100_000  # ImageNet-21k has about 22,000
+
 
 def load_npz(path: Path, resolution: int, channels: int = 0) -> ImageData:
     try:
@@ -29,6 +31,8 @@ def load_npz(path: Path, resolution: int, channels: int = 0) -> ImageData:
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
         raise UserError(f"data.source: {path}: 'images' must be NHW or NHWC with 1, 3 or 4 channels, "
                         f"got shape {list(images.shape)}")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise UserError(f"data.source: {path}: 'images' have no pixels (shape {list(images.shape)})")
     tensor = match_channels(resize_batch(array_to_nchw(images), resolution), channels)
     labels, class_names = _labels(path, arrays, len(images))
     return ImageData(tensor, labels, class_names, tensor.shape[1], resolution)
@@ -44,6 +48,9 @@ def _labels(path: Path, arrays: dict, count: int) -> tuple[torch.Tensor | None, 
     if count and labels.min() < 0:
         raise UserError(f"data.source: {path}: 'labels' has negative values")
     num_classes = int(labels.max()) + 1 if count else 0
+    if num_classes > MAX_CLASSES:  # a stray huge label would otherwise mean billions of class names
+        raise UserError(f"data.source: {path}: 'labels' go up to {num_classes - 1}; at most {MAX_CLASSES} "
+                        "classes are supported")
     if "class_names" in arrays:
         class_names = [str(name) for name in arrays["class_names"].tolist()]
         if len(class_names) < num_classes:

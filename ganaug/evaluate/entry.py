@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from ganaug.cli import positive_int
+from ganaug.cli import finite_float, positive_int
 from ganaug.errors import UserError
 from ganaug.files import ensure_writable_dir
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--features", help="another feature network: a ganaug feature_net_*.pt, a TorchScript file, "
                                       "or ARCH:STATE_DICT for a torchvision classifier (e.g. inception_v3:pt.pth)")
     m.add_argument("--seed", type=int, default=0, help="latent seed of the generated images")
-    m.add_argument("--truncation", type=float, default=0.0, help="truncation of the latents (0: off)")
+    m.add_argument("--truncation", type=finite_float, default=0.0, help="truncation of the latents (0: off)")
     m.set_defaults(run=run_metrics)
 
     s = sub.add_parser("study", help="the augmentation study: train, export, sample, classify",
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
     s.add_argument("--synthetic-fraction", type=_fraction, default=0.5,
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
-    s.add_argument("--truncation", type=float, default=0.0,
+    s.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
     s.add_argument("--classifier-steps", type=positive_int, default=400, help="classifier training steps (every arm)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import nn
 
 from ganaug.errors import UserError
 from ganaug.evaluate.classifier import SmallCNN, TrainingSet, TrainSettings, accuracy, train_classifier
+from ganaug.train.checkpoint import safe_load, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,13 +153,11 @@ def train_feature_net(images: torch.Tensor, labels: torch.Tensor | None, spec: F
 def load_or_train_domain_features(images: torch.Tensor, labels: torch.Tensor | None, num_classes: int,
                                   cache_dir: Path, seed: int = 0) -> FeatureExtractor:
     """The feature extractor for this data, trained on first use and then read from cache_dir."""
-    from ganaug.train.checkpoint import save_atomic
-
     spec = FeatureNetSpec(int(images.shape[1]), int(images.shape[-1]), num_classes if labels is not None else 0,
                           steps=FEATURE_NET_STEPS, seed=seed)
     path = Path(cache_dir) / f"feature_net_{data_key(images, labels, spec)}.pt"
     if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_load(path, f"cached feature network {path}")
         net = SmallCNN(spec.channels, max(spec.num_classes, 1), spec.widths)
         net.load_state_dict(state["state_dict"])
         log.info("feature network: %s (cached)", path)
@@ -225,10 +223,7 @@ def _ganaug_or_torchscript(path: Path) -> nn.Module:
         except RuntimeError as exc:
             raise UserError(f"--features: cannot load TorchScript module {path}: {str(exc).splitlines()[0]}") from None
         return ExternalExtractor(module, f"torchscript:{path.name}", channels=None, size=None)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, EOFError) as exc:
-        raise UserError(f"--features: cannot read {path}: {str(exc).strip().splitlines()[0]}") from None
+    state = safe_load(path, f"--features: {path}")
     if not (isinstance(state, dict) and state.get("format") == FEATURE_NET_FORMAT and "spec" in state):
         raise UserError(f"--features: {path} is neither a ganaug feature net nor a TorchScript module; "
                         "for a state dict, name its architecture: --features inception_v3:PATH")
@@ -247,10 +242,10 @@ def _torchvision_extractor(arch: str, path: Path) -> ExternalExtractor:
         raise UserError(f"--features: {arch!r} is not a torchvision model (e.g. inception_v3, resnet18)")
     extra = {"aux_logits": True, "init_weights": False, "transform_input": False} if arch == "inception_v3" else {}
     model = builder(weights=None, **extra)
+    state = safe_load(path, f"--features: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, EOFError) as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise UserError(f"--features: {path} is not a state dict for torchvision's {arch}: "
                         f"{str(exc).splitlines()[0]}") from None
     if not hasattr(model, "fc"):

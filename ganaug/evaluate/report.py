@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ganaug.files import write_text_atomic
 
 ARM_LABELS = {
     "real": "(a) real",
@@ -77,9 +78,7 @@ def _json_safe(value):
 
 
 def write_json(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(values), indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_json_safe(values), indent=2))
 
 
 # ------------------------------------------------------------------------------ text

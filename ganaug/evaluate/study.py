@@ -32,6 +32,7 @@ import torch
 from ganaug.config import Config, dump_yaml
 from ganaug.errors import UserError
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_classifier
+from ganaug.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +151,14 @@ class StudyState:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError) as exc:
                 raise UserError(f"{path} is unreadable ({exc}); move it aside to start the study afresh") from None
+            if not (isinstance(saved, dict) and isinstance(saved.get("units", {}), dict)):
+                raise UserError(f"{path} is not a study state (expected an object with settings and units); "
+                                "move it aside to start the study afresh")
             if saved.get("settings") != settings:
                 changed = sorted(_changed_keys(saved.get("settings") or {}, settings))
                 raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
                                 "use another --out, or the same settings to resume it")
-            self.units = saved["units"]
+            self.units = saved.get("units", {})
             self.settings = settings
         else:
             self.units = {}
@@ -162,9 +166,8 @@ class StudyState:
             self._write()  # from now on, a run with other settings is refused
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"format": STATE_FORMAT, "settings": self.settings, "units": self.units}, indent=1))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"format": STATE_FORMAT, "settings": self.settings,
+                                                 "units": self.units}, indent=1))
 
     def get(self, key: str):
         return self.units.get(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 from ganaug.errors import UserError
@@ -36,11 +37,32 @@ def _check_arguments(args) -> None:
         raise UserError(f"--out {args.out} exists and is not a directory")
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
+        return None
+
+
+def _check_shard_fits(shard_images: int, image_shape: tuple[int, ...]) -> None:
+    """Two shards are in memory at once (one generated, one written): refuse sizes that cannot fit."""
+    image_bytes, memory = math.prod(image_shape), _physical_memory()
+    if memory is None:
+        return
+    budget = memory // 2
+    if 2 * shard_images * image_bytes > budget:
+        raise UserError(f"--shard-size {shard_images}: two shards of {shard_images * image_bytes / 2**30:.1f} GiB "
+                        f"do not fit in half of this machine's {2 * budget / 2**30:.0f} GiB; "
+                        f"use --shard-size {max(1, budget // (2 * image_bytes))} or less")
+
+
 def main(args) -> int:
     _check_arguments(args)
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
     classes = select_classes(sampler.meta, parse_class_list(args.classes))
     n = args.n if args.n is not None else args.per_class * len(classes)
+    if args.format == "npz":
+        _check_shard_fits(min(args.shard_size, n), sampler.meta.image_shape)
     arguments = {
         "n": args.n,
         "per_class": args.per_class,

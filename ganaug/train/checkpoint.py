@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 import tempfile
 import zipfile
 from pathlib import Path
@@ -60,22 +61,27 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True; any unreadable, truncated or unsafe file is a UserError."""
+    """A ganaug checkpoint, loaded safely; any unreadable, truncated or unsafe file is a UserError."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise UserError(f"checkpoint {path} is not a PyTorch checkpoint, or is truncated")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UserError(f"checkpoint {path} was refused by the safe loader (weights_only=True): "
-                        f"{_refusal_reason(str(exc))}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} is unreadable or truncated: {first}") from None
+    state = safe_load(path, f"checkpoint {path}")
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
     return state
+
+
+def safe_load(path: Path, name: str):
+    """torch.load with weights_only=True (a hostile pickle is refused without running); errors name `name`."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise UserError(f"{name} is not a PyTorch checkpoint, or is truncated")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{name} was refused by the safe loader (weights_only=True): "
+                        f"{_refusal_reason(str(exc))}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{name} is unreadable or truncated: {first}") from None
 
 
 def _refusal_reason(message: str) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from ganaug.config import Config, dump_yaml, load_config
 from ganaug.errors import UserError
-from ganaug.files import ensure_writable_dir
+from ganaug.files import ensure_writable_dir, write_text_atomic
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
 from ganaug.train.dist import destroy_distributed, gather_objects, init_distributed, read_env
@@ -76,6 +76,14 @@ def _check_same_resume_step(step: int) -> None:
                         "every node must see the same --run-dir (a shared filesystem)")
 
 
+def _refuse_to_overwrite_config(config: str | None, run_dir: Path, resumed: bool) -> None:
+    """A fresh run writes its resolved config to run_dir/config.yaml: never over the user's own file."""
+    written = run_dir / "config.yaml"
+    if not resumed and config and written.exists() and written.samefile(config):
+        raise UserError(f"--config {config} is the file a run writes its resolved config to "
+                        f"({written}); give the run a --run-dir of its own")
+
+
 def main(args) -> int:
     if not args.run_dir and not args.dry_run:
         raise UserError("--run-dir is required")
@@ -104,6 +112,7 @@ def main(args) -> int:
                             f"({', '.join(f'{k}: {saved.to_dict()[k]} -> {spec.to_dict()[k]}' for k in changed)}); "
                             "use a new --run-dir")
     ensure_writable_dir(run_dir, "--run-dir")
+    _refuse_to_overwrite_config(args.config, run_dir, resumed=resume is not None)
 
     info = init_distributed()
     setup_logging(info.rank)
@@ -115,7 +124,7 @@ def main(args) -> int:
             del resume
         if info.is_main:
             checkpoint.clean_stale_temporaries(run_dir / "checkpoints")  # left by a writer that was killed
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         trainer.fit()
     finally:
         destroy_distributed()

@@ -31,18 +31,29 @@ def ensure_writable_dir(path: Path, flag: str) -> None:
         raise UserError(f"{flag} {path} is not a writable directory: {exc.strerror or exc}") from None
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a reader (or a crash) sees the old file or the new one."""
+def write_atomic(path: Path, data: bytes | memoryview | str, fsync: bool = False) -> None:
+    """Replace `path` with `data` in one step: a reader, or a crash, sees the old file or the new one.
+
+    The temporary file sits beside `path` (so the rename is atomic) under a name no one else uses;
+    on any failure it is removed and the OSError propagates, with `path` untouched.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give it the permissions a plain write would
+        with os.fdopen(fd, "w" if isinstance(data, str) else "wb", **_text_options(data)) as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a plain write's permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _text_options(data) -> dict:
+    return {"encoding": "utf-8"} if isinstance(data, str) else {}
 
 
 def _umask() -> int:

@@ -12,7 +12,8 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = ["data.resolution=16", "model.g_channels=8", "model.d_channels=8", "model.z_dim=16",
-        "model.embed_dim=8", "train.batch_size=16", "log.progress=false", "log.image_every=0"]
+        "model.embed_dim=8", "train.batch_size=16", "log.progress=false", "log.image_every=0",
+        "train.threads=1"]  # one thread: tiny nets run faster without the thread pool
 
 
 @pytest.fixture(scope="session")

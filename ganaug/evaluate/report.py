@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganaug.files import write_text_atomic
+from ganaug.files import write_atomic
 
 ARM_LABELS = {
     "real": "(a) real",
@@ -78,7 +78,7 @@ def _json_safe(value):
 
 
 def write_json(path: Path, values: dict) -> None:
-    write_text_atomic(path, json.dumps(_json_safe(values), indent=2))
+    write_atomic(path, json.dumps(_json_safe(values), indent=2))
 
 
 # ------------------------------------------------------------------------------ text

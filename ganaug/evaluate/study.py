@@ -32,7 +32,7 @@ import torch
 from ganaug.config import Config, dump_yaml
 from ganaug.errors import UserError
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_classifier
-from ganaug.files import write_text_atomic
+from ganaug.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class StudyState:
             self._write()  # from now on, a run with other settings is refused
 
     def _write(self) -> None:
-        write_text_atomic(self.path, json.dumps({"format": STATE_FORMAT, "settings": self.settings,
+        write_atomic(self.path, json.dumps({"format": STATE_FORMAT, "settings": self.settings,
                                                  "units": self.units}, indent=1))
 
     def get(self, key: str):

@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from ganaug import __version__
 from ganaug.errors import UserError
-from ganaug.files import sha256_of, write_text_atomic
+from ganaug.files import sha256_of, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def build_card(models: list[Path], command: str, source: str | None = None,
 
 
 def write_card(card: dict, out: Path) -> None:
-    write_text_atomic(out, json.dumps(card, indent=2) + "\n")
+    write_atomic(out, json.dumps(card, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

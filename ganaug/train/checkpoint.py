@@ -12,13 +12,13 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from ganaug.errors import UserError
+from ganaug.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +39,16 @@ def save_atomic(state: dict, path: Path) -> None:
     A crash at any point leaves either the old file or the new one, never a torn one; a write
     error (a full disk, a quota) is a UserError and leaves the old file as it was.
     """
-    tmp = None
+    # Serialise in memory first: a failed write then surfaces as an OSError with its errno
+    # (ENOSPC, EFBIG, EDQUOT) instead of torch's opaque "unexpected pos" error.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        # Serialise in memory first: a failed write then surfaces as an OSError with its errno
-        # (ENOSPC, EFBIG, EDQUOT) instead of torch's opaque "unexpected pos" error.
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getbuffer(), fsync=True)
         _fsync_dir(path.parent)
     except OSError as exc:
         raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc} (the previous one is intact)") from None
-    finally:
-        if tmp is not None and Path(tmp).exists():
-            Path(tmp).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ganaug.bench import TARGETS, format_table
-from ganaug.bench.train_speed import ReferenceLoop, compare
+from ganaug.bench.train_speed import ReferenceLoop, compare, reference_networks
+from ganaug.models.seed import SeedDiscriminator, SeedGenerator
 
 
 def test_reference_loop_trains_the_seed_networks():
@@ -16,6 +17,16 @@ def test_reference_loop_trains_the_seed_networks():
     loop.step()
     assert all(not torch.equal(a, b) for a, b in zip(before_d, loop.D.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_g, loop.G.parameters()))
+
+
+def test_the_reference_networks_are_the_seed_networks():
+    def shapes(module):
+        return sorted(tuple(p.shape) for p in module.parameters())
+
+    G, D = reference_networks(z_dim=100, channels=1)
+    assert shapes(G) == shapes(SeedGenerator(100, 0, 1, 0))
+    assert shapes(D) == shapes(SeedDiscriminator(0, 1))
+    assert G(torch.randn(2, 100)).shape == (2, 1, 28, 28) and D(torch.randn(2, 1, 28, 28)).shape == (2, 1)
 
 
 def test_compare_alternates_contenders_and_reports_medians():

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ganaug.models import ModelSpec, build_discriminator, build_generator
+from ganaug.models.layers import Dropout
 
 
 @pytest.mark.parametrize("arch, resolution", [("dcgan", 16), ("dcgan", 28), ("dcgan", 32), ("dcgan", 64),
@@ -62,3 +63,36 @@ def test_spectral_norm_is_optional():
     without = build_discriminator(ModelSpec("dcgan", 8, 0, 1, 16, spectral_norm=False))
     assert any("parametrizations" in name for name, _ in with_sn.named_parameters())
     assert not any("parametrizations" in name for name, _ in without.named_parameters())
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_fast_dropout_keeps_each_element_with_the_right_probability_and_scales_it(layout):
+    x = torch.ones(64, 8, 32, 32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.ones(64, 8, 32, 64)[..., ::2]  # neither contiguous nor channels_last
+    x.requires_grad_(True)
+    layer = Dropout(0.3).train()
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # 524288 elements: 0.005 is about 8 sigma
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    # No position is favoured: every one of the four 16-bit slots of a 64-bit draw keeps about 70%.
+    slots = kept.flatten()[: kept.numel() // 4 * 4].view(-1, 4).float().mean(0)
+    assert ((slots - 0.7).abs() < 0.01).all(), slots
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_dropout_is_seeded_by_torch_and_off_in_eval():
+    x = torch.randn(4, 3, 8, 8)
+    layer = Dropout(0.5)
+    torch.manual_seed(1)
+    first = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(layer(x), first)
+    assert not torch.equal(layer(x), first)
+    assert torch.equal(layer.eval()(x), x)

@@ -1,4 +1,9 @@
-"""DDP scaling: 2 ranks x 1 thread against twice the throughput of 1 rank x 1 thread (real torchrun, gloo)."""
+"""DDP scaling: 2 ranks x 1 thread against twice the throughput of 1 rank x 1 thread (real torchrun, gloo).
+
+The model is the default config's (32x32 conditional digits, batch 64 per process): what `ganaug
+train` runs unless told otherwise. Smaller models scale worse, as the fixed cost of each all-reduce
+weighs more against less compute (16x16: 0.84 measured, against 0.97 at 32x32, in one session).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-DDP_OVERRIDES = ["data.resolution=16", "train.batch_size=64", "log.progress=false", "log.image_every=0"]
+DDP_OVERRIDES = ["log.progress=false", "log.image_every=0"]
 
 
 def run_ranks(nproc: int, steps: int) -> float:

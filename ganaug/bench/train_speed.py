@@ -20,14 +20,33 @@ SEED_OVERRIDES = ["model.arch=seed", "model.conditional=false", "data.resolution
                   "train.loss=bce", "train.diffaug=none", "log.progress=false", "log.image_every=0"]
 
 
+def reference_networks(z_dim: int = 100, channels: int = 1) -> tuple[nn.Module, nn.Module]:
+    """The seed design (models/seed.py, unconditional) as one would first write it: two nn.Sequentials.
+
+    Defined here, not taken from ganaug.models, so the reference neither gains from nor pays for
+    anything ganaug's own layers do (tests check that both have the same parameters).
+    """
+    G = nn.Sequential(
+        nn.Linear(z_dim, 7 * 7 * 256, bias=False), nn.BatchNorm1d(7 * 7 * 256), nn.LeakyReLU(0.3),
+        nn.Unflatten(1, (256, 7, 7)),
+        nn.ConvTranspose2d(256, 128, 5, 1, 2, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.3),
+        nn.ConvTranspose2d(128, 64, 5, 2, 2, output_padding=1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(0.3),
+        nn.ConvTranspose2d(64, channels, 5, 2, 2, output_padding=1, bias=False), nn.Tanh(),
+    )
+    D = nn.Sequential(
+        nn.Conv2d(channels, 64, 5, 2, 2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+        nn.Conv2d(64, 128, 5, 2, 2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+        nn.Flatten(), nn.Linear(128 * 7 * 7, 1),
+    )
+    return G, D
+
+
 class ReferenceLoop:
     """The seed's training step, as one would first write it."""
 
     def __init__(self, images_u8: torch.Tensor, batch_size: int = 128, z_dim: int = 100):
-        from ganaug.models.seed import SeedDiscriminator, SeedGenerator
-
         torch.manual_seed(0)
-        self.G, self.D = SeedGenerator(z_dim, 0, 1, 0), SeedDiscriminator(0, 1)
+        self.G, self.D = reference_networks(z_dim, images_u8.shape[1])
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
         dataset = torch.utils.data.TensorDataset(images_u8.float() / 127.5 - 1)

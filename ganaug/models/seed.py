@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganaug.models.layers import Dropout
+
 
 class SeedGenerator(nn.Module):
     def __init__(self, z_dim: int, num_classes: int, channels: int, embed_dim: int):
@@ -40,15 +42,16 @@ class SeedDiscriminator(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             # C x 28 x 28 -> 64 x 14 x 14 -> 128 x 7 x 7
-            nn.Conv2d(channels, 64, 5, 2, 2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
-            nn.Conv2d(64, 128, 5, 2, 2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
-            nn.Flatten(),
+            nn.Conv2d(channels, 64, 5, 2, 2), nn.LeakyReLU(0.3), Dropout(0.3),
+            nn.Conv2d(64, 128, 5, 2, 2), nn.LeakyReLU(0.3), Dropout(0.3),
         )
         self.head = nn.Linear(128 * 7 * 7, 1)
         self.embed = nn.Embedding(num_classes, 128 * 7 * 7) if num_classes else None
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(images)
+        # Flattened in (H, W, C) order: a free view of channels_last activations. (C, H, W) order would
+        # copy them forward and send a contiguous gradient back into channels_last layers (profiled: 6%).
+        h = self.features(images).permute(0, 2, 3, 1).flatten(1)
         logits = self.head(h).squeeze(1)
         if self.embed is not None:
             logits = logits + (self.embed(labels) * h).sum(1)

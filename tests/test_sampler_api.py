@@ -258,3 +258,19 @@ def test_physical_cores_is_within_the_cpus_we_may_use():
     assert 1 <= cores <= len(os.sched_getaffinity(0))
     assert session_options(0).intra_op_num_threads == cores
     assert session_options(3).intra_op_num_threads == 3
+
+
+def test_quantized_graphs_are_recognised_for_their_layout_settings():
+    from onnx import TensorProto, helper
+
+    from ganaug.sampler.session import _is_quantized
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.1])
+    qdq = helper.make_graph([helper.make_node("QuantizeLinear", ["x", "scale"], ["q"]),
+                             helper.make_node("DequantizeLinear", ["q", "scale"], ["y"])], "qdq", [x], [y], [scale])
+    plain = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "plain", [x], [y])
+    assert _is_quantized(helper.make_model(qdq).SerializeToString())
+    assert not _is_quantized(helper.make_model(plain).SerializeToString())
+    assert not _is_quantized("a/path.onnx")  # a cached, already optimised model: nothing left to choose

@@ -28,6 +28,7 @@ import onnxruntime as ort
 from ganaug import __version__
 from ganaug.errors import UserError
 from ganaug.files import sha256_of, write_atomic
+from ganaug.sampler.session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _speed_feeds(session: ort.InferenceSession, batch: int) -> dict[str, np.ndar
 
 def measure_speed(paths: list[Path], batch: int = SPEED_BATCH, repeats: int = SPEED_REPEATS) -> dict[Path, float]:
     """Images per second of each model on onnxruntime's CPU provider, timed in turns (best of repeats)."""
-    sessions = {path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in paths}
+    sessions = {path: cpu_session(path.read_bytes()) for path in paths}
     feeds = {path: _speed_feeds(session, batch) for path, session in sessions.items()}
     best = {}
     for path, session in sessions.items():  # warm-up: first runs allocate and pick kernels

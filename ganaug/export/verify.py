@@ -31,6 +31,7 @@ from ganaug.export.distance import image_distance
 from ganaug.export.inputs import random_inputs
 from ganaug.export.wrapper import FLOAT_IMAGES, IMAGES, ImageGenerator
 from ganaug.models import ModelSpec
+from ganaug.sampler.session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,8 @@ def check_model(model: onnx.ModelProto) -> None:
 
 
 def create_session(model: onnx.ModelProto) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the verification reports what matters itself
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    """The model on onnxruntime's CPU provider, set up as the sampler will run it."""
+    return cpu_session(model.SerializeToString())
 
 
 def run_torch_reference(module: ImageGenerator, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The sampler image: `ganaug sample` on onnxruntime-gpu, numpy and pillow. No torch, and a
+# The sampler image: `ganaug sample` on onnxruntime-gpu and numpy. No torch, and a
 # non-root user: it is meant to run next to other people's jobs.
 #
 #   docker build -f docker/sampler.Dockerfile -t ganaug-sampler:0.1.0 .

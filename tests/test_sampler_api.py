@@ -274,3 +274,20 @@ def test_quantized_graphs_are_recognised_for_their_layout_settings():
     assert _is_quantized(helper.make_model(qdq).SerializeToString())
     assert not _is_quantized(helper.make_model(plain).SerializeToString())
     assert not _is_quantized("a/path.onnx")  # a cached, already optimised model: nothing left to choose
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 1), (7, 13, 1), (5, 9, 3), (16, 8, 4), (1, 1, 3)])
+def test_png_encoder_round_trips_through_pillow(shape):
+    import io
+
+    from PIL import Image
+
+    from ganaug.sampler.writers import encode_png
+
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(image)
+    assert data == encode_png(image.copy())  # the bytes are a function of the pixels
+    with Image.open(io.BytesIO(data)) as decoded:
+        assert decoded.mode == {1: "L", 3: "RGB", 4: "RGBA"}[shape[2]]
+        pixels = np.asarray(decoded)
+    assert np.array_equal(pixels.reshape(shape), image)

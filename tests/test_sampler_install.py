@@ -1,4 +1,4 @@
-"""`pip install ganaug` without extras gives a working `ganaug sample`, and no torch.
+"""`pip install ganaug` without extras gives a working `ganaug sample`, and no torch or pillow.
 
 Slow (a fresh venv and onnxruntime-gpu, ~300 MB, from PyPI) but part of the default run: it is the
 only test that sees the package as a user of the slim sampler container does.
@@ -51,8 +51,9 @@ def test_torch_free_install_runs_ganaug_sample(tmp_path):
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
 
-    no_torch = _run([str(python), "-c", "import torch"], timeout=60, cwd=tmp_path)
-    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    for heavy in ("torch", "PIL"):  # the sampler encodes its PNGs itself
+        missing = _run([str(python), "-c", f"import {heavy}"], timeout=60, cwd=tmp_path)
+        assert missing.returncode != 0 and f"No module named '{heavy}'" in missing.stderr
 
     model = make_model(tmp_path / "model.onnx", class_names=["cat", "dog"], shape=(8, 8, 3))
     out = tmp_path / "out"

@@ -34,7 +34,7 @@ from ganaug.sampler.rng import SCHEME
 from ganaug.sampler.sampler import Sampler
 from ganaug.sampler.session import physical_cores, short_provider
 from ganaug.sampler.writers import (
-    PNG_COMPRESS_LEVEL,
+    PNG_ENCODING,
     WritePool,
     encode_png,
     write_atomic,
@@ -117,7 +117,7 @@ def _identity(sampler: Sampler, request: SampleRequest) -> dict:
         "latent_scheme": SCHEME,
     }
     if request.format == "png":
-        identity["png_compress_level"] = PNG_COMPRESS_LEVEL
+        identity["png_encoding"] = PNG_ENCODING
     else:
         identity["shard_size"] = request.shard_size
     return identity

@@ -12,22 +12,26 @@ import collections
 import contextlib
 import io
 import os
+import struct
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
 
 from ganaug.errors import UserError
 
 TEMP_PREFIX = ".ganaug-"
 TEMP_SUFFIX = ".tmp"
-# zlib level 1: several times faster than the default 6 on generated images and only slightly
-# larger files. Fixed, because the bytes must not change between an interrupted and a full run.
+# The PNG bytes are a function of the pixels alone, fixed by these two settings (recorded in
+# sample_info.json, so a resumed run never mixes encodings): zlib level 1, and no scanline filter.
 PNG_COMPRESS_LEVEL = 1
+PNG_ENCODING = f"zlib{PNG_COMPRESS_LEVEL}-filter0"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # grey, RGB, RGBA; 8 bits per sample
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
@@ -68,12 +72,25 @@ def write_file_atomic(path: str, data: bytes, fsync: bool = False) -> None:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """uint8 [H, W, C] (C = 1, 3 or 4) -> PNG bytes; same pixels, same bytes."""
-    if image.shape[-1] == 1:
-        image = image[..., 0]
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
+    """uint8 [H, W, C] (C = 1, 3 or 4) -> PNG bytes; same pixels, same bytes.
+
+    Written out rather than through PIL: on the small images a GAN makes, PIL's per-image
+    overhead (55 to 130 us for 32x32, measured) is several times the encoding itself (about 15 us
+    here), and the sampler writes one file per image. The subset of the format used is the
+    simplest one: 8-bit samples, one IDAT chunk, filter type 0 on every scanline.
+    """
+    height, width, channels = image.shape
+    scanlines = np.empty((height, 1 + width * channels), dtype=np.uint8)
+    scanlines[:, 0] = 0  # filter type: none
+    scanlines[:, 1:] = image.reshape(height, width * channels)
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", header),
+                     _png_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), PNG_COMPRESS_LEVEL)),
+                     _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> None:

@@ -57,3 +57,17 @@ def test_sampler_memory_and_cold_start_probes(tmp_path):
     assert 10 < peak_rss_mb(model, tmp_path / "a", 64) < 2000  # the sampler process alone, in MB
     assert 0 < time_to_first_image(model, tmp_path / "b") < 60
     assert len(list((tmp_path / "b").glob("*/*.png"))) == 1
+
+
+def test_end_to_end_fractions_write_both_formats_and_compare_with_generation(tmp_path):
+    from onnx_models import make_model
+
+    from ganaug.bench.sample_speed import BATCH, end_to_end_fractions
+    from ganaug.sampler import Sampler
+
+    sampler = Sampler.load(make_model(tmp_path / "m.onnx", class_names=["a", "b"]), provider="cpu")
+    fractions = end_to_end_fractions(sampler, tmp_path, BATCH, num_classes=2, rounds=2)
+    assert set(fractions) == {"png", "npz"} and all(0 < value < 100 for value in fractions.values())
+    for round_ in range(2):  # every round writes a complete set of its own
+        assert len(list((tmp_path / f"e2e_png_{round_}").glob("*/*.png"))) == BATCH
+        assert len(list((tmp_path / f"e2e_npz_{round_}").glob("shard_*.npz"))) == 1

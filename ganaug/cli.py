@@ -118,9 +118,12 @@ def _run_sample(args) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="quality metrics and the augmentation study",
-                       description="Does the synthetic data help? Quality metrics of a model against real data, "
-                                   "or the whole augmentation study (train, export, sample, classify).")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="see `ganaug evaluate --help`")
+                       usage="ganaug evaluate {metrics,study} ...",
+                       description="Does the synthetic data help? `ganaug evaluate metrics`: quality metrics of a "
+                                   "model against real data. `ganaug evaluate study`: the whole augmentation study "
+                                   "(train, export, sample, classify on held-out real data). Each has its own --help.")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="{metrics,study} ...",
+                   help="the evaluation to run and its options")
     p.set_defaults(run=_run_evaluate)
 
 

@@ -74,3 +74,12 @@ def test_bad_arguments(capsys, tmp_path, monkeypatch, argv, fragment):
     monkeypatch.chdir(tmp_path)
     code, err = run(capsys, *argv)
     assert_one_line_error(code, err, fragment)
+
+
+def test_evaluate_help_names_both_evaluations(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    assert "ganaug evaluate {metrics,study}" in text and "ganaug evaluate study" in text
+    assert "Each has its own --help" in text

@@ -120,9 +120,10 @@ def test_train_checkpoint_past_the_file_size_limit_is_one_error_and_keeps_the_pr
 
 
 def varied_model(path: Path) -> str:
-    """A test generator whose PNGs differ in size from image to image (the default one's pixels are
-    incompressible noise, so every PNG has the same size): larger weights saturate part of the pixels."""
-    model = onnx.load(make_model(path, class_names=CLASSES, shape=(32, 32, 3)))
+    """A test generator whose PNGs differ in size from image to image: large enough to be compressed
+    (smaller ones are stored, all of one size), with larger weights saturating part of the pixels
+    (the default one's pixels are incompressible noise)."""
+    model = onnx.load(make_model(path, class_names=CLASSES, shape=(40, 40, 3)))
     for init in model.graph.initializer:
         if init.name in ("W", "E"):
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))

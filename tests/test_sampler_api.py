@@ -276,8 +276,8 @@ def test_quantized_graphs_are_recognised_for_their_layout_settings():
     assert not _is_quantized("a/path.onnx")  # a cached, already optimised model: nothing left to choose
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 1), (7, 13, 1), (5, 9, 3), (16, 8, 4), (1, 1, 3)])
-def test_png_encoder_round_trips_through_pillow(shape):
+@pytest.mark.parametrize("shape", [(32, 32, 1), (7, 13, 1), (5, 9, 3), (16, 8, 4), (1, 1, 3), (40, 40, 3)])
+def test_png_encoder_round_trips_through_pillow(shape):  # 40x40x3 is past the stored-only size
     import io
 
     from PIL import Image

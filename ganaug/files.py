@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -34,29 +35,22 @@ def ensure_writable_dir(path: Path, flag: str) -> None:
 def write_atomic(path: Path, data: bytes | memoryview | str, fsync: bool = False) -> None:
     """Replace `path` with `data` in one step: a reader, or a crash, sees the old file or the new one.
 
-    The temporary file sits beside `path` (so the rename is atomic) under a name no one else uses;
-    on any failure it is removed and the OSError propagates, with `path` untouched.
+    The temporary file sits beside `path` (so the rename is atomic) under an unguessable name,
+    created with O_EXCL (never through a link or over another file) and mode 0o666, so the umask
+    gives it a plain write's permissions. On any failure it is removed and the OSError
+    propagates, with `path` untouched.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    binary = not isinstance(data, str)
     try:
-        with os.fdopen(fd, "w" if isinstance(data, str) else "wb", **_text_options(data)) as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
             f.write(data)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a plain write's permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-def _text_options(data) -> dict:
-    return {"encoding": "utf-8"} if isinstance(data, str) else {}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -166,8 +166,8 @@ class StudyState:
             self._write()  # from now on, a run with other settings is refused
 
     def _write(self) -> None:
-        write_atomic(self.path, json.dumps({"format": STATE_FORMAT, "settings": self.settings,
-                                                 "units": self.units}, indent=1))
+        state = {"format": STATE_FORMAT, "settings": self.settings, "units": self.units}
+        write_atomic(self.path, json.dumps(state, indent=1))
 
     def get(self, key: str):
         return self.units.get(key)

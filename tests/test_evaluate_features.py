@@ -52,6 +52,17 @@ def test_the_feature_net_is_trained_once_then_read_from_the_cache(digits, short_
     assert len(list(tmp_path.glob("feature_net_*.pt"))) == 2
 
 
+def test_a_corrupt_cached_feature_net_is_trained_again_with_a_warning(digits, short_training, tmp_path, caplog):
+    images, labels = digits
+    trained = features.load_or_train_domain_features(images, labels, 10, tmp_path)
+    (cached,) = tmp_path.glob("feature_net_*.pt")
+    cached.write_bytes(cached.read_bytes()[:200])  # cut off, as by a full disk in another tool
+    again = features.load_or_train_domain_features(images, labels, 10, tmp_path)
+    assert "training the feature network again" in caplog.text
+    assert torch.equal(trained(images[:16]), again(images[:16]))  # the same seed, the same net
+    assert torch.load(cached, weights_only=True)["format"] == features.FEATURE_NET_FORMAT  # rewritten whole
+
+
 def test_the_extractor_takes_uint8_or_unit_floats_and_other_sizes(digits, short_training, tmp_path):
     images, labels = digits
     extractor = features.load_or_train_domain_features(images, labels, 10, tmp_path)

@@ -157,11 +157,14 @@ def load_or_train_domain_features(images: torch.Tensor, labels: torch.Tensor | N
                           steps=FEATURE_NET_STEPS, seed=seed)
     path = Path(cache_dir) / f"feature_net_{data_key(images, labels, spec)}.pt"
     if path.is_file():
-        state = safe_load(path, f"cached feature network {path}")
-        net = SmallCNN(spec.channels, max(spec.num_classes, 1), spec.widths)
-        net.load_state_dict(state["state_dict"])
-        log.info("feature network: %s (cached)", path)
-        return FeatureExtractor(net.eval(), spec)
+        try:
+            state = safe_load(path, f"cached feature network {path}")
+            net = SmallCNN(spec.channels, max(spec.num_classes, 1), spec.widths)
+            net.load_state_dict(state["state_dict"])
+            log.info("feature network: %s (cached)", path)
+            return FeatureExtractor(net.eval(), spec)
+        except (UserError, KeyError, TypeError, RuntimeError) as exc:  # a cache is rebuilt, never trusted
+            log.warning("%s; training the feature network again", exc)
     if spec.num_classes:
         log.info("training the feature network on %d labelled images (once; cached in %s)", len(images), cache_dir)
     else:

@@ -5,8 +5,8 @@ None of these gets as far as exporting, so they are fast.
 
 from __future__ import annotations
 
-import builtins
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch
 
 import ganaug.export.entry as entry
 from ganaug.cli import main
-from ganaug.export.output import AtomicOutput
+from ganaug.export.output import OutputFile
 
 
 def export_error(capsys, source, out, *flags: str) -> str:
@@ -176,7 +176,7 @@ def test_out_is_the_checkpoint(capsys, checkpoint):
 
 
 def test_unwritable_out_fails_before_exporting(capsys, checkpoint, out_dir, monkeypatch):
-    real_open = builtins.open
+    real_open = os.open
 
     def no_writes_in_out_dir(file, *args, **kwargs):  # root ignores chmod, so refuse here instead
         if str(file).startswith(str(out_dir)):
@@ -186,22 +186,26 @@ def test_unwritable_out_fails_before_exporting(capsys, checkpoint, out_dir, monk
     def must_not_load(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded although --out cannot be written")
 
-    monkeypatch.setattr(builtins, "open", no_writes_in_out_dir)
+    monkeypatch.setattr(os, "open", no_writes_in_out_dir)
     monkeypatch.setattr(entry, "load_generator", must_not_load)
     assert "cannot be written: Permission denied" in export_error(capsys, checkpoint, out_dir / "g.onnx")
     assert os.listdir(out_dir) == []
 
 
-def test_atomic_output_replaces_only_on_commit(tmp_path):
+def test_output_file_replaces_only_on_commit(tmp_path):
     path = tmp_path / "g.onnx"
     path.write_bytes(b"old")
-    with AtomicOutput(path, force=True) as output:
-        assert path.read_bytes() == b"old"  # untouched until the commit
-        output.commit(b"new")
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["g.onnx"]
-    with pytest.raises(RuntimeError), AtomicOutput(path, force=True):
-        raise RuntimeError("export failed")
+    output = OutputFile(path, force=True)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["g.onnx"]  # checked, untouched
+    output.commit(b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["g.onnx"]  # no temporary file left
+
+
+def test_out_that_is_a_device_node_is_refused_even_with_force(capsys, checkpoint, tmp_path):
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)  # a special file anyone can make; a copied device node is refused the same way
+    assert "is not a regular file" in export_error(capsys, checkpoint, fifo, "--force")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 # ------------------------------------------------------------------------------ the options

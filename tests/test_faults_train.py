@@ -15,6 +15,8 @@ import torch
 from conftest import TINY, error_line
 
 from ganaug.cli import main
+from ganaug.files import is_temporary
+from ganaug.train import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +34,8 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pa
         deadline = time.monotonic() + 120
         partial = []
         while not partial and time.monotonic() < deadline:
-            partial = [p for p in folder.glob(".last.pt.*.tmp") if p.stat().st_size > 0] if folder.is_dir() else []
+            partial = [p for p in folder.iterdir() if is_temporary(p.name) and p.stat().st_size > 0
+                       ] if folder.is_dir() else []
             time.sleep(0.1)
         assert partial, "the second checkpoint write never started"
         process.send_signal(signal.SIGKILL)
@@ -42,40 +45,25 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_intact(tmp_pa
     assert torch.load(folder / "last.pt", weights_only=True)["step"] == 2  # the previous checkpoint, whole
     assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
     assert torch.load(folder / "last.pt", weights_only=True)["step"] == 6
-    assert not list(folder.glob(".*.tmp"))  # the killed writer's leftovers are gone
-
-
-def _is_checkpoint_temporary(fd: int) -> bool:
-    """Is this descriptor the temporary file of a last.pt being written (not some other atomic write)?"""
-    return os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".last.pt.")
+    assert not [p for p in folder.iterdir() if is_temporary(p.name)]  # the killed writer's leftovers are gone
 
 
 def test_a_full_disk_while_checkpointing_is_one_clear_error_and_loses_nothing(tmp_path, monkeypatch, capsys):
-    real_fdopen = os.fdopen
-    opened = {"count": 0}
+    real_write_atomic = checkpoint.write_atomic
+    calls = {"count": 0}
 
-    class FullDisk:
-        def __init__(self, file):
-            self.file = file
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-        def write(self, data):
-            self.file.write(bytes(data)[:100])
+    def fill_until_the_disk_is_full(data):
+        def fill(f):
+            f.write(bytes(data)[:100])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def fdopen(fd, *args, **kwargs):
-        file = real_fdopen(fd, *args, **kwargs)
-        if not _is_checkpoint_temporary(fd):
-            return file
-        opened["count"] += 1
-        return FullDisk(file) if opened["count"] > 1 else file
+        return fill
 
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    def write_atomic(path, data, fsync=False):  # the second checkpoint write meets a full disk
+        calls["count"] += 1
+        return real_write_atomic(path, fill_until_the_disk_is_full(data) if calls["count"] > 1 else data, fsync)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", write_atomic)
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *TINY, "train.steps=4", "ckpt.every=2"]) == 2
     line = error_line(capsys.readouterr().err, "train")

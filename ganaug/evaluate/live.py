@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from ganaug.evaluate.features import FeatureExtractor, load_or_train_domain_features
 from ganaug.evaluate.metrics import frechet_distance, kernel_distance
+from ganaug.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +162,7 @@ def log_training_metrics(trainer) -> None:
         state["metrics"] = {"fd": fd, "kid": kid, "step": trainer.step}
         best_pt, best_json = best_paths(trainer.run_dir)
         checkpoint.save_atomic(state, best_pt)
-        _write_json_atomic(best_json, state["metrics"])
+        write_atomic(best_json, json.dumps(state["metrics"], indent=2))
         _STATE[trainer].best_fd = fd
         log.info("step %d: new best FD %.3f -> %s", trainer.step, fd, best_pt)
     barrier()
-
-
-def _write_json_atomic(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2))
-    tmp.replace(path)

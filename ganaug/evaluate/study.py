@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -114,10 +113,8 @@ def k_per_class(labels: torch.Tensor, candidates: torch.Tensor, k: int | None, s
 def write_npz(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> None:
     """images uint8 NCHW -> an .npz `ganaug train` reads (images NHWC, labels, class_names), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
-             class_names=np.array(class_names))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.savez(f, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
+                                          class_names=np.array(class_names)))
 
 
 def image_hashes(images: torch.Tensor) -> set[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ganaug.errors import UserError
 from ganaug.export.metadata import attach_metadata, model_metadata
 from ganaug.export.onnx_export import check_opset, drop_output, export_onnx
-from ganaug.export.output import AtomicOutput
+from ganaug.export.output import OutputFile
 from ganaug.export.reduce import convert_to_fp16, has_conv_transpose, quantize_int8
 from ganaug.export.source import load_generator, resolve_checkpoint
 from ganaug.export.verify import ParityReport, check_model, verify_parity, verify_same_images
@@ -44,29 +44,28 @@ def export_model(source: str | Path, out: str | Path, precision: str = "fp32", w
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     opset = check_opset(opset)
     checkpoint = resolve_checkpoint(source)
-    output = AtomicOutput(out, force)
-    if output.path.resolve() == checkpoint.resolve():
+    output = OutputFile(out, force)
+    if output.path.exists() and output.path.samefile(checkpoint):
         raise UserError(f"--out {output.path} is the checkpoint being exported")
-    with output:
-        loaded = load_generator(checkpoint, weights)
-        module = ImageGenerator(loaded.generator).eval()
-        verified = export_onnx(module, loaded.spec, opset)
+    loaded = load_generator(checkpoint, weights)
+    module = ImageGenerator(loaded.generator).eval()
+    verified = export_onnx(module, loaded.spec, opset)
+    check_model(verified)
+    reports = [verify_parity(verified, module, loaded.spec, "fp32")]
+    note = None
+    if precision != "fp32":
+        if precision == "int8" and has_conv_transpose(verified):
+            note = INT8_CONV_TRANSPOSE_NOTE
+            log.warning("%s", note)
+        verified = convert_to_fp16(verified) if precision == "fp16" else quantize_int8(verified, loaded.spec)
         check_model(verified)
-        reports = [verify_parity(verified, module, loaded.spec, "fp32")]
-        note = None
-        if precision != "fp32":
-            if precision == "int8" and has_conv_transpose(verified):
-                note = INT8_CONV_TRANSPOSE_NOTE
-                log.warning("%s", note)
-            verified = convert_to_fp16(verified) if precision == "fp16" else quantize_int8(verified, loaded.spec)
-            check_model(verified)
-            reports.append(verify_parity(verified, module, loaded.spec, precision, allow_degraded))
-        final = drop_output(verified, FLOAT_IMAGES)
-        attach_metadata(final, model_metadata(loaded, precision, opset, reports, note))
-        check_model(final)
-        verify_same_images(final, verified, loaded.spec)
-        data = final.SerializeToString()
-        output.commit(data)
+        reports.append(verify_parity(verified, module, loaded.spec, precision, allow_degraded))
+    final = drop_output(verified, FLOAT_IMAGES)
+    attach_metadata(final, model_metadata(loaded, precision, opset, reports, note))
+    check_model(final)
+    verify_same_images(final, verified, loaded.spec)
+    data = final.SerializeToString()
+    output.commit(data)
     return ExportResult(output.path, precision, len(data), reports, time.perf_counter() - started)
 
 

@@ -1,68 +1,43 @@
 """The --out file: every check before the export starts, the file itself only at the very end.
 
-The model is written to a temporary file in the destination folder and renamed over --out
-(os.replace is atomic within a file system), so --out is either absent, the old file, or the
-complete new model; never half a model. The temporary file is created up front, so a folder that
-cannot be written fails in a second instead of after the export.
+`OutputFile(path, force)` checks the destination at once (not a directory, device or other
+non-regular file; no silent replacement without --force; a folder that takes files) so a mistake
+fails in a second instead of after the export. `commit(data)` then writes the model through the
+shared atomic writer: --out is either absent, the old file, or the complete new model.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import uuid
 from pathlib import Path
 
 from ganaug.errors import UserError
+from ganaug.files import check_regular_target, temporary_beside, write_atomic
 
-log = logging.getLogger(__name__)
 
-
-class AtomicOutput:
-    """with AtomicOutput(path, force) as out: ...; out.commit(data). Leaves nothing on error."""
-
+class OutputFile:
     def __init__(self, path: str | Path, force: bool = False):
         self.path = Path(path)
-        self.force = force
-        self._tmp: Path | None = None
-        self._check()
+        self._check(force)
 
-    def _check(self) -> None:
+    def _check(self, force: bool) -> None:
         path, parent = self.path, self.path.parent
         if path.is_dir():
             raise UserError(f"--out {path} is a directory; give the path of the .onnx file to write")
-        if path.exists() and not self.force:
+        check_regular_target(path, "--out")
+        if path.exists() and not force:
             raise UserError(f"--out {path} already exists; pass --force to replace it")
         if parent.exists() and not parent.is_dir():
             raise UserError(f"--out {path} cannot be created: {parent} is a file, not a directory")
         if not parent.is_dir():
             raise UserError(f"--out {path} cannot be created: directory {parent} does not exist")
-
-    def __enter__(self) -> AtomicOutput:
-        # A plain exclusive create (not mkstemp) so the file gets the usual umask permissions.
-        tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        probe = temporary_beside(path)
         try:
-            with open(tmp, "xb"):
-                pass
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
         except OSError as exc:
-            raise UserError(f"--out {self.path} cannot be written: {exc.strerror or exc}") from None
-        self._tmp = tmp
-        return self
+            raise UserError(f"--out {path} cannot be written: {exc.strerror or exc}") from None
 
     def commit(self, data: bytes) -> None:
-        """Write data to the temporary file, flush it to disk, and rename it to --out."""
-        assert self._tmp is not None, "commit() outside the with block"
-        try:
-            with open(self._tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(self._tmp, self.path)
-        except OSError as exc:
-            raise UserError(f"--out {self.path} cannot be written: {exc.strerror or exc}") from None
-        self._tmp = None
-
-    def __exit__(self, *exc_info) -> None:
-        if self._tmp is not None:  # not committed: an error happened, leave nothing behind
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        """Write the model, durable before it replaces an older file."""
+        write_atomic(self.path, data, fsync=True)  # checks again: the path may have changed meanwhile

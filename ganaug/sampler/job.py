@@ -19,11 +19,11 @@ import numpy as np
 
 from ganaug import __version__
 from ganaug.errors import UserError
+from ganaug.files import clean_temporaries
 from ganaug.sampler.labels import counts_per_class, labels_for
 from ganaug.sampler.names import class_dir_names
 from ganaug.sampler.outdir import (
     MANIFEST_NAME,
-    clean_temp_files,
     create_output_dir,
     exclusive_lock,
     open_for_run,
@@ -275,7 +275,7 @@ def write_samples(sampler: Sampler, request: SampleRequest) -> SampleResult:
             directories += [os.path.join(request.out_dir, layout.class_dirs[c]) for c in request.classes]
             for directory in directories[1:]:
                 _make_class_dir(directory)
-        stale = clean_temp_files(directories)
+        stale = sum(clean_temporaries(directory) for directory in directories)
         if stale:
             log.info("removed %d temporary files left by an interrupted run", stale)
         if resuming:

@@ -15,7 +15,8 @@ import os
 import re
 
 from ganaug.errors import UserError
-from ganaug.sampler.writers import is_temp_name, write_file_atomic
+from ganaug.files import is_temporary
+from ganaug.sampler.writers import write_file_atomic
 
 INFO_NAME = "sample_info.json"
 MANIFEST_NAME = "manifest.csv"
@@ -105,14 +106,14 @@ def remove_previous_output(path: str, old_info: dict | None) -> None:
         pattern = png_pattern(class_dir)
         for entry in os.scandir(directory):
             if entry.is_file(follow_symlinks=False) and (
-                pattern.fullmatch(entry.name) or is_temp_name(entry.name)
+                pattern.fullmatch(entry.name) or is_temporary(entry.name)
             ):
                 os.unlink(entry.path)
         if not os.listdir(directory):  # keep a directory that also holds files we did not write
             os.rmdir(directory)
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False) and (
-            SHARD_PATTERN.fullmatch(entry.name) or is_temp_name(entry.name) or entry.name == MANIFEST_NAME
+            SHARD_PATTERN.fullmatch(entry.name) or is_temporary(entry.name) or entry.name == MANIFEST_NAME
         ):
             os.unlink(entry.path)
     # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
@@ -148,23 +149,10 @@ def open_for_run(path: str, identity: dict, overwrite: bool) -> bool:
         return False
     if overwrite:
         remove_previous_output(path, None)
-    foreign = [name for name in os.listdir(path) if not is_temp_name(name)]
+    foreign = [name for name in os.listdir(path) if not is_temporary(name)]
     if foreign:
         raise UserError(
             f"{path} is not empty and has no {INFO_NAME} (e.g. {sorted(foreign)[0]!r}); refusing to "
             "mix synthetic images into it: choose a new or empty directory"
         )
     return False
-
-
-def clean_temp_files(directories: list[str]) -> int:
-    """Remove temporary files an interrupted run left behind; return how many."""
-    removed = 0
-    for directory in directories:
-        if not os.path.isdir(directory):
-            continue
-        for entry in os.scandir(directory):
-            if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
-                os.unlink(entry.path)
-                removed += 1
-    return removed

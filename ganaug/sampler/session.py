@@ -13,12 +13,12 @@ import logging
 import os
 import platform
 import re
-import uuid
 
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from ganaug.errors import UserError
+from ganaug.files import temporary_beside
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _create_with_cache(
     except OSError as exc:  # a cache is an optimisation: never a reason to fail
         log.warning("not caching the optimised model: cannot create %s (%s)", cache_dir, exc.strerror or exc)
         return _new_session(model_bytes, session_options(threads), providers, None)
-    temp = os.path.join(cache_dir, f".ganaug-{uuid.uuid4().hex}.tmp")
+    temp = temporary_beside(_cached_model_path(cache_dir, sha256, providers[0]))
     options = session_options(threads)
     options.optimized_model_filepath = temp
     try:

@@ -1,19 +1,14 @@
-"""Files that appear atomically and encode deterministically, and a bounded pool that writes them.
+"""Files that encode deterministically, and a bounded pool that writes them.
 
-Every file is written to a unique temporary name in its target directory and renamed over its
-final name, so a crash, SIGKILL or full disk never leaves a half file under a final name. The
-bytes depend only on the pixels: PNG with a fixed compression level and no metadata, .npz with
+Every file goes through `ganaug.files.write_atomic`, so a crash, SIGKILL or full disk never leaves
+a half file under a final name. The bytes depend only on the pixels: PNG with a fixed compression level and no metadata, .npz with
 fixed zip timestamps (numpy.savez would stamp the current time).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
-import itertools
-import os
-import secrets
 import struct
 import zipfile
 import zlib
@@ -23,10 +18,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ganaug.errors import UserError
+from ganaug.files import write_atomic, write_bytes
 
-TEMP_PREFIX = ".ganaug-"
-TEMP_SUFFIX = ".tmp"
 # The PNG bytes are a function of the pixels alone, fixed by these settings (recorded in
 # sample_info.json, so a resumed run never mixes encodings): no scanline filter; zlib level 1, or
 # stored (level 0) when the pixels fit in one 4 KiB filesystem block. Below a block, compression
@@ -38,47 +31,6 @@ PNG_ENCODING = f"filter0-zlib{PNG_COMPRESS_LEVEL}-stored-below-{PNG_STORED_BELOW
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # grey, RGB, RGBA; 8 bits per sample
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-def write_bytes(f: BinaryIO, data: bytes) -> None:
-    """The one place file contents are written (tests inject disk-full errors here)."""
-    f.write(data)
-
-
-_TEMP_TOKEN = secrets.token_hex(8)  # one random draw per process; a uuid4 per file cost 2 us of 50
-_temp_counter = itertools.count()  # next() is atomic under the GIL: writer threads never share a name
-
-
-def _temp_name() -> str:
-    # The pid keeps a forked child, which inherits the token and the counter, off its parent's names.
-    return f"{TEMP_PREFIX}{_TEMP_TOKEN}-{os.getpid()}-{next(_temp_counter):x}{TEMP_SUFFIX}"
-
-
-def write_atomic(path: str, fill: Callable[[BinaryIO], None], fsync: bool = False) -> None:
-    """Create `path` with the contents `fill(file)` writes, atomically; never a partial final file."""
-    temp = os.path.join(os.path.dirname(path), _temp_name())
-    try:
-        # O_EXCL on an unguessable name: never follows or reuses anything already there; mode 0o666 so
-        # the umask decides the permissions, as for any other file the user creates.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
 
 
 def write_file_atomic(path: str, data: bytes, fsync: bool = False) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import pickle
 import re
 import struct
@@ -25,14 +24,6 @@ log = logging.getLogger(__name__)
 STEP_PATTERN = re.compile(r"step_(\d{7,})\.pt$")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(state: dict, path: Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
@@ -46,9 +37,10 @@ def save_atomic(state: dict, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, buffer.getbuffer(), fsync=True)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise UserError(f"cannot write checkpoint {path}: {exc.strerror or exc} (the previous one is intact)") from None
+    except (OSError, UserError) as exc:
+        reason = exc.__cause__ if isinstance(exc, UserError) and exc.__cause__ else exc
+        raise UserError(f"cannot write checkpoint {path}: {getattr(reason, 'strerror', None) or reason} "
+                        "(the previous one is intact)") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -95,10 +87,3 @@ def step_checkpoints(folder: Path) -> list[Path]:
 def prune(folder: Path, keep: int) -> None:
     for old in step_checkpoints(folder)[: max(0, len(step_checkpoints(folder)) - keep)]:
         old.unlink(missing_ok=True)
-
-
-def clean_stale_temporaries(folder: Path) -> None:
-    """Temporary files a killed writer left behind."""
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)

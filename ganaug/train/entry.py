@@ -14,7 +14,7 @@ import torch
 
 from ganaug.config import Config, dump_yaml, load_config
 from ganaug.errors import UserError
-from ganaug.files import ensure_writable_dir, write_atomic
+from ganaug.files import clean_temporaries, ensure_writable_dir, write_atomic
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
 from ganaug.train.dist import destroy_distributed, gather_objects, init_distributed, read_env
@@ -123,7 +123,7 @@ def main(args) -> int:
             trainer.load_state_dict(resume)
             del resume
         if info.is_main:
-            checkpoint.clean_stale_temporaries(run_dir / "checkpoints")  # left by a writer that was killed
+            clean_temporaries(run_dir / "checkpoints")  # left by a writer that was killed
             write_atomic(run_dir / "config.yaml", dump_yaml(cfg))
         trainer.fit()
     finally:

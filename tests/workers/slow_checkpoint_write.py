@@ -1,43 +1,30 @@
 """Run `ganaug train` with every checkpoint write after the first stalling half-way, for kill tests."""
 
-import os
 import sys
 import time
 
 from ganaug.cli import main
+from ganaug.train import checkpoint
 
-_fdopen = os.fdopen
-_opened = {"count": 0}
+_write_atomic = checkpoint.write_atomic
+_calls = {"count": 0}
 
 
-class _HalfThenStall:
-    def __init__(self, file):
-        self.file = file
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return self.file.__exit__(*exc)
-
-    def __getattr__(self, name):
-        return getattr(self.file, name)
-
-    def write(self, data):
-        data = bytes(data)
-        self.file.write(data[: len(data) // 2])
-        self.file.flush()
+def _half_then_stall(data):
+    def fill(f):
+        data_bytes = bytes(data)
+        f.write(data_bytes[: len(data_bytes) // 2])
+        f.flush()
         time.sleep(120)  # the test kills the process here
-        return self.file.write(data[len(data) // 2 :])
+        f.write(data_bytes[len(data_bytes) // 2 :])
+
+    return fill
 
 
-def _fdopen_stalling_after_first(fd, *args, **kwargs):
-    file = _fdopen(fd, *args, **kwargs)
-    if not os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".last.pt."):
-        return file  # another atomic write (config.yaml): not the one under test
-    _opened["count"] += 1
-    return _HalfThenStall(file) if _opened["count"] > 1 else file
+def _stalling_after_first(path, data, fsync=False):
+    _calls["count"] += 1
+    return _write_atomic(path, _half_then_stall(data) if _calls["count"] > 1 else data, fsync=fsync)
 
 
-os.fdopen = _fdopen_stalling_after_first
+checkpoint.write_atomic = _stalling_after_first
 sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""The `ganaug` command line.
+"""The `ganaug` command line: it parses arguments, calls the library, and maps errors to exit codes.
 
 Each subcommand's arguments are declared here, and its implementation is imported only when it
 runs, so `ganaug --help` and `ganaug sample` never import torch. A `UserError` anywhere ends in one
-line on stderr and exit status 2; Ctrl-C in 130.
+line on stderr and exit status 2; a missing optional dependency names the extra to install (2);
+Ctrl-C gives 130. Nothing in the library imports this module.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 
 from ganaug import __version__
 from ganaug.errors import UserError
@@ -20,7 +22,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (`ganaug sample: error: ...`), like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        command = " ".join(self.prog.split()[:2])  # `ganaug evaluate metrics` reports as `ganaug evaluate`
+        self.exit(2, f"{command}: error: {message} (see {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------- argument types
 
 
 def positive_int(text: str) -> int:
@@ -43,6 +49,26 @@ def finite_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is not in 0..2^63-1")
+    return value
+
+
+# ---------------------------------------------------------------------------------- train
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a GAN (one process, or many under torchrun)",
                        description="Train a class-conditional GAN. Run under `torchrun -m ganaug train` "
@@ -56,14 +82,24 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    if args.help_config:
-        from ganaug.config import help_config
+    from ganaug.config import dump_yaml, help_config
 
+    if args.help_config:
         print(help_config())
         return 0
-    from ganaug.train.entry import main as train_main
+    if not args.run_dir and not args.dry_run:
+        raise UserError("--run-dir is required")
+    from ganaug.train import resolve_config, run
 
-    return train_main(args)
+    cfg = resolve_config(Path(args.run_dir) if args.run_dir else None, args.config, args.overrides)
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    run(cfg, args.run_dir, config_file=args.config)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- export
 
 
 def _add_export(sub) -> None:
@@ -82,9 +118,17 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from ganaug.export.entry import main as export_main
+    import logging
 
-    return export_main(args)
+    from ganaug.export import export_model
+
+    result = export_model(args.source, args.out, precision=args.precision, weights=args.weights,
+                          opset=args.opset, force=args.force, allow_degraded=args.allow_degraded)
+    logging.getLogger("ganaug.export").info("%s", result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------------- sample
 
 
 def _add_sample(sub) -> None:
@@ -96,7 +140,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--n", type=positive_int, help="number of images (class-balanced when conditional)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="png", choices=("png", "npz"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--classes", help="comma-separated class names to generate (default: all)")
     p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -116,21 +160,74 @@ def _run_sample(args) -> int:
     return sample_main(args)
 
 
+# ---------------------------------------------------------------------------------- evaluate
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="quality metrics and the augmentation study",
-                       usage="ganaug evaluate {metrics,study} ...",
-                       description="Does the synthetic data help? `ganaug evaluate metrics`: quality metrics of a "
+                       usage="ganaug evaluate {metrics,study} ...", description="Does the synthetic data help? `ganaug evaluate metrics`: quality metrics of a "
                                    "model against real data. `ganaug evaluate study`: the whole augmentation study "
                                    "(train, export, sample, classify on held-out real data). Each has its own --help.")
-    p.add_argument("args", nargs=argparse.REMAINDER, metavar="{metrics,study} ...",
-                   help="the evaluation to run and its options")
-    p.set_defaults(run=_run_evaluate)
+    which = p.add_subparsers(dest="evaluation", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    m = which.add_parser("metrics", prog="ganaug evaluate metrics", help="FD, KID, precision/recall, per-class FD and memorisation of a model",
+                         description="Measure a ganaug ONNX model against real data.")
+    m.add_argument("--model", required=True, help="ganaug ONNX model")
+    m.add_argument("--data", required=True, help="real data: digits | mnist | fashion_mnist | cifar10 | folder | .npz")
+    m.add_argument("--data-root", default="data", help="where torchvision datasets are looked for")
+    m.add_argument("--out", required=True, help="output directory (metrics.json, metrics.md, figures)")
+    m.add_argument("--n", type=positive_int, default=2000, help="generated images (class-balanced)")
+    m.add_argument("--max-real", type=positive_int, default=10000,
+                   help="real images compared against (a seeded random subset beyond this)")
+    m.add_argument("--features", help="another feature network: a ganaug feature_net_*.pt, a TorchScript file, "
+                                      "or ARCH:STATE_DICT for a torchvision classifier (e.g. inception_v3:pt.pth)")
+    m.add_argument("--seed", type=seed, default=0, help="latent seed of the generated images")
+    m.add_argument("--truncation", type=finite_float, default=0.0, help="truncation of the latents (0: off)")
+    m.set_defaults(run=_run_metrics)
+
+    s = which.add_parser("study", prog="ganaug evaluate study", help="the augmentation study: train, export, sample, classify",
+                         description="Run the augmentation protocol of docs/evaluation.md; re-running resumes it.")
+    s.add_argument("--out", required=True, help="output directory (state.json, report.md, report.json, figures)")
+    s.add_argument("--config", help="GAN config file (YAML); data.source names the real data")
+    s.add_argument("--data", help="real data (sets data.source)")
+    s.add_argument("--k", help="labelled images per class, comma-separated, 'all' for all (default 5,10,20,all)")
+    s.add_argument("--seeds", type=positive_int, help="classifier seeds per arm (default 3)")
+    s.add_argument("--gan-steps", type=positive_int, help="GAN training steps per K")
+    s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
+    s.add_argument("--test-fraction", type=fraction, default=0.3, help="held-out share of the real data")
+    s.add_argument("--split-seed", type=seed, default=0, help="seed of the train/test split and K subsets")
+    s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
+    s.add_argument("--synthetic-fraction", type=fraction, default=0.5,
+                   help="share of each classifier batch drawn from synthetic images in the mixed arms")
+    s.add_argument("--truncation", type=finite_float, default=0.0,
+                   help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
+    s.add_argument("--classifier-steps", type=positive_int, default=400, help="classifier training steps (every arm)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
+    s.set_defaults(run=_run_study)
 
 
-def _run_evaluate(args) -> int:
-    from ganaug.evaluate.entry import main as evaluate_main
+def _run_metrics(args) -> int:
+    from ganaug.evaluate.api import measure_model
 
-    return evaluate_main(args.args)
+    measure_model(args.model, args.data, Path(args.out), data_root=args.data_root, n=args.n,
+                  max_real=args.max_real, features=args.features, seed=args.seed, truncation=args.truncation)
+    return 0
+
+
+def _run_study(args) -> int:
+    from ganaug.evaluate.api import run_study, study_settings
+
+    settings = study_settings(config_file=args.config, overrides=args.overrides, data=args.data, ks=args.k,
+                              seeds=args.seeds, gan_steps=args.gan_steps, quick=args.quick,
+                              test_fraction=args.test_fraction, split_seed=args.split_seed,
+                              synthetic_per_class=args.synthetic_per_class,
+                              synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
+                              classifier_steps=args.classifier_steps)
+    run_study(settings, Path(args.out))
+    return 0
+
+
+# ---------------------------------------------------------------------------------- bench
 
 
 def _add_bench(sub) -> None:
@@ -141,9 +238,13 @@ def _add_bench(sub) -> None:
 
 
 def _run_bench(args) -> int:
-    from ganaug.bench import main as bench_main
+    from ganaug.bench import run_bench
 
-    return bench_main(args)
+    run_bench(Path(args.out) if args.out else None, quick=args.quick)
+    return 0
+
+
+# ---------------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Optional dependencies and the extra that installs each (a sampling host has none of the first group).
+_EXTRAS = {name: "train" for name in ("torch", "torchvision", "tensorboard", "onnx", "onnxscript", "yaml", "sklearn",
+                                      "scipy", "torchmetrics", "tqdm", "matplotlib", "PIL", "onnxconverter_common")}
+_EXTRAS["onnxruntime"] = "cpu"
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRAS.get(top)
+    if extra is None:
+        return None
+    if extra == "cpu":
+        return "needs an onnxruntime: pip install 'ganaug[cpu]' (or 'ganaug[gpu]' on a GPU host)"
+    return f"needs the training extra ({top} is missing): pip install 'ganaug[train,cpu]' (or '[train,gpu]')"
+
+
 def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -164,13 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     from ganaug.logs import setup_logging
 
     setup_logging()
+    name = args.command
     try:
         return args.run(args) or 0
     except UserError as exc:
         # Under torchrun every rank finds the same mistake; one line is enough.
         if _is_rank_zero():
-            print(f"ganaug {args.command}: error: {exc}", file=sys.stderr)
+            print(f"ganaug {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        advice = _missing_extra(exc)
+        if advice is None:
+            raise
+        print(f"ganaug {name}: error: this command {advice}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ganaug {args.command}: interrupted", file=sys.stderr)
+        print(f"ganaug {name}: interrupted", file=sys.stderr)
         return 130

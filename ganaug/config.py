@@ -1,8 +1,11 @@
 """Typed configuration: nested dataclasses, a YAML file, dotted ``key=value`` overrides.
 
-Precedence is command line > file > defaults. Every field carries a one-line doc (``--help-config``
-prints them and the README's reference is that list); unknown keys, wrong types and out-of-range
-values are errors that name the key. Torch-free: ``ganaug.cli`` imports this module.
+Precedence is command line > file > defaults (a resumed run's saved config sits between the
+defaults and the file). Every field carries a one-line doc (``--help-config`` prints them and the
+README's reference is that list); unknown keys, wrong types and out-of-range values are errors
+that name the key. Field types say what a value may be: ``Literal`` for a choice, ``bool | None``
+for true / false / auto (None), ``list[...]`` for several choices. Torch-free: ``ganaug.cli``
+imports this module.
 """
 
 from __future__ import annotations
@@ -10,22 +13,34 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ganaug.errors import UserError
+from ganaug.models import ARCHS, base_resolution
 
 
 class ConfigError(UserError):
     """A config key is unknown, has the wrong type or an out-of-range value."""
 
 
-def option(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,  # noqa: A002
-           max: float | None = None) -> Any:  # noqa: A002
-    """A config field with its one-line doc and the constraints `validate` checks."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+Arch = Literal[ARCHS]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Loss = Literal["hinge", "bce"]
+AugmentPolicy = Literal["color", "translation", "cutout"]
+Channels = Literal[0, 1, 3]
+
+MAX_SEED = 2**31 - 1  # seeds are offset per rank and epoch; this keeps every derived seed in range
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything this big is not one
+
+
+def option(default: Any, doc: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
+           below: float | None = None) -> Any:
+    """A config field with its one-line doc and the bounds `validate` checks (`below`: exclusive)."""
+    meta = {"doc": doc, "min": min, "max": max, "below": below}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,51 +49,67 @@ def option(default: Any, doc: str, *, choices: tuple | None = None, min: float |
 @dataclass
 class DataConfig:
     source: str = option("digits", "digits | mnist | fashion_mnist | cifar10 | an image folder | a .npz file")
+    unlabelled: str = option("", "more images without labels for the GAN (any source kind); '' for none")
     root: str = option("data", "where torchvision datasets (mnist, fashion_mnist, cifar10) are looked for")
     download: bool = option(False, "let torchvision download its dataset into data.root when missing")
     resolution: int = option(32, "image side in pixels: 4..7 times a power of two up to 1024, e.g. 16, 28, 32, 64",
                              min=8, max=1024)
-    channels: int = option(0, "image channels, 1 or 3; 0 takes them from the data", choices=(0, 1, 3))
-    in_memory: str = option("auto", "hold the dataset as one tensor on the device: auto | true | false",
-                            choices=("auto", "true", "false"))
-    max_memory_mb: int = option(4096, "with in_memory=auto, stream from disk above this decoded size", min=1)
+    channels: Channels = option(0, "image channels, 1 or 3; 0 takes them from the data")
+    in_memory: bool | None = option(None, "hold the dataset as one tensor on the device; auto: when it fits")
+    max_memory_mb: int = option(4096, "with in_memory=auto, stream from disk above this decoded size",
+                                min=1, max=2**30)
     skip_bad: bool = option(False, "skip unreadable image files with a warning instead of stopping")
-    num_workers: int = option(2, "DataLoader workers when streaming from disk", min=0)
+    num_workers: int = option(2, "DataLoader workers when streaming from disk", min=0, max=256)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = option("dcgan", "dcgan (resize+conv G) | dcgan_tconv (transposed-conv G) | seed (the seed's 28x28 nets)",
-                       choices=("dcgan", "dcgan_tconv", "seed"))
-    z_dim: int = option(100, "latent size", min=1)
-    conditional: str = option("auto", "condition on labels: auto (when the data has labels) | true | false",
-                              choices=("auto", "true", "false"))
-    g_channels: int = option(32, "generator width: channels of its last hidden layer", min=4)
-    d_channels: int = option(32, "discriminator width: channels of its first layer", min=4)
-    embed_dim: int = option(32, "size of the generator's label embedding (conditional models)", min=1)
+    arch: Arch = option("dcgan", "dcgan (resize+conv G) | dcgan_tconv (transposed-conv G) | resnet | "
+                                 "article28 (the DCGAN article's 28x28 nets)")
+    z_dim: int = option(100, "latent size", min=1, max=4096)
+    conditional: bool | None = option(None, "condition on labels; auto: when the data has labels")
+    g_channels: int = option(32, "generator width: channels of its last hidden layer", min=4, max=4096)
+    d_channels: int = option(32, "discriminator width: channels of its first layer", min=4, max=4096)
+    embed_dim: int = option(32, "size of the generator's label embedding (conditional models)", min=1, max=4096)
     spectral_norm: bool = option(True, "spectral normalisation on the discriminator's layers")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = option(3000, "total optimisation steps (one D and one G update each)", min=1)
-    batch_size: int = option(64, "images per process per step; the global batch is this times the world size", min=1)
-    lr_g: float = option(2e-4, "generator learning rate (Adam)", min=0)
-    lr_d: float = option(2e-4, "discriminator learning rate (Adam)", min=0)
-    beta1: float = option(0.5, "Adam beta1", min=0)
-    beta2: float = option(0.999, "Adam beta2", min=0)
-    precision: str = option("auto", "fp32 | bf16 | fp16 | auto (bf16 where the hardware runs it natively, else fp32)",
-                            choices=("auto", "fp32", "bf16", "fp16"))
-    loss: str = option("hinge", "GAN loss: bce (non-saturating, the seed's) | hinge", choices=("bce", "hinge"))
-    r1_gamma: float = option(0.0, "R1 gradient penalty weight on real images; 0 disables", min=0)
-    r1_every: int = option(16, "apply the R1 penalty every this many steps (lazy regularisation)", min=1)
-    ema_decay: float = option(0.999, "decay of the generator's exponential moving average; 0 disables it", min=0)
-    diffaug: str = option("color,translation,cutout",
-                          "DiffAugment policies applied to real and fake images before D; 'none' disables")
-    seed: int = option(0, "random seed (each rank adds its rank)", min=0)
+    steps: int = option(3000, "total optimisation steps (one D and one G update each)", min=1, max=10**9)
+    batch_size: int = option(64, "images per process per step; the global batch is this times the world size",
+                             min=1, max=65536)
+    lr_g: float = option(2e-4, "generator learning rate (Adam)", min=0, max=1)
+    lr_d: float = option(2e-4, "discriminator learning rate (Adam)", min=0, max=1)
+    beta1: float = option(0.5, "Adam beta1", min=0, below=1)
+    beta2: float = option(0.999, "Adam beta2", min=0, below=1)
+    precision: Precision = option("auto", "fp32 | bf16 | fp16 | auto (bf16 where the hardware runs it natively, "
+                                          "else fp32)")
+    loss: Loss = option("hinge", "GAN loss: hinge | bce (non-saturating)")
+    r1_gamma: float = option(0.0, "R1 gradient penalty weight on the real images before augmentation; 0 disables",
+                             min=0, max=1e6)
+    r1_every: int = option(16, "apply the R1 penalty every this many steps (lazy regularisation)", min=1, max=10**6)
+    ema_decay: float = option(0.999, "generator EMA decay per 64 training images (all ranks); 0 disables it",
+                              min=0, below=1)
+    ema_rampup: float = option(0.05, "EMA ramp-up: its half-life is at most this share of the images seen; 0 off",
+                               min=0, max=1)
+    diffaug: list[AugmentPolicy] = option(["color", "translation", "cutout"],
+                                          "DiffAugment policies applied to real and fake images before D; none: []")
+    ada_target: float = option(0.0, "adaptive augmentation: the share of real images D may score positive before "
+                                    "its strength p rises (0.6 is typical); 0 keeps p = 1", min=0, below=1)
+    ada_kimg: float = option(20.0, "adaptive augmentation speed: thousands of images for p to go from 0 to 1",
+                             min=0.001, max=1e6)
+    lecam_weight: float = option(0.0, "LeCam regularisation of D's scores (Tseng et al. 2021); 0 disables",
+                                 min=0, max=1e6)
+    consistency_weight: float = option(0.0, "consistency regularisation of D under augmentation (bCR); 0 disables",
+                                       min=0, max=1e6)
+    unlabelled_weight: float = option(1.0, "weight of the unconditional term on data.unlabelled images",
+                                      min=0, max=1e6)
+    seed: int = option(0, "random seed (each rank derives its own)", min=0, max=MAX_SEED)
     grad_clip: float = option(0.0, "clip gradient norm of each network to this; 0 disables", min=0)
-    max_nonfinite_steps: int = option(25, "stop after this many consecutive steps with non-finite gradients", min=1)
-    threads: int = option(0, "CPU threads per process; 0 = cores divided by local processes", min=0)
+    max_nonfinite_steps: int = option(25, "stop after this many consecutive steps with non-finite gradients",
+                                      min=1, max=10**6)
+    threads: int = option(0, "CPU threads per process; 0 = cores divided by local processes", min=0, max=1024)
     channels_last: bool = option(True, "run convolutions in channels_last memory format")
     compile: bool = option(False, "torch.compile the networks (worth it on GPUs for long runs)")
 
@@ -86,16 +117,17 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     every: int = option(50, "log scalars every this many steps", min=1)
-    image_every: int = option(500, "write a sample grid (fixed noise, one row per class) every this many steps; 0 disables", min=0)
+    image_every: int = option(500, "write a sample grid (fixed noise, one row per class) every this many steps; "
+                                   "0 disables", min=0)
     metric_every: int = option(0, "compute FD and KID on a small sample every this many steps; 0 disables", min=0)
-    metric_samples: int = option(1000, "images generated for the in-training FD/KID", min=10)
+    metric_samples: int = option(1000, "images generated for the in-training FD/KID", min=10, max=100_000)
     progress: bool = option(True, "show a progress bar on rank 0")
 
 
 @dataclass
 class CkptConfig:
     every: int = option(500, "write a checkpoint every this many steps (and always at the end)", min=1)
-    keep: int = option(3, "how many step_NNNNNNN.pt checkpoints to keep besides last.pt", min=0)
+    keep: int = option(3, "how many step_NNNNNNN.pt checkpoints to keep besides last.pt", min=0, max=10**6)
 
 
 @dataclass
@@ -111,49 +143,30 @@ class Config:
 
     def validate(self) -> Config:
         for key, spec, value in _leaves(self):
-            choices, lower, upper = spec.metadata["choices"], spec.metadata["min"], spec.metadata["max"]
-            if choices is not None and value not in choices:
-                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{key}: {value!r} is not a finite number")
-            if lower is not None and value < lower:
-                raise ConfigError(f"{key}: {value!r} is below the minimum {lower}")
-            if upper is not None and value > upper:
-                raise ConfigError(f"{key}: {value!r} is above the maximum {upper}")
-        if not 0 <= self.train.ema_decay < 1:
-            raise ConfigError(f"train.ema_decay: {self.train.ema_decay} must be in [0, 1)")
-        if self.model.arch == "seed" and self.data.resolution != 28:
-            raise ConfigError(f"data.resolution: model.arch=seed is a 28x28 network, got {self.data.resolution}")
-        base_resolution(self.data.resolution)  # raises for sizes the DCGAN family cannot build
-        diffaug_policies(self.train.diffaug)
+            _check_bounds(key, value, spec.metadata)
+        if self.model.arch == "article28" and self.data.resolution != 28:
+            raise ConfigError(f"data.resolution: model.arch=article28 is a 28x28 network, got {self.data.resolution}")
+        try:
+            base_resolution(self.data.resolution)
+        except ValueError as exc:
+            raise ConfigError(f"data.resolution: {exc}") from None
         return self
 
 
-def base_resolution(resolution: int) -> tuple[int, int]:
-    """Split a side length into (base, number of 2x upsamplings): 32 -> (4, 3), 28 -> (7, 2)."""
-    base, doublings = resolution, 0
-    while base > 7 and base % 2 == 0:
-        base, doublings = base // 2, doublings + 1
-    if not 4 <= base <= 7 or doublings < 1:
-        raise ConfigError(f"data.resolution: {resolution} is not 4..7 times a power of two (e.g. 16, 28, 32, 64)")
-    return base, doublings
+def _check_bounds(key: str, value: Any, meta: dict) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number")
+    if meta["min"] is not None and value < meta["min"]:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
+    if meta["max"] is not None and value > meta["max"]:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {meta['max']}")
+    if meta["below"] is not None and value >= meta["below"]:
+        raise ConfigError(f"{key}: {value!r} must be below {meta['below']}")
 
 
-DIFFAUG_POLICIES = ("color", "translation", "cutout")
-
-
-def diffaug_policies(text: str) -> list[str]:
-    """Parse train.diffaug ('color,translation' or 'none') into a list of policies."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    unknown = [p for p in names if p not in DIFFAUG_POLICIES]
-    if unknown:
-        raise ConfigError(f"train.diffaug: unknown policy {unknown[0]!r} (choose from {', '.join(DIFFAUG_POLICIES)} or none)")
-    return names
-
-
-# ----------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- types
 
 
 def _leaves(cfg: Config):
@@ -164,20 +177,73 @@ def _leaves(cfg: Config):
             yield f"{section.name}.{spec.name}", spec, getattr(sub, spec.name)
 
 
-def _field_types(cls) -> dict[str, type]:
-    return typing.get_type_hints(cls)
+def _field_type(key: str):
+    section, name = key.split(".")
+    return typing.get_type_hints(type(getattr(Config(), section)))[name]
 
 
-def _coerce(key: str, value: Any, tp: type) -> Any:
-    """Check a value read from YAML against the field's type; ints are accepted where floats are."""
+def _is_optional_bool(tp) -> bool:
+    return isinstance(tp, types.UnionType) and set(typing.get_args(tp)) == {bool, type(None)}
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "choice"
+    if _is_optional_bool(tp):
+        return "bool|auto"
+    if typing.get_origin(tp) is list:
+        return "list"
+    return tp.__name__
+
+
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check a value from YAML or the command line against the field's type, converting where the
+    meaning is unambiguous: ints for floats, 'auto' for None, a comma string for a list."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if _is_optional_bool(tp):
+        if value is None or isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return None
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{key}: expected true, false or auto, got {value!r}")
+    if typing.get_origin(tp) is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [] if value.strip().lower() in ("", "none") else [p.strip() for p in value.split(",") if p.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        items = [_coerce_item(key, item, item_type) for item in value]
+        if len(set(items)) != len(items):
+            raise ConfigError(f"{key}: {value!r} names an entry twice")
+        return items
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, bool):  # YAML reads `false` as a bool; the str fields spell it out
-        return str(value).lower()
+    if tp is bool and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
     is_bool_for_number = tp in (int, float) and isinstance(value, bool)
     if is_bool_for_number or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _coerce_item(key: str, item: Any, tp) -> Any:
+    choices = typing.get_args(tp)
+    if item not in choices:
+        raise ConfigError(f"{key}: unknown entry {item!r} (choose from {', '.join(choices)}, or none)")
+    return item
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 def _unknown(key: str, known: list[str]) -> ConfigError:
@@ -191,12 +257,10 @@ def all_keys() -> list[str]:
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
-    parts = key.split(".")
-    if len(parts) != 2 or key not in all_keys():
+    if key.count(".") != 1 or key not in all_keys():
         raise _unknown(key, all_keys())
-    section = getattr(cfg, parts[0])
-    tp = _field_types(type(section))[parts[1]]
-    setattr(section, parts[1], _coerce(key, value, tp))
+    section, name = key.split(".")
+    setattr(getattr(cfg, section), name, _coerce(key, value, _field_type(key)))
 
 
 def apply_dict(cfg: Config, values: dict, prefix: str = "") -> Config:
@@ -216,35 +280,72 @@ def apply_dict(cfg: Config, values: dict, prefix: str = "") -> Config:
 
 def parse_override(text: str) -> tuple[str, Any]:
     """'train.steps=100' -> ('train.steps', 100): the value as YAML would read it, strings kept raw."""
-    import yaml
-
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
     if key not in all_keys():
         raise _unknown(key, all_keys())
-    section, name = key.split(".")
-    if _field_types(type(getattr(Config(), section)))[name] is str:
-        return key, raw
+    tp = _field_type(key)
+    text_choice = typing.get_origin(tp) is Literal and all(isinstance(c, str) for c in typing.get_args(tp))
+    if tp is str or text_choice or typing.get_origin(tp) is list or _is_optional_bool(tp):
+        return key, raw  # read as typed: a name, a comma list, true/false/auto
+    return key, _safe_yaml(raw, f"{key}: cannot read value {raw!r}")
+
+
+def _strict_loader():
+    """PyYAML's SafeLoader without aliases (a 1 KB alias bomb expands without bound) and with
+    duplicate keys refused (YAML would silently keep the last of two `train:` sections)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"YAML aliases (*name) are not allowed in a config (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def _safe_yaml(text: str, what: str):
+    import yaml
+
+    loader = _strict_loader()(text)  # what yaml.load does, with our SafeLoader subclass
     try:
-        return key, yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ConfigError(f"{key}: cannot read value {raw!r}") from None
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{what}: nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path) -> dict:
-    import yaml
-
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config")
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return values or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                          f"{exc.start})") from None
+    values = _safe_yaml(text, f"config file {path} is not valid YAML")
+    return values if values is not None else {}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
@@ -259,25 +360,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     return cfg.validate()
 
 
+def config_from_dict(values: dict) -> Config:
+    return apply_dict(Config(), values).validate()
+
+
+def _yaml_value(value: Any) -> Any:
+    return "auto" if value is None else value
+
+
 def dump_yaml(cfg: Config) -> str:
     import yaml
 
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    values = {section: {k: _yaml_value(v) for k, v in keys.items()} for section, keys in cfg.to_dict().items()}
+    return yaml.safe_dump(values, sort_keys=False)
 
 
 def _show(value: Any) -> str:
     """A default as one would type it in YAML."""
+    if value is None:
+        return "auto"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value) or "none"
     return repr(value) if isinstance(value, str) else str(value)
 
 
 def help_config() -> str:
     """Every key with its type, default and doc: the text of `ganaug train --help-config`."""
-    rows = []
-    for key, spec, value in _leaves(Config()):
-        section = key.split(".")[0]
-        tp = _field_types(type(getattr(Config(), section)))[spec.name].__name__
-        rows.append((key, tp, _show(value), spec.metadata["doc"]))
+    rows = [(key, _type_name(_field_type(key)), _show(value), spec.metadata["doc"])
+            for key, spec, value in _leaves(Config())]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{k:<{widths[0]}}  {t:<{widths[1]}}  {d:<{widths[2]}}  {doc}" for k, t, d, doc in rows)

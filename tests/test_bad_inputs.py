@@ -175,6 +175,17 @@ class Env:
         return ["evaluate", "study", "--out", str(self.tmp / out), "--quick", *args]
 
 
+def _run_quietly(argv: list[str]) -> int:
+    """A set-up command (e.g. the first run that a bad resume then continues), its output dropped."""
+    import io
+    from contextlib import redirect_stderr
+
+    from ganaug.cli import main
+
+    with redirect_stderr(io.StringIO()):
+        return main(argv)
+
+
 def png_bytes(width: int, height: int, body: bytes = b"") -> bytes:
     """A grey PNG's signature and header for any claimed size, then `body` as its only IDAT data."""
 
@@ -449,7 +460,7 @@ def _train_batch_larger_than_data(env):
 
 
 @case("train-conditional-without-labels", "train", "model.conditional=true on unlabelled data",
-      "model.conditional=true but data.source", survives=("d.npz",))
+      "model.conditional=true but the training data has no labels", survives=("d.npz",))
 def _train_conditional_without_labels(env):
     env.npz("d.npz", images=np.zeros((40, 8, 8), np.uint8))
     return env.train(env.source("d.npz"), "model.conditional=true")
@@ -496,7 +507,7 @@ def _train_config_bad_channels(env):
     return env.train("data.channels=2")
 
 
-@case("train-config-ema-decay-one", "train", "train.ema_decay=1", "train.ema_decay: 1.0 must be in [0, 1)")
+@case("train-config-ema-decay-one", "train", "train.ema_decay=1", "train.ema_decay: 1.0 must be below 1")
 def _train_config_ema_decay_one(env):
     return env.train("train.ema_decay=1")
 
@@ -529,20 +540,20 @@ def _train_config_resolution_huge(env):
     return env.train("data.resolution=16777216")
 
 
-@case("train-config-seed-arch-resolution", "train", "model.arch=seed at data.resolution=32",
-      "model.arch=seed is a 28x28 network, got 32")
+@case("train-config-article28-arch-resolution", "train", "model.arch=article28 at data.resolution=32",
+      "model.arch=article28 is a 28x28 network, got 32")
 def _train_config_seed_arch_resolution(env):
-    return env.train("model.arch=seed", "data.resolution=32")
+    return env.train("model.arch=article28", "data.resolution=32")
 
 
 @case("train-config-diffaug-unknown", "train", "train.diffaug=colour,translation (misspelt policy)",
-      "train.diffaug: unknown policy 'colour'")
+      "train.diffaug: unknown entry 'colour'")
 def _train_config_diffaug_unknown(env):
     return env.train("train.diffaug=colour,translation")
 
 
 @case("train-config-code-as-value", "train", "train.diffaug=__import__('os').system('touch ...')",
-      "train.diffaug: unknown policy \"__import__('os').system('touch",
+      "train.diffaug: unknown entry \"__import__('os').system('touch",
       check=lambda env: _assert_no_code_ran(env))
 def _train_config_code_as_value(env):
     return env.train(f"train.diffaug=__import__('os').system('touch {env.marker}')")
@@ -625,12 +636,153 @@ def _train_run_dir_read_only(env):
       "--run-dir . --config config.yaml: a fresh run directory that holds the user's own config.yaml",
       "config.yaml", survives=("proj/config.yaml",),
       found="accepted: the run trains and replaces the user's config.yaml (comments and all) with the resolved "
-            "config (train/entry.py writes run_dir/config.yaml unconditionally)")
+            "config (train/entry.py wrote run_dir/config.yaml unconditionally)")
 def _train_run_dir_holds_own_config(env):
     project = env.tmp / "proj"
     project.mkdir()
     (project / "config.yaml").write_text("# tuned by hand: keep\ntrain:\n  steps: 1\n  batch_size: 2\n")
     return [*env.train("ckpt.every=1", run="proj"), "--config", str(project / "config.yaml")]
+
+
+@case("train-run-dir-foreign-config", "train", "a fresh --run-dir holding a config.yaml that ganaug did not write",
+      "{tmp}/run/config.yaml was not written by ganaug train", survives=("run/config.yaml",))
+def _train_run_dir_foreign_config(env):
+    (env.tmp / "run").mkdir()
+    (env.tmp / "run" / "config.yaml").write_text("# my experiment notes\nlr: 0.1\n")
+    return env.train()
+
+
+@case("train-run-dir-tb-is-a-file", "train", "RUN/tb exists as a file", "{tmp}/run/tb exists and is not a directory",
+      survives=("run/tb",))
+def _train_run_dir_tb_is_a_file(env):
+    (env.tmp / "run").mkdir()
+    (env.tmp / "run" / "tb").write_text("not a folder")
+    return env.train()
+
+
+@case("train-run-dir-samples-is-a-file", "train", "RUN/samples exists as a file",
+      "{tmp}/run/samples exists and is not a directory", survives=("run/samples",))
+def _train_run_dir_samples_is_a_file(env):
+    (env.tmp / "run").mkdir()
+    (env.tmp / "run" / "samples").write_text("not a folder")
+    return env.train()
+
+
+@case("train-run-dir-checkpoints-is-a-file", "train", "RUN/checkpoints exists as a file",
+      "{tmp}/run/checkpoints exists and is not a directory", survives=("run/checkpoints",))
+def _train_run_dir_checkpoints_is_a_file(env):
+    (env.tmp / "run").mkdir()
+    (env.tmp / "run" / "checkpoints").write_text("not a folder")
+    return env.train()
+
+
+@case("train-run-dir-last-is-a-folder", "train", "RUN/checkpoints/last.pt exists as a folder",
+      "{tmp}/run/checkpoints/last.pt exists and is not a file", survives=("run/checkpoints/last.pt/keep.txt",))
+def _train_run_dir_last_is_a_folder(env):
+    (env.tmp / "run" / "checkpoints" / "last.pt").mkdir(parents=True)
+    (env.tmp / "run" / "checkpoints" / "last.pt" / "keep.txt").write_text("mine")
+    return env.train()
+
+
+@case("train-resume-class-renamed", "train", "resume after a class folder was renamed (cat -> kitten)",
+      "was trained on classes ['cat', 'dog'] and the data now has ['dog', 'kitten'] (added 'kitten'; removed 'cat')",
+      survives=("run/checkpoints/last.pt", "data"))
+def _train_resume_class_renamed(env):
+    data = env.class_folder(per_class=4)
+    first = env.train(env.source("data"), "train.batch_size=4", "train.steps=1", "ckpt.every=1")
+    assert _run_quietly(first) == 0
+    (data / "cat").rename(data / "kitten")
+    return env.train(env.source("data"), "train.batch_size=4", "train.steps=2")
+
+
+@case("train-resume-class-added", "train", "resume after a class folder was added",
+      "(added 'emu')", survives=("run/checkpoints/last.pt", "data"))
+def _train_resume_class_added(env):
+    env.class_folder(per_class=4)
+    assert _run_quietly(env.train(env.source("data"), "train.batch_size=4", "train.steps=1", "ckpt.every=1")) == 0
+    env.class_folder(classes=("emu",), per_class=4)
+    return env.train(env.source("data"), "train.batch_size=4", "train.steps=2")
+
+
+@case("train-resume-classes-reordered", "train", "resume from an .npz whose class_names changed order",
+      "the same names in another order", survives=("run/checkpoints/last.pt", "d.npz"))
+def _train_resume_classes_reordered(env):
+    images, labels = np.zeros((8, 8, 8), np.uint8), np.arange(8) % 2
+    env.npz("d.npz", images=images, labels=labels, class_names=np.array(["a", "b"]))
+    assert _run_quietly(env.train(env.source("d.npz"), "train.batch_size=4", "train.steps=1", "ckpt.every=1")) == 0
+    env.npz("d.npz", images=images, labels=labels, class_names=np.array(["b", "a"]))
+    return env.train(env.source("d.npz"), "train.batch_size=4", "train.steps=2")
+
+
+@case("train-npz-duplicate-class-names", "train", "an .npz whose class_names name one class twice",
+      "class name 'cat' appears twice in 'class_names'", survives=("d.npz",))
+def _train_npz_duplicate_class_names(env):
+    env.npz("d.npz", images=np.zeros((8, 8, 8), np.uint8), labels=np.arange(8) % 2,
+            class_names=np.array(["cat", "cat"]))
+    return env.train(env.source("d.npz"), "train.batch_size=4")
+
+
+@case("train-npz-class-names-not-utf8", "train", "an .npz whose class_names are bytes that are not UTF-8",
+      "'class_names' holds bytes that are not UTF-8 text", survives=("d.npz",))
+def _train_npz_class_names_not_utf8(env):
+    env.npz("d.npz", images=np.zeros((8, 8, 8), np.uint8), labels=np.arange(8) % 2,
+            class_names=np.array([b"\xff\xfe", b"dog"]))
+    return env.train(env.source("d.npz"), "train.batch_size=4")
+
+
+@case("train-source-empty", "train", "data.source= (empty)", "data.source: is empty; name a dataset")
+def _train_source_empty(env):
+    return env.train("data.source=")
+
+
+@case("train-unlabelled-missing", "train", "data.unlabelled naming a folder that does not exist",
+      "data.unlabelled: '{tmp}/nowhere' is not a known dataset name")
+def _train_unlabelled_missing(env):
+    return env.train(f"data.unlabelled={env.tmp / 'nowhere'}")
+
+
+@case("train-config-yaml-alias-bomb", "train", "a 1 KB config file of nested YAML aliases (a billion laughs)",
+      "YAML aliases (*name) are not allowed", survives=("bomb.yaml",))
+def _train_config_yaml_alias_bomb(env):
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i, name in enumerate("bcdefghi"):
+        previous = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [{', '.join([f'*{previous}'] * 9)}]")
+    (env.tmp / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    return [*env.train(), "--config", str(env.tmp / "bomb.yaml")]
+
+
+@case("train-config-duplicate-section", "train", "a config file with two train: sections",
+      "duplicate key 'train' (line 3)", survives=("dup.yaml",))
+def _train_config_duplicate_section(env):
+    (env.tmp / "dup.yaml").write_text("train:\n  steps: 3\ntrain:\n  lr_g: 0.5\n")
+    return [*env.train(), "--config", str(env.tmp / "dup.yaml")]
+
+
+@case("train-config-not-utf8", "train", "a config file in Latin-1", "is not UTF-8 text", survives=("latin.yaml",))
+def _train_config_not_utf8(env):
+    (env.tmp / "latin.yaml").write_bytes("data:\n  source: caf\xe9\n".encode("latin-1"))
+    return [*env.train(), "--config", str(env.tmp / "latin.yaml")]
+
+
+@case("train-config-adam-beta-one", "train", "train.beta1=1", "train.beta1: 1.0 must be below 1")
+def _train_config_adam_beta_one(env):
+    return env.train("train.beta1=1")
+
+
+@case("train-config-seed-past-int64", "train", "train.seed=2^63", "train.seed: 9223372036854775808 is above the maximum")
+def _train_config_seed_past_int64(env):
+    return env.train(f"train.seed={2**63}")
+
+
+@case("train-config-z-dim-huge", "train", "model.z_dim=10^10", "model.z_dim: 10000000000 is above the maximum 4096")
+def _train_config_z_dim_huge(env):
+    return env.train("model.z_dim=10000000000")
+
+
+@case("train-config-threads-huge", "train", "train.threads=100000", "train.threads: 100000 is above the maximum 1024")
+def _train_config_threads_huge(env):
+    return env.train("train.threads=100000")
 
 
 @case("train-checkpoint-truncated", "train", "resume from a truncated last.pt (no step files)",
@@ -671,7 +823,7 @@ def _train_checkpoint_hostile_pickle(env):
 
 
 @case("train-checkpoint-not-a-dict", "train", "resume from a last.pt holding a list",
-      "no loadable checkpoint in {tmp}/run/checkpoints", survives=("run/checkpoints/last.pt",))
+      "checkpoint {tmp}/run/checkpoints/last.pt is not a ganaug checkpoint (got list)", survives=("run/checkpoints/last.pt",))
 def _train_checkpoint_not_a_dict(env):
     folder = env.tmp / "run" / "checkpoints"
     folder.mkdir(parents=True)
@@ -679,12 +831,12 @@ def _train_checkpoint_not_a_dict(env):
     return env.train()
 
 
-@case("train-checkpoint-other-schema", "train", "resume from a checkpoint of schema 2",
-      "has schema 2; this ganaug reads schema 1", survives=("run/checkpoints/last.pt",))
+@case("train-checkpoint-other-schema", "train", "resume from a checkpoint of schema 3",
+      "has schema 3; this ganaug reads schemas 1 and 2", survives=("run/checkpoints/last.pt",))
 def _train_checkpoint_other_schema(env):
     run = env.run_copy()
     _drop_step_files(run)
-    env.tampered_checkpoint("run/checkpoints/last.pt", schema=2)
+    env.tampered_checkpoint("run/checkpoints/last.pt", schema=3)
     return ["train", "--run-dir", str(run)]
 
 
@@ -799,34 +951,34 @@ def _export_checkpoint_not_a_dict(env):
     return env.export(env.tmp / "list.pt")
 
 
-@case("export-checkpoint-other-schema", "export", "a checkpoint of schema 2", "has schema 2; this ganaug reads schema 1",
-      survives=("c.pt",))
+@case("export-checkpoint-other-schema", "export", "a checkpoint of schema 3",
+      "has schema 3; this ganaug reads schemas 1 and 2", survives=("c.pt",))
 def _export_checkpoint_other_schema(env):
-    return env.export(env.tampered_checkpoint("c.pt", schema=2))
+    return env.export(env.tampered_checkpoint("c.pt", schema=3))
 
 
 @case("export-checkpoint-no-ema", "export", "a checkpoint without its G_ema entry",
-      "is not a ganaug checkpoint (no 'G_ema' entry)", survives=("c.pt",))
+      "lacks G_ema: not a complete ganaug checkpoint", survives=("c.pt",))
 def _export_checkpoint_no_ema(env):
     return env.export(env.tampered_checkpoint("c.pt", G_ema=None))
 
 
 @case("export-checkpoint-other-architecture", "export", "dcgan weights in a checkpoint that says dcgan_tconv",
-      "the G_ema weights do not fit a dcgan_tconv generator at 16x16", survives=("c.pt",))
+      "the G_ema weights do not fit the dcgan_tconv generator at 16x16", survives=("c.pt",))
 def _export_checkpoint_other_architecture(env):
     model = {**env.checkpoint_state()["model"], "arch": "dcgan_tconv"}
     return env.export(env.tampered_checkpoint("c.pt", model=model))
 
 
 @case("export-checkpoint-unknown-architecture", "export", "a checkpoint of a 'stylegan' generator",
-      "holds a 'stylegan' generator; this ganaug exports dcgan, dcgan_tconv, seed", survives=("c.pt",))
+      "unknown architecture 'stylegan' (this ganaug builds dcgan, dcgan_tconv, resnet, article28)", survives=("c.pt",))
 def _export_checkpoint_unknown_architecture(env):
     model = {**env.checkpoint_state()["model"], "arch": "stylegan"}
     return env.export(env.tampered_checkpoint("c.pt", model=model))
 
 
 @case("export-checkpoint-unsupported-resolution", "export", "a checkpoint that records resolution 36",
-      "cannot build its generator: data.resolution: 36 is not 4..7 times a power of two", survives=("c.pt",))
+      "cannot build its generator: 36 is not 4..7 times a power of two", survives=("c.pt",))
 def _export_checkpoint_unsupported_resolution(env):
     model = {**env.checkpoint_state()["model"], "resolution": 36}
     return env.export(env.tampered_checkpoint("c.pt", model=model))

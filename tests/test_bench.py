@@ -6,7 +6,7 @@ import torch
 
 from ganaug.bench import TARGETS, format_table
 from ganaug.bench.train_speed import ReferenceLoop, compare, reference_networks
-from ganaug.models.seed import SeedDiscriminator, SeedGenerator
+from ganaug.models.article import ArticleDiscriminator, ArticleGenerator
 
 
 def test_reference_loop_trains_the_seed_networks():
@@ -24,8 +24,8 @@ def test_the_reference_networks_are_the_seed_networks():
         return sorted(tuple(p.shape) for p in module.parameters())
 
     G, D = reference_networks(z_dim=100, channels=1)
-    assert shapes(G) == shapes(SeedGenerator(100, 0, 1, 0))
-    assert shapes(D) == shapes(SeedDiscriminator(0, 1))
+    assert shapes(G) == shapes(ArticleGenerator(100, 0, 1, 0))
+    assert shapes(D) == shapes(ArticleDiscriminator(0, 1))
     assert G(torch.randn(2, 100)).shape == (2, 1, 28, 28) and D(torch.randn(2, 1, 28, 28)).shape == (2, 1)
 
 

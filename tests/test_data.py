@@ -207,7 +207,7 @@ def test_batches_resume_mid_epoch_exactly():
 def test_streaming_from_disk_matches_the_in_memory_batches(tmp_path):
     write_class_folder(tmp_path)
     in_memory = ShardedBatches(load_dataset(data_cfg(tmp_path)), 2, 0, 1, 0, CPU)
-    streamed = ShardedBatches(load_dataset(data_cfg(tmp_path, in_memory="false")), 2, 0, 1, 0, CPU, num_workers=1)
+    streamed = ShardedBatches(load_dataset(data_cfg(tmp_path, in_memory=False)), 2, 0, 1, 0, CPU, num_workers=1)
     assert not streamed.data.in_memory
     for _ in range(5):  # more than one epoch (2 batches of 2 per epoch)
         (a, la), (b, lb) = next(in_memory), next(streamed)
@@ -218,3 +218,36 @@ def test_batch_larger_than_the_data_is_a_clear_error():
     data = load_dataset(DataConfig(resolution=8))
     with pytest.raises(UserError, match="train.batch_size: 1000 per process is larger than each process's share"):
         ShardedBatches(data, 1000, 0, 2, 0, CPU)
+
+
+def test_class_folders_take_images_at_any_depth_as_imagefolder_does(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = tmp_path / "data"
+    for relative in ("cat/a.png", "cat/indoor/b.png", "cat/indoor/deep/c.png", "dog/d.png", "dog/.hidden/e.png"):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8), 200 if relative.startswith("cat") else 50).save(path)
+    (root / "dog" / "loop").symlink_to(root / "dog", target_is_directory=True)  # a cycle is read once
+    data = load_dataset(data_cfg(root))
+    assert data.class_names == ["cat", "dog"]
+    assert data.labels.tolist() == [0, 0, 0, 1]
+    reference = ImageFolder(str(root), is_valid_file=lambda p: "/." not in p and "/loop/" not in p)
+    assert [label for _, label in reference.samples] == data.labels.tolist()
+
+
+def test_npz_class_names_as_bytes_are_decoded(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 1, 0]),
+             class_names=np.array([b"caf\xc3\xa9", b"dog"]))
+    assert load_dataset(data_cfg(tmp_path / "d.npz")).class_names == ["café", "dog"]
+
+
+def test_the_unlabelled_source_is_named_in_its_errors_and_loses_its_labels(tmp_path):
+    from ganaug.data import load_unlabelled
+
+    labelled = load_dataset(data_cfg("digits"))
+    with pytest.raises(UserError, match=r"^data.unlabelled: .*nowhere. is not a known dataset"):
+        load_unlabelled(data_cfg("digits", unlabelled=str(tmp_path / "nowhere")), labelled)
+    extra = load_unlabelled(data_cfg("digits", unlabelled="digits", channels=3), labelled)
+    assert extra.labels is None and extra.class_names == [] and extra.channels == labelled.channels == 1
+    assert load_unlabelled(data_cfg("digits"), labelled) is None

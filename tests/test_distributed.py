@@ -75,7 +75,7 @@ def test_sigterm_twice_finishes_the_step_saves_and_exits_zero_then_resume_contin
 
 def test_ranks_that_found_different_checkpoints_stop_with_one_clear_error(monkeypatch):
     from ganaug.errors import UserError
-    from ganaug.train import entry
+    from ganaug.train import api as entry
 
     monkeypatch.setattr(entry, "gather_objects", lambda step: [8, 4])
     with pytest.raises(UserError, match=r"checkpoints of different steps \(8, 4 by rank\).*shared filesystem"):

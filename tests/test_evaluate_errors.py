@@ -8,7 +8,10 @@ from ganaug.cli import main
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
-    code = main(["evaluate", *argv])
+    try:
+        code = main(["evaluate", *argv])
+    except SystemExit as exit_info:  # a usage mistake: argparse's one line and exit status 2
+        code = exit_info.code
     err = capsys.readouterr().err.strip()
     return code, err
 

@@ -139,7 +139,8 @@ def test_a_finished_study_is_not_run_again_and_a_lost_unit_is_redone(tiny_study,
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(study, "train_classifier", counting)
-    monkeypatch.setattr(study, "run_ganaug", lambda argv: pytest.fail(f"ran ganaug {argv[0]} again"))
+    for again in ("train", "export_model", "write_samples"):
+        monkeypatch.setattr(study, again, lambda *args, what=again, **kwargs: pytest.fail(f"ran {what} again"))
     assert main(["evaluate", "study", "--out", str(out), *TINY_STUDY]) == 0
     assert calls == []
     printed = capsys.readouterr().out

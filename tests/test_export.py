@@ -27,7 +27,7 @@ CONTRACT_KEYS = ("ganaug.schema", "ganaug.z_dim", "ganaug.num_classes", "ganaug.
 RUNS = {  # name -> trained_run overrides
     "cond16": (),
     "uncond16": ("model.conditional=false",),
-    "seed28": ("data.resolution=28", "model.arch=seed"),
+    "article28": ("data.resolution=28", "model.arch=article28"),
 }
 
 
@@ -123,15 +123,15 @@ def test_unconditional_round_trip_at_opset_17_prints_error_and_size(trained_run,
     assert meta["ganaug.num_classes"] == "0" and json.loads(meta["ganaug.class_names"]) == []
 
 
-def test_seed_architecture_round_trip_at_28(export):
-    run_dir, path = export("seed28")
+def test_article28_architecture_round_trip_at_28(export):
+    run_dir, path = export("article28")
     model = onnx.load(str(path))
     assert "ConvTranspose" in {node.op_type for node in model.graph.node}
     assert io_signature(path)["outputs"]["images"] == (np.uint8, ["N", 28, 28, 1])
     feeds = random_inputs(load_generator(run_dir).spec, 64, seed=5)
     images = onnx_images(path, feeds)
     assert np.abs(images.astype(int) - torch_images(run_dir, feeds)).max() <= 1
-    assert metadata(path)["ganaug.arch"] == "seed"
+    assert metadata(path)["ganaug.arch"] == "article28"
 
 
 def test_metadata_is_present_and_right(export):
@@ -268,8 +268,8 @@ def test_drop_output_keeps_the_images(verification_model):
 def test_int8_of_a_conv_transpose_generator_says_it_cannot_help(export, monkeypatch):
     from ganaug.export import card
 
-    run_dir, fp32_path = export("seed28")
-    _, int8_path = export("seed28", "--precision", "int8")
+    run_dir, fp32_path = export("article28")
+    _, int8_path = export("article28", "--precision", "int8")
     meta = check_within_documented_error(run_dir, int8_path, "int8")
     assert "ConvTranspose" in meta["ganaug.int8_note"]
     model = onnx.load(str(int8_path))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import ganaug.export.entry as entry
+import ganaug.export.api as entry
 from ganaug.cli import main
 from ganaug.export.output import OutputFile
 
@@ -122,9 +122,10 @@ def test_pickle_that_would_run_code_is_refused(capsys, checkpoint, tmp_path, out
 
 def test_other_checkpoint_schema(capsys, checkpoint, tmp_path, out_dir):
     state = state_of(checkpoint)
-    state["schema"] = 2
+    state["schema"] = 3
     torch.save(state, tmp_path / "future.pt")
-    assert "schema 2" in export_error(capsys, tmp_path / "future.pt", out_dir / "g.onnx")
+    assert "has schema 3; this ganaug reads schemas 1 and 2" in export_error(capsys, tmp_path / "future.pt",
+                                                                              out_dir / "g.onnx")
     assert os.listdir(out_dir) == []
 
 
@@ -132,16 +133,16 @@ def test_unknown_architecture(capsys, checkpoint, tmp_path, out_dir):
     state = state_of(checkpoint)
     state["model"]["arch"] = "stylegan9"
     torch.save(state, tmp_path / "other.pt")
-    assert "'stylegan9' generator" in export_error(capsys, tmp_path / "other.pt", out_dir / "g.onnx")
+    assert "unknown architecture 'stylegan9'" in export_error(capsys, tmp_path / "other.pt", out_dir / "g.onnx")
     assert os.listdir(out_dir) == []
 
 
 def test_weights_of_another_architecture(capsys, checkpoint, tmp_path, out_dir):
-    state = state_of(checkpoint)  # dcgan weights, described as the seed architecture
-    state["model"].update(arch="seed", resolution=28)
+    state = state_of(checkpoint)  # dcgan weights, described as the article's architecture
+    state["model"].update(arch="article28", resolution=28)
     torch.save(state, tmp_path / "mismatch.pt")
     line = export_error(capsys, tmp_path / "mismatch.pt", out_dir / "g.onnx")
-    assert "G_ema weights do not fit a seed generator at 28x28 (" in line and "missing" in line
+    assert "G_ema weights do not fit the article28 generator at 28x28 (" in line and "missing" in line
     assert os.listdir(out_dir) == []
 
 

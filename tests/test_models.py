@@ -11,7 +11,7 @@ from ganaug.models.layers import Dropout
 
 
 @pytest.mark.parametrize("arch, resolution", [("dcgan", 16), ("dcgan", 28), ("dcgan", 32), ("dcgan", 64),
-                                              ("dcgan_tconv", 32), ("seed", 28)])
+                                              ("dcgan_tconv", 32), ("article28", 28)])
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_shapes(arch, resolution, num_classes):
     channels = 3 if resolution == 64 else 1
@@ -37,16 +37,16 @@ def test_conditioning_changes_the_output():
 
 def test_upsampling_kinds():
     def layer_types(arch):
-        spec = ModelSpec(arch, 16, 0, 1, 28 if arch == "seed" else 32)
+        spec = ModelSpec(arch, 16, 0, 1, 28 if arch == "article28" else 32)
         return {type(m) for m in build_generator(spec).modules()}
 
     assert nn.ConvTranspose2d not in layer_types("dcgan") and nn.Upsample in layer_types("dcgan")
     assert nn.ConvTranspose2d in layer_types("dcgan_tconv")
-    assert nn.ConvTranspose2d in layer_types("seed")
+    assert nn.ConvTranspose2d in layer_types("article28")
 
 
 def test_seed_preset_is_the_seed_design():
-    spec = ModelSpec("seed", 100, 0, 1, 28)
+    spec = ModelSpec("article28", 100, 0, 1, 28)
     g, d = build_generator(spec), build_discriminator(spec)
     convs = [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in g.modules()
              if isinstance(m, nn.ConvTranspose2d)]

@@ -235,7 +235,7 @@ self.exec_plan()
 # ------------------------------------------------------------------------------ config values stay data
 
 @pytest.mark.parametrize("override, message", [
-    ("train.diffaug=__import__('os').system('touch {marker}')", "train.diffaug: unknown policy"),
+    ("train.diffaug=__import__('os').system('touch {marker}')", "train.diffaug: unknown entry"),
     ("model.arch=__import__('os').system('touch {marker}')", "model.arch: \"__import__('os')"),
     ("train.steps=__import__('os').system('touch {marker}')", "train.steps: expected int, got str"),
     ("train.steps=!!python/object/apply:os.system ['touch {marker}']", "train.steps: cannot read value"),

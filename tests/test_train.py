@@ -11,8 +11,10 @@ from conftest import TINY, error_line
 from ganaug.cli import main
 from ganaug.config import load_config
 from ganaug.data import load_dataset
+from ganaug.models import ModelSpec
 from ganaug.train.dist import read_env
-from ganaug.train.trainer import Trainer, model_spec
+from ganaug.train.rundir import RunDirectory
+from ganaug.train.trainer import Trainer
 
 
 def train(run_dir: Path, *overrides: str) -> int:
@@ -26,7 +28,7 @@ def load(path: Path) -> dict:
 def make_trainer(tmp_path, *overrides) -> Trainer:
     cfg = load_config(None, [*TINY, *overrides])
     data = load_dataset(cfg.data)
-    return Trainer(cfg, tmp_path, read_env(), data, model_spec(cfg, data))
+    return Trainer(cfg, RunDirectory(tmp_path), read_env(), data, ModelSpec.from_config(cfg.model, data))
 
 
 def test_each_update_reaches_only_the_network_it_trains(tmp_path):
@@ -100,10 +102,11 @@ def test_checkpoint_holds_only_safe_values_and_the_run_layout(tmp_path):
     assert train(run, "train.steps=4", "ckpt.every=1", "ckpt.keep=2", "log.image_every=2") == 0
     state = load(run / "checkpoints" / "last.pt")  # weights_only=True succeeds
     assert {"schema", "step", "config", "model", "class_names", "G", "D", "G_ema", "opt_g", "opt_d",
-            "scaler_g", "scaler_d", "data", "rng"} <= set(state)
+            "scaler_g", "scaler_d", "data", "rng", "objective", "images_seen"} <= set(state)
+    assert state["schema"] == 2 and state["images_seen"] == 4 * 16
     assert state["step"] == 4 and state["class_names"] == [str(i) for i in range(10)]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt"]
-    assert (run / "config.yaml").read_text().startswith("data:")
+    assert (run / "config.yaml").read_text().startswith("# ganaug train: the resolved config")
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
 
 
@@ -125,9 +128,9 @@ def test_tensorboard_scalars_images_and_config_are_readable(tmp_path):
 
 
 def test_non_finite_gradients_stop_the_run_with_a_diagnosis_checkpoint(tmp_path, monkeypatch, capsys):
-    from ganaug.train.losses import GanLoss
+    from ganaug.train import losses
 
-    monkeypatch.setattr(GanLoss, "generator", lambda self, logits: logits.float().mean() * float("nan"))
+    monkeypatch.setattr(losses, "generator_loss", lambda kind, logits: logits.float().mean() * float("nan"))
     run = tmp_path / "run"
     assert train(run, "train.steps=10", "train.max_nonfinite_steps=3") == 2
     err = error_line(capsys.readouterr().err, "train")
@@ -188,4 +191,72 @@ def test_conditional_true_without_labels_is_refused(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", images=np.zeros((40, 8, 8), np.uint8))
     assert main(["train", "--run-dir", str(tmp_path / "r"), *TINY, f"data.source={tmp_path / 'd.npz'}",
                  "model.conditional=true"]) == 2
-    assert "model.conditional=true but data.source" in error_line(capsys.readouterr().err, "train")
+    assert "model.conditional=true but the training data has no labels" in error_line(capsys.readouterr().err, "train")
+
+
+def test_a_second_trainer_on_the_same_run_dir_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    with RunDirectory(run).lock():  # as a first `ganaug train` (or a resubmitted job) holds it
+        assert train(run, "train.steps=2") == 2
+    assert "another `ganaug train` is running on" in error_line(capsys.readouterr().err, "train")
+    assert not (run / "checkpoints" / "last.pt").exists()
+    assert train(run, "train.steps=2") == 0  # released with the holder
+
+
+def test_unlabelled_images_join_training_through_the_semi_supervised_term(tmp_path):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "u.npz", images=rng.integers(0, 255, (40, 12, 12), dtype=np.uint8))
+    run = tmp_path / "run"
+    assert train(run, f"data.unlabelled={tmp_path / 'u.npz'}", "train.steps=3", "log.every=1") == 0
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["unlabelled_data"] == {"epoch": 1, "batch": 1}  # 40 images, batch 16: 2 per epoch, 3 drawn
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/d_unlabelled")] == [1, 2, 3]
+
+
+def test_a_schema_1_checkpoint_resumes_and_exports(tmp_path, trained_run):
+    """Runs of ganaug 0.1 (schema 1: no objective state, no image count, string config values)."""
+    import shutil
+
+    run = shutil.copytree(trained_run(), tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = load(last)
+    state["schema"] = 1
+    del state["objective"], state["images_seen"], state["unlabelled_data"]
+    state["config"]["train"]["diffaug"] = ",".join(state["config"]["train"]["diffaug"])
+    state["config"]["model"]["conditional"] = "auto"
+    state["config"]["data"]["in_memory"] = "auto"
+    del state["config"]["data"]["unlabelled"]
+    torch.save(state, last)
+    for step_file in (run / "checkpoints").glob("step_*.pt"):
+        step_file.unlink()
+    (run / "config.yaml").write_text("data:\n  source: digits\n")  # 0.1 wrote it without the mark
+    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
+    resumed = load(last)
+    assert resumed["schema"] == 2 and resumed["step"] == 6
+    assert resumed["images_seen"] == 6 * 16  # 4 steps of 16 images counted from the old step, then 2 more
+    assert main(["export", str(run), "--out", str(tmp_path / "g.onnx")]) == 0
+
+
+def test_the_config_and_final_numbers_reach_the_hparams_dashboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    assert train(run, "train.steps=4", "log.every=2", "log.image_every=3") == 0
+    events = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0, "images": 0})
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["train.steps"].number_value == 4
+    assert start.hparams["train.precision_resolved"].string_value in ("fp32", "bf16")
+    assert start.hparams["train.diffaug"].string_value == "color,translation,cutout"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"final/loss/d", "final/loss/g", "final/augment_p"}
+    assert any("precision" in tag for tag in events.Tags()["tensors"])
+    # a grid at step 3 (the cadence) and a final one at step 4
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000003.png", "step_0000004.png"]

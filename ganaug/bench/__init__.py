@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ganaug.files import check_regular_target, ensure_writable_dir, write_atomic
+
 log = logging.getLogger(__name__)
 
 TARGETS = {  # key: (target, higher is better)
@@ -39,12 +41,11 @@ def machine() -> dict:
 
 def _train_run(folder: Path) -> Path:
     """A briefly trained default generator (32x32, conditional digits): weights for the sampling figures."""
-    from ganaug.cli import main
+    from ganaug import train
+    from ganaug.config import load_config
 
     run = folder / "run"
-    if main(["train", "--run-dir", str(run), "train.steps=20", "ckpt.every=20", "log.progress=false",
-             "log.image_every=0"]) != 0:
-        raise RuntimeError("could not train the benchmark's generator")
+    train.run(load_config(None, ["train.steps=20", "ckpt.every=20", "log.progress=false", "log.image_every=0"]), run)
     return run
 
 
@@ -68,13 +69,16 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> int:
+def run_bench(out: Path | None = None, quick: bool = False) -> dict:
+    """Measure, print the table, and write it as JSON to `out` (checked before the minutes of work)."""
     from ganaug.bench.ddp_speed import bench_ddp
     from ganaug.bench.peak import bench_peaks
     from ganaug.bench.sample_speed import bench_sampling
     from ganaug.bench.train_speed import bench_training
 
-    quick = args.quick
+    if out is not None:
+        check_regular_target(out, "--out")
+        ensure_writable_dir(out.parent, "--out's folder")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
     results: dict = {"machine": machine(), "quick": quick}
@@ -93,8 +97,7 @@ def main(args) -> int:
                                   peaks=results, try_compile=not quick)
     results["seconds"] = time.perf_counter() - start
     print(format_table(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    return 0
+    if out is not None:
+        write_atomic(out, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {out}")
+    return results

@@ -25,8 +25,10 @@ def main() -> None:
 
     from ganaug.config import load_config
     from ganaug.data import load_dataset
+    from ganaug.models import ModelSpec
     from ganaug.train.dist import barrier, destroy_distributed, init_distributed
-    from ganaug.train.trainer import Trainer, model_spec
+    from ganaug.train.rundir import RunDirectory
+    from ganaug.train.trainer import Trainer
 
     torch.set_num_threads(1)
     cfg = load_config(None, args.overrides)
@@ -34,7 +36,7 @@ def main() -> None:
     info = init_distributed()
     try:
         with tempfile.TemporaryDirectory() as run_dir:
-            trainer = Trainer(cfg, Path(run_dir), info, data, model_spec(cfg, data))
+            trainer = Trainer(cfg, RunDirectory(Path(run_dir)), info, data, ModelSpec.from_config(cfg.model, data))
             for _ in range(args.warmup):
                 trainer.train_step()
             barrier()

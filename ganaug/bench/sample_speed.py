@@ -16,29 +16,22 @@ VARIANTS = ("fp32", "fp16", "int8")
 
 
 def export_variants(run_dir: Path, out_dir: Path) -> dict[str, Path]:
-    from ganaug.cli import main
+    from ganaug.export import export_model
 
     paths = {}
     for precision in VARIANTS:
         path = out_dir / f"generator_{precision}.onnx"
         # A speed benchmark on briefly trained weights: quality thresholds are not its business.
-        code = main(["export", str(run_dir), "--out", str(path), "--precision", precision, "--force",
-                     "--allow-degraded"])
-        if code != 0:
-            raise RuntimeError(f"export of the {precision} variant failed ({code})")
+        export_model(run_dir, path, precision=precision, force=True, allow_degraded=True)
         paths[precision] = path
     return paths
 
 
 def load_torch_generator(run_dir: Path):
-    from ganaug.models import ModelSpec, build_generator
-    from ganaug.train.checkpoint import load_checkpoint
+    from ganaug.export.source import load_generator
 
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    spec = ModelSpec.from_dict(state["model"])
-    generator = build_generator(spec)
-    generator.load_state_dict(state["G_ema"])
-    return generator.eval().requires_grad_(False), spec
+    loaded = load_generator(run_dir)
+    return loaded.generator.requires_grad_(False), loaded.spec
 
 
 def torch_generate_fn(generator, spec, mode: str):
@@ -108,9 +101,12 @@ def time_to_first_image(model: Path, out_dir: Path) -> float:
 
 
 _REPORT_PEAK_RSS = """
-import sys
-from ganaug.cli import main
-code = main(sys.argv[1:])
+import runpy, sys
+sys.argv = ["ganaug", *sys.argv[1:]]
+try:
+    runpy.run_module("ganaug", run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
 # VmHWM belongs to this process image alone; ru_maxrss would include the forking parent's pages.
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(int(peak.split()[1]) // 1024, file=sys.stderr)

@@ -1,8 +1,8 @@
 """Training throughput: ganaug's trainer against a plain reference loop, and bf16 against fp32.
 
-The reference is the seed design's algorithm written the obvious way in PyTorch: fp32, eager,
+The reference is the DCGAN article's algorithm written the obvious way in PyTorch: fp32, eager,
 a DataLoader over tensors, BCE, Adam, one generator forward per step reused for both losses.
-Both sides train the same networks (`model.arch=seed`, unconditional, 28x28) on the same data
+Both sides train the same networks (`model.arch=article28`, unconditional, 28x28) on the same data
 with the same batch, in this process, in alternating rounds, so machine noise hits both alike.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SEED_OVERRIDES = ["model.arch=seed", "model.conditional=false", "data.resolution=28", "train.batch_size=128",
+ARTICLE_OVERRIDES = ["model.arch=article28", "model.conditional=false", "data.resolution=28", "train.batch_size=128",
                   "train.loss=bce", "train.diffaug=none", "log.progress=false", "log.image_every=0"]
 
 
 def reference_networks(z_dim: int = 100, channels: int = 1) -> tuple[nn.Module, nn.Module]:
-    """The seed design (models/seed.py, unconditional) as one would first write it: two nn.Sequentials.
+    """The article's design (models/article.py, unconditional) as one would first write it: two nn.Sequentials.
 
     Defined here, not taken from ganaug.models, so the reference neither gains from nor pays for
     anything ganaug's own layers do (tests check that both have the same parameters).
@@ -42,7 +42,7 @@ def reference_networks(z_dim: int = 100, channels: int = 1) -> tuple[nn.Module, 
 
 
 class ReferenceLoop:
-    """The seed's training step, as one would first write it."""
+    """The article's training step, as one would first write it."""
 
     def __init__(self, images_u8: torch.Tensor, batch_size: int = 128, z_dim: int = 100):
         torch.manual_seed(0)
@@ -72,12 +72,14 @@ class ReferenceLoop:
 def make_trainer(overrides: list[str], run_dir: Path):
     from ganaug.config import load_config
     from ganaug.data import load_dataset
+    from ganaug.models import ModelSpec
     from ganaug.train.dist import DistInfo
-    from ganaug.train.trainer import Trainer, model_spec
+    from ganaug.train.rundir import RunDirectory
+    from ganaug.train.trainer import Trainer
 
     cfg = load_config(None, overrides)
     data = load_dataset(cfg.data)
-    return Trainer(cfg, run_dir, DistInfo(), data, model_spec(cfg, data)), data
+    return Trainer(cfg, RunDirectory(run_dir), DistInfo(), data, ModelSpec.from_config(cfg.model, data)), data
 
 
 def images_per_second(step, batch_size: int, steps: int) -> float:
@@ -99,8 +101,8 @@ def compare(contenders: dict, batch_size: int, steps: int, rounds: int) -> dict[
 
 
 def bench_training(run_dir: Path, steps: int, rounds: int) -> dict:
-    trainer_bf16, data = make_trainer([*SEED_OVERRIDES, "train.precision=bf16"], run_dir / "bf16")
-    trainer_fp32, _ = make_trainer([*SEED_OVERRIDES, "train.precision=fp32"], run_dir / "fp32")
+    trainer_bf16, data = make_trainer([*ARTICLE_OVERRIDES, "train.precision=bf16"], run_dir / "bf16")
+    trainer_fp32, _ = make_trainer([*ARTICLE_OVERRIDES, "train.precision=fp32"], run_dir / "fp32")
     reference = ReferenceLoop(data.images)
     speeds = compare({"reference": reference.step, "ganaug_bf16": trainer_bf16.train_step,
                       "ganaug_fp32": trainer_fp32.train_step}, 128, steps, rounds)

@@ -7,6 +7,8 @@ indices into `class_names`; an unlabelled dataset has `labels=None` and no class
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,13 @@ import torch
 from ganaug.config import DataConfig
 from ganaug.errors import UserError
 
+log = logging.getLogger(__name__)
+
 TORCHVISION_SOURCES = ("mnist", "fashion_mnist", "cifar10")
+
+
+class DataError(UserError):
+    """A problem with one data source; `load_dataset` prefixes the config key that named it."""
 
 
 @dataclass
@@ -39,29 +47,48 @@ class ImageData:
         return self.files is None
 
 
-def load_dataset(cfg: DataConfig) -> ImageData:
-    """Read `data.source` into an ImageData; every problem with the data is a UserError."""
+def load_dataset(cfg: DataConfig, key: str = "data.source") -> ImageData:
+    """Read `cfg.source` into an ImageData; every problem with the data is a UserError naming `key`."""
+    try:
+        data = _load(cfg)
+    except DataError as exc:
+        raise UserError(f"{key}: {exc}") from None
+    if len(data) == 0:
+        raise UserError(f"{key}: {cfg.source!r} holds no images")
+    return data
+
+
+def _load(cfg: DataConfig) -> ImageData:
     source = cfg.source
+    if not source.strip():
+        raise DataError("is empty; name a dataset (digits, mnist, fashion_mnist, cifar10), a folder or a .npz file")
     if source == "digits":
         from ganaug.data.digits import load_digits
 
-        data = load_digits(cfg.resolution, cfg.channels)
-    elif source in TORCHVISION_SOURCES:
+        return load_digits(cfg.resolution, cfg.channels)
+    if source in TORCHVISION_SOURCES:
         from ganaug.data.torchvision_sets import load_torchvision
 
-        data = load_torchvision(source, cfg)
-    else:
-        path = Path(source)
-        if path.suffix.lower() == ".npz" or path.is_file():
-            from ganaug.data.npz import load_npz
+        return load_torchvision(source, cfg)
+    path = Path(source)
+    if path.suffix.lower() == ".npz" or path.is_file():
+        from ganaug.data.npz import load_npz
 
-            data = load_npz(path, cfg.resolution, cfg.channels)
-        elif path.is_dir():
-            from ganaug.data.folder import load_folder
+        return load_npz(path, cfg.resolution, cfg.channels)
+    if path.is_dir():
+        from ganaug.data.folder import load_folder
 
-            data = load_folder(path, cfg)
-        else:
-            raise UserError(f"data.source: {source!r} is not a known dataset name, a folder or a .npz file")
-    if len(data) == 0:
-        raise UserError(f"data.source: {source!r} holds no images")
-    return data
+        return load_folder(path, cfg)
+    raise DataError(f"{source!r} is not a known dataset name, a folder or a .npz file")
+
+
+def load_unlabelled(cfg: DataConfig, labelled: ImageData) -> ImageData | None:
+    """data.unlabelled: more images for the GAN at the labelled data's size and channels; any labels
+    the source has are not used (that is what makes them unlabelled)."""
+    if not cfg.unlabelled:
+        return None
+    data = load_dataset(dataclasses.replace(cfg, source=cfg.unlabelled, channels=labelled.channels),
+                        key="data.unlabelled")
+    if data.labels is not None:
+        log.info("data.unlabelled: %s has labels; they are not used", cfg.unlabelled)
+    return dataclasses.replace(data, labels=None, class_names=[])

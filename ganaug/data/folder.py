@@ -1,5 +1,8 @@
 """A folder of images: class sub-folders give labels (as torchvision's ImageFolder), a flat folder none.
 
+A class folder's images are taken at any depth (ImageFolder does the same), so `cat/indoor/1.png`
+is a cat; class folders are sorted by name, so class i is the i-th name in sorted order.
+
 Images of any size and mode are decoded once into memory when they fit (`data.in_memory`), else
 streamed from disk by DataLoader workers. An unreadable file is an error naming it, or with
 `data.skip_bad=true` a warning naming it.
@@ -8,6 +11,7 @@ streamed from disk by DataLoader workers. An unreadable file is an error naming 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ganaug.config import DataConfig
-from ganaug.data import ImageData
+from ganaug.data import DataError, ImageData
 from ganaug.data.convert import is_grey, pil_to_array
 from ganaug.errors import UserError
 
@@ -31,25 +35,42 @@ def _images_in(folder: Path) -> tuple[list[Path], int]:
     return images, len(files) - len(images)
 
 
+def _images_under(folder: Path) -> tuple[list[Path], int]:
+    """A class folder's images at any depth, as torchvision's ImageFolder takes them (sorted walk,
+    links followed), minus hidden entries; a folder reached twice through links is read once."""
+    images, ignored, seen = [], 0, set()
+    for directory, subdirs, _ in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found, skipped = _images_in(Path(directory))
+        images += found
+        ignored += skipped
+    return images, ignored
+
+
 def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     """Files, labels (None for a flat folder) and class names, in a sorted, reproducible order."""
     try:
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         loose, ignored = _images_in(root)
     except OSError as exc:
-        raise UserError(f"data.source: cannot read folder {root}: {exc.strerror or exc}") from None
+        raise DataError(f"cannot read folder {root}: {exc.strerror or exc}") from None
     if subdirs and loose:
-        raise UserError(f"data.source: {root} has both image files and class sub-folders; "
+        raise DataError(f"{root} has both image files and class sub-folders; "
                         f"use one layout (e.g. move {loose[0].name} into a class folder)")
     if not subdirs:
         files, labels, names = loose, None, []
     else:
         files, labels, names = [], [], []
         for label, subdir in enumerate(subdirs):
-            images, skipped = _images_in(subdir)
+            images, skipped = _images_under(subdir)
             ignored += skipped
             if not images:
-                raise UserError(f"data.source: class folder {subdir} has no images "
+                raise DataError(f"class folder {subdir} has no images "
                                 f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
             files += images
             labels += [label] * len(images)
@@ -57,7 +78,7 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     if ignored:
         log.warning("data: ignored %d files without an image suffix under %s", ignored, root)
     if not files:
-        raise UserError(f"data.source: no images found in {root}")
+        raise DataError(f"no images found in {root}")
     return files, labels, names
 
 
@@ -88,7 +109,7 @@ def load_folder(root: Path, cfg: DataConfig) -> ImageData:
     files, labels, names = scan_folder(root)
     channels = cfg.channels or _guess_channels(files, cfg.skip_bad)
     decoded_mb = len(files) * channels * cfg.resolution**2 / 2**20
-    stream = cfg.in_memory == "false" or (cfg.in_memory == "auto" and decoded_mb > cfg.max_memory_mb)
+    stream = cfg.in_memory is False or (cfg.in_memory is None and decoded_mb > cfg.max_memory_mb)
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
     if stream:
         log.info("data: streaming %d images from %s (%.0f MB decoded)", len(files), root, decoded_mb)
@@ -106,7 +127,7 @@ def load_folder(root: Path, cfg: DataConfig) -> ImageData:
     if bad:
         log.warning("data: skipped %d unreadable images of %d", len(bad), len(files))
     if not arrays:
-        raise UserError(f"data.source: no readable images in {root}")
+        raise DataError(f"no readable images in {root}")
     images = torch.from_numpy(np.stack(arrays))
     if label_tensor is not None:
         label_tensor = label_tensor[torch.as_tensor(kept)]

@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from ganaug.config import DataConfig
-from ganaug.data import ImageData
+from ganaug.data import DataError, ImageData
 from ganaug.data.convert import array_to_nchw, match_channels, resize_batch
-from ganaug.errors import UserError
 
 
 def load_torchvision(name: str, cfg: DataConfig) -> ImageData:
@@ -19,7 +18,7 @@ def load_torchvision(name: str, cfg: DataConfig) -> ImageData:
         dataset = cls(cfg.root, train=True, download=cfg.download)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         hint = "" if cfg.download else " (set data.download=true to fetch it)"
-        raise UserError(f"data.source: {name} not found under data.root={cfg.root!r}{hint}: {exc}") from None
+        raise DataError(f"{name} not found under data.root={cfg.root!r}{hint}: {exc}") from None
     data = dataset.data
     images = array_to_nchw(data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data))
     tensor = match_channels(resize_batch(images, cfg.resolution), cfg.channels)

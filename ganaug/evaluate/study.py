@@ -5,8 +5,8 @@ Protocol (docs/evaluation.md):
 2. For each K, keep K labelled images per class of train and write them, and only them, to an
    .npz file. The GAN is trained with `data.source=` that file, so it provably sees nothing else:
    no test image, no label the classifier would not have.
-3. Train, export and sample the GAN through the commands users run (`ganaug train / export /
-   sample`, called in-process through `ganaug.cli.main`).
+3. Train, export and sample the GAN with the library calls behind `ganaug train / export / sample`
+   (`ganaug.train.run`, `ganaug.export.export_model`, `ganaug.sampler.write_samples`).
 4. Train the same small classifier on (a) real only, (b) real + classical augmentation,
    (c) real + synthetic, (d) real + classical + synthetic, (e) synthetic only, for several seeds,
    and measure accuracy on the held-out test split.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganaug.config import Config, dump_yaml
+from ganaug import train
+from ganaug.config import Config, config_from_dict, dump_yaml
 from ganaug.errors import UserError
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_classifier
+from ganaug.export import export_model
 from ganaug.files import write_atomic
+from ganaug.sampler import Sampler, SampleRequest, write_samples
+from ganaug.train import with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ ALL = None  # K = all labelled training images
 STUDY_GAN_DEFAULTS = {
     "data": {"resolution": 16},
     "model": {"g_channels": 32, "d_channels": 32},
-    "train": {"batch_size": 64, "loss": "hinge", "ema_decay": 0.999, "diffaug": "color,translation,cutout"},
+    "train": {"batch_size": 64, "loss": "hinge", "ema_decay": 0.999, "diffaug": ["color", "translation", "cutout"]},
     "log": {"image_every": 500},
 }
 METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
@@ -110,7 +113,7 @@ def k_per_class(labels: torch.Tensor, candidates: torch.Tensor, k: int | None, s
     return torch.cat(chosen).sort().values
 
 
-def write_npz(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> None:
+def write_labelled_npz(path: Path, images: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> None:
     """images uint8 NCHW -> an .npz `ganaug train` reads (images NHWC, labels, class_names), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: np.savez(f, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
@@ -185,38 +188,6 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-# ------------------------------------------------------------------------------ the commands
-
-
-def run_ganaug(argv: list[str]) -> None:
-    """Run a `ganaug` command in this process, as a user would type it; a failure stops the study.
-
-    The trainer installs SIGINT/SIGTERM handlers for a graceful stop; they are restored afterwards
-    so that Ctrl-C during the rest of the study still interrupts it.
-    """
-    from ganaug.cli import main
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    threads = torch.get_num_threads()
-    try:
-        code = main(argv)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        torch.set_num_threads(threads)
-    if code == 130:
-        raise KeyboardInterrupt
-    if code != 0:
-        raise UserError(f"`ganaug {' '.join(argv)}` failed (exit status {code}); its error is above")
-
-
-def _trained_steps(run_dir: Path) -> int:
-    from ganaug.train.checkpoint import load_checkpoint
-
-    last = run_dir / "checkpoints" / "last.pt"
-    return int(load_checkpoint(last)["step"]) if last.is_file() else 0
-
-
 # ------------------------------------------------------------------------------ the study
 
 
@@ -228,7 +199,7 @@ class Study:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.device = device or torch.device("cpu")
-        self.cfg = _config_from_dict(settings.gan_config)
+        self.cfg = config_from_dict(settings.gan_config)
         self.data = load_dataset(self.cfg.data)
         if self.data.labels is None or not self.data.in_memory:
             raise UserError(f"data.source {self.cfg.data.source!r}: the study needs labelled images that fit in "
@@ -237,7 +208,7 @@ class Study:
         self.train_index, self.test_index = stratified_split(self.data.labels, settings.test_fraction,
                                                              settings.split_seed)
         self.state = StudyState(out_dir / "state.json", settings.fingerprint())
-        (out_dir / "gan_config.yaml").write_text(dump_yaml(self.cfg))
+        write_atomic(out_dir / "gan_config.yaml", dump_yaml(self.cfg))
         self.units_total = len(settings.ks) * (2 + settings.seeds * len(ARMS))
         self.units_done = 0
 
@@ -259,7 +230,7 @@ class Study:
         path = self.out / "data" / f"k{k_name(k)}.npz"
         if not path.is_file():
             index = self.subset(k)
-            write_npz(path, self.data.images[index], self.data.labels[index], self.class_names)
+            write_labelled_npz(path, self.data.images[index], self.data.labels[index], self.class_names)
         return path
 
     def gan_dir(self, k: int | None) -> Path:
@@ -284,12 +255,13 @@ class Study:
         log.info("K=%s: training the GAN on %d labelled images (%s), %d steps", k_name(k), n_images, npz,
                  self.settings.gan_steps)
         start = time.perf_counter()
-        run_ganaug(["train", "--run-dir", str(run_dir), "--config", str(self.out / "gan_config.yaml"),
-                    f"data.source={npz}", f"train.steps={self.settings.gan_steps}", f"train.batch_size={batch_size}"])
-        steps = _trained_steps(run_dir)
-        if steps < self.settings.gan_steps:  # the trainer stops gracefully on a signal and returns 0
+        cfg = with_overrides(self.cfg, data={"source": str(npz)},
+                             train={"steps": self.settings.gan_steps, "batch_size": batch_size})
+        result = train.run(cfg, run_dir)
+        if not result.completed:  # a signal stopped the GAN gracefully (saved): stop the study too
             raise KeyboardInterrupt
-        run_ganaug(["export", str(run_dir), "--out", str(model), "--force"])
+        steps = result.step
+        export_model(run_dir, model, force=True)
         self.state.record(key, {"steps": steps, "images": n_images, "batch_size": batch_size,
                                 "seconds": round(time.perf_counter() - start, 1)})
         self._progress(f"K={k_name(k)}: GAN trained and exported ({steps} steps)")
@@ -300,9 +272,11 @@ class Study:
         folder = self.gan_dir(k) / f"samples_seed{seed}"
         info = folder / "sample_info.json"
         if not (info.is_file() and json.loads(info.read_text()).get("complete")):
-            run_ganaug(["sample", str(model), "--per-class", str(self.settings.synthetic_per_class),
-                        "--out", str(folder), "--format", "npz", "--seed", str(seed),
-                        "--truncation", str(self.settings.truncation), "--overwrite", "--no-progress"])
+            sampler = Sampler.load(model)
+            classes = tuple(range(sampler.meta.num_classes))
+            write_samples(sampler, SampleRequest(
+                out_dir=str(folder), n=self.settings.synthetic_per_class * len(classes), classes=classes, seed=seed,
+                format="npz", truncation=self.settings.truncation, overwrite=True, progress=False))
         return read_synthetic(folder)
 
     def gan_metrics(self, k: int | None, model: Path) -> None:
@@ -388,12 +362,6 @@ class Study:
                                 "metrics": self.state.get(f"metrics/k{k_name(k)}")} for k in s.ks},
             "accuracy_by_seed": accuracies,
         }
-
-
-def _config_from_dict(values: dict) -> Config:
-    from ganaug.config import apply_dict
-
-    return apply_dict(Config(), values).validate()
 
 
 def resolve_gan_config(config_path: str | None, overrides: list[str]) -> Config:

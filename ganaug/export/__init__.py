@@ -10,5 +10,14 @@
     metadata.py     the ganaug.* metadata keys
     output.py       the --out file: checked first, written atomically last
     card.py         the model card of a bundle (python -m ganaug.export.card)
-    entry.py        the command: wires the steps together
+    api.py          export_model(): wires the steps together (what `ganaug export` calls)
 """
+
+
+def __getattr__(name: str):
+    # `from ganaug.export import export_model` without importing torch and onnx for the light modules
+    if name == "export_model":
+        from ganaug.export.api import export_model
+
+        return export_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,10 +9,9 @@ their half-precision units (tensor cores with TensorRT); CPUs mostly do not, so 
 int8 (onnxruntime static QDQ quantisation): int8 weights (per output channel) and uint8
 activations whose ranges are calibrated on the generator's own activations, from random latents
 and labels. onnxruntime's CPU provider fuses QDQ around Conv/Gemm into integer kernels that use
-the VNNI / AMX int8 units of current x86 CPUs. Measured on a 32x32 resize+conv generator (200
-steps): static QDQ ran ~2x its fp32 model with a mean error of ~0.6 grey levels; dynamic
-quantisation erred less (~0.5) but ran ~7x *slower* than fp32, because ConvInteger has no fast
-kernel; so static it is. What stays float, and why:
+the VNNI / AMX int8 units of current x86 CPUs. Static, not dynamic, quantisation: ConvInteger,
+which dynamic quantisation produces, has no fast kernel (docs/performance.md). What stays float,
+and why:
 - ConvTranspose: onnxruntime's CPU provider has no int8 ConvTranspose kernel; quantised, it only
   gains Quantize/Dequantize steps and error. A ConvTranspose generator (model.arch=seed or
   dcgan_tconv) therefore gains little from int8; the model card says so.
@@ -22,8 +21,8 @@ kernel; so static it is. What stays float, and why:
   no int8 speed-up to be had.
 Weights use 7 of their 8 bits (`reduce_range`): on x86 CPUs without VNNI (AVX2 only) onnxruntime's
 u8s8 kernels add pairs of products in saturating 16-bit arithmetic, which full-range weights
-overflow. A model exported on a VNNI machine must run right on an AVX2 sampling host too: full
-range measured a max error of 70 grey levels on AVX2, 7-bit weights 7 (a 4-step generator).
+overflow, and a model exported on a VNNI machine must run right on an AVX2 sampling host too
+(docs/export.md has the errors measured with and without).
 """
 
 from __future__ import annotations
@@ -85,8 +84,8 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _DropPreprocessingAdvice(logging.Filter):
-    """onnxruntime advises, on the root logger, to pre-process first; we measured that it changes
-    nothing for these graphs (see quantize_int8), so the advice would only confuse users."""
+    """onnxruntime advises, on the root logger, to pre-process first; it changes nothing for these
+    graphs (see quantize_int8), so the advice would only confuse users."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
@@ -112,7 +111,7 @@ def quantize_int8(model: onnx.ModelProto, spec: ModelSpec, calibration_images: i
     keep_float.append(last_layer(model).name)
     keep_float += [node.name for node in model.graph.node if node.op_type == "ConvTranspose"]
     # No quant_pre_process: the exporter's optimiser already folded BatchNorm into the convolutions,
-    # and pre-processing these graphs measured an identical node list for ~2 s more.
+    # and pre-processing these graphs gives an identical node list, only later.
     with tempfile.TemporaryDirectory(prefix="ganaug-quantize-") as tmp:
         # quantize_static takes file paths: given a ModelProto, it rewrites it to external data in place.
         fp32_path, int8_path = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")

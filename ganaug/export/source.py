@@ -1,6 +1,6 @@
 """The export's input: a run directory or checkpoint file -> a generator in eval mode, checked.
 
-The checkpoint is loaded by `load_checkpoint` with weights_only=True, so a file that would run
+The checkpoint is read by `train.checkpoint.load` (weights_only=True), so a file that would run
 code when unpickled is refused. Everything else a user can get wrong (no checkpoint, a file of
 another kind, another schema, weights that do not fit the recorded architecture) is a UserError.
 """
@@ -16,13 +16,12 @@ from torch import nn
 from ganaug.config import ConfigError
 from ganaug.errors import UserError
 from ganaug.files import sha256_of
-from ganaug.models import ARCHS, ModelSpec, build_generator
-from ganaug.train.checkpoint import load_checkpoint
+from ganaug.models import ModelSpec, build_generator
+from ganaug.train import checkpoint
+from ganaug.train.checkpoint import resolve_source
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SCHEMA = 1  # the checkpoint layout this exporter reads (Trainer.state_dict)
-REQUIRED_KEYS = ("schema", "step", "model", "class_names", "G", "G_ema")
 WEIGHTS_KEYS = {"ema": "G_ema", "raw": "G"}
 
 
@@ -35,34 +34,6 @@ class LoadedGenerator:
     weights: str  # "ema" | "raw"
     checkpoint: Path
     checkpoint_sha256: str
-
-
-def resolve_checkpoint(source: str | Path) -> Path:
-    """A run directory means RUN/checkpoints/last.pt; anything else must be a checkpoint file."""
-    path = Path(source)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise UserError(f"{path} is a directory without checkpoints/last.pt; pass a run directory "
-                            "or a checkpoint file")
-        return last
-    if not path.exists():
-        raise UserError(f"{path} does not exist (expected a run directory or a checkpoint file)")
-    return path
-
-
-def _spec_from(state: dict, path: Path) -> ModelSpec:
-    values = state["model"]
-    if not isinstance(values, dict):
-        raise UserError(f"checkpoint {path}: 'model' is not a model description")
-    try:
-        spec = ModelSpec.from_dict(values)
-    except TypeError as exc:
-        raise UserError(f"checkpoint {path}: the model description does not fit this ganaug ({exc})") from None
-    if spec.arch not in ARCHS:
-        raise UserError(f"checkpoint {path} holds a {spec.arch!r} generator; this ganaug exports "
-                        f"{', '.join(ARCHS)}")
-    return spec
 
 
 def _check_class_names(names, spec: ModelSpec, path: Path) -> list[str]:
@@ -89,20 +60,12 @@ def _state_mismatch(generator: nn.Module, weights) -> str | None:
 
 def load_generator(source: str | Path, weights: str = "ema") -> LoadedGenerator:
     """Load a checkpoint safely and rebuild its (EMA or raw) generator in eval mode."""
-    path = resolve_checkpoint(source)
+    path = resolve_source(source)
     sha256 = sha256_of(path)
-    state = load_checkpoint(path)
+    state = checkpoint.load(path)
     if sha256_of(path) != sha256:  # a live run replaced last.pt meanwhile: the hash would lie
         raise UserError(f"checkpoint {path} changed while it was read (is training writing it?); try again")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise UserError(f"{path} is not a ganaug checkpoint (no {missing[0]!r} entry)")
-    if state["schema"] != CHECKPOINT_SCHEMA:
-        raise UserError(f"checkpoint {path} has schema {state['schema']!r}; this ganaug reads schema "
-                        f"{CHECKPOINT_SCHEMA} (export it with the ganaug version that wrote it)")
-    if not isinstance(state["step"], int):
-        raise UserError(f"checkpoint {path}: 'step' is {state['step']!r}, not a step number")
-    spec = _spec_from(state, path)
+    spec = ModelSpec.from_dict(state["model"])  # checked by checkpoint.load
     class_names = _check_class_names(state["class_names"], spec, path)
     try:
         generator = build_generator(spec)
@@ -111,7 +74,7 @@ def load_generator(source: str | Path, weights: str = "ema") -> LoadedGenerator:
     key = WEIGHTS_KEYS[weights]
     mismatch = _state_mismatch(generator, state[key])
     if mismatch:
-        raise UserError(f"checkpoint {path}: the {key} weights do not fit a {spec.arch} generator at "
+        raise UserError(f"checkpoint {path}: the {key} weights do not fit the {spec.arch} generator at "
                         f"{spec.resolution}x{spec.resolution} ({mismatch})")
     generator.load_state_dict(state[key])
     # Eval mode: BatchNorm uses its running statistics (for G_ema, recalibrated during training).

@@ -96,7 +96,7 @@ def check_model(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 
 
-def create_session(model: onnx.ModelProto) -> ort.InferenceSession:
+def verification_session(model: onnx.ModelProto) -> ort.InferenceSession:
     """The model on onnxruntime's CPU provider, set up as the sampler will run it."""
     return cpu_session(model.SerializeToString())
 
@@ -117,7 +117,7 @@ def run_onnxruntime(session: ort.InferenceSession, feeds: dict[str, np.ndarray])
 def verify_parity(model: onnx.ModelProto, module: ImageGenerator, spec: ModelSpec, precision: str,
                   allow_degraded: bool = False, batch_sizes: tuple[int, ...] = BATCH_SIZES) -> ParityReport:
     """Compare `model` in onnxruntime with PyTorch fp32; raise VerificationError beyond THRESHOLDS."""
-    session = create_session(model)
+    session = verification_session(model)
     torch_floats, onnx_floats, pixel_diff = [], [], 0
     for batch in batch_sizes:
         feeds = random_inputs(spec, batch, VERIFY_SEED + batch)
@@ -151,6 +151,6 @@ def verify_parity(model: onnx.ModelProto, module: ImageGenerator, spec: ModelSpe
 def verify_same_images(final: onnx.ModelProto, verified: onnx.ModelProto, spec: ModelSpec) -> None:
     """The model to be written (verification output removed, metadata added) gives the verified images."""
     feeds = random_inputs(spec, 7, VERIFY_SEED)
-    expected = create_session(verified).run([IMAGES], feeds)[0]
-    written = create_session(final).run([IMAGES], feeds)[0]
+    expected = verification_session(verified).run([IMAGES], feeds)[0]
+    written = verification_session(final).run([IMAGES], feeds)[0]
     assert np.array_equal(expected, written), "removing the verification output changed the images"

@@ -1,16 +1,28 @@
 """Generators and discriminators, built from a `ModelSpec` (plain values, stored in every checkpoint).
 
 The networks know nothing of ranks, precision or files: the exporter rebuilds a generator from the
-spec in a checkpoint alone.
+spec in a checkpoint alone. This module is torch-free (the config validates sizes with it); the
+networks are imported when they are built.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-from torch import nn
+from ganaug.errors import UserError
 
-ARCHS = ("dcgan", "dcgan_tconv", "seed")
+# The architectures; config.py's model.arch takes its choices from here.
+ARCHS = ("dcgan", "dcgan_tconv", "resnet", "article28")
+
+
+def base_resolution(resolution: int) -> tuple[int, int]:
+    """Split a side length into (base, number of 2x upsamplings): 32 -> (4, 3), 28 -> (7, 2)."""
+    base, doublings = resolution, 0
+    while base > 7 and base % 2 == 0:
+        base, doublings = base // 2, doublings + 1
+    if not 4 <= base <= 7 or doublings < 1:
+        raise ValueError(f"{resolution} is not 4..7 times a power of two (e.g. 16, 28, 32, 64)")
+    return base, doublings
 
 
 @dataclass(frozen=True)
@@ -25,30 +37,64 @@ class ModelSpec:
     embed_dim: int = 32
     spectral_norm: bool = True
 
+    @classmethod
+    def from_config(cls, model, data) -> ModelSpec:
+        """The networks' shape from the model config (config.ModelConfig) and what the data turned out
+        to be (its labels, channels and resolution)."""
+        if model.conditional is True and data.labels is None:
+            raise UserError("model.conditional=true but the training data has no labels")
+        conditional = data.labels is not None and model.conditional is not False
+        return cls(model.arch, model.z_dim, data.num_classes if conditional else 0, data.channels, data.resolution,
+                   model.g_channels, model.d_channels, model.embed_dim, model.spectral_norm)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelSpec:
-        return cls(**values)
+        """Back from to_dict(); a TypeError or ValueError names what does not fit."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"unknown model field {unknown[0]!r}")
+        spec = cls(**values)
+        _check_arch(spec)
+        return spec
 
 
-def build_generator(spec: ModelSpec) -> nn.Module:
-    if spec.arch == "seed":
-        from ganaug.models.seed import SeedGenerator
+def _check_arch(spec: ModelSpec) -> None:
+    if spec.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {spec.arch!r} (this ganaug builds {', '.join(ARCHS)})")
 
-        return SeedGenerator(spec.z_dim, spec.num_classes, spec.channels, spec.embed_dim)
+
+def build_generator(spec: ModelSpec):
+    _check_arch(spec)
+    if spec.arch == "article28":
+        from ganaug.models.article import ArticleGenerator
+
+        return ArticleGenerator(spec.z_dim, spec.num_classes, spec.channels, spec.embed_dim)
+    if spec.arch == "resnet":
+        from ganaug.models.resnet import ResNetGenerator
+
+        return ResNetGenerator(spec.z_dim, spec.num_classes, spec.channels, spec.resolution, spec.g_channels,
+                               spec.embed_dim)
     from ganaug.models.dcgan import Generator
 
     return Generator(spec.z_dim, spec.num_classes, spec.channels, spec.resolution, spec.g_channels,
                      spec.embed_dim, upsample="transposed" if spec.arch == "dcgan_tconv" else "resize")
 
 
-def build_discriminator(spec: ModelSpec) -> nn.Module:
-    if spec.arch == "seed":
-        from ganaug.models.seed import SeedDiscriminator
+def build_discriminator(spec: ModelSpec):
+    _check_arch(spec)
+    if spec.arch == "article28":
+        from ganaug.models.article import ArticleDiscriminator
 
-        return SeedDiscriminator(spec.num_classes, spec.channels)
+        return ArticleDiscriminator(spec.num_classes, spec.channels)
+    if spec.arch == "resnet":
+        from ganaug.models.resnet import ResNetDiscriminator
+
+        return ResNetDiscriminator(spec.num_classes, spec.channels, spec.resolution, spec.d_channels,
+                                   spec.spectral_norm)
     from ganaug.models.dcgan import Discriminator
 
     return Discriminator(spec.num_classes, spec.channels, spec.resolution, spec.d_channels, spec.spectral_norm)

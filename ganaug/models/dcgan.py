@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
-from ganaug.config import base_resolution
+from ganaug.models import base_resolution
+from ganaug.models.layers import projection_logits
 
 MAX_CHANNELS = 256
 
@@ -67,9 +68,5 @@ class Discriminator(nn.Module):
         # Projection conditioning: logit += <embed(y), features>
         self.embed = norm(nn.Embedding(num_classes, feature_dim)) if num_classes else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.features(images)
-        logits = self.head(h).squeeze(1)
-        if self.embed is not None:
-            logits = logits + (self.embed(labels) * h).sum(1)
-        return logits
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, return_parts: bool = False):
+        return projection_logits(self.features(images), self.head, self.embed, labels, return_parts)

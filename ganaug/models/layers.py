@@ -1,4 +1,4 @@
-"""Layers the networks share, where torch's own is slow on the CPUs we train on."""
+"""Pieces the networks share: projection conditioning, and layers where torch's own is slow on CPUs."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ _INT16_STATES = 1 << 16
 class Dropout(nn.Dropout):
     """nn.Dropout whose CPU mask is drawn 16 bits per element, four elements per 64-bit random number.
 
-    On CPU, `bernoulli_` (behind nn.Dropout) draws one random number per element serially, about
-    10 ns each: in the seed discriminator that was a quarter of a bf16 training step (profiled). A
-    mask from whole 64-bit draws costs a seventh of that. The keep probability is rounded to a
-    multiple of 1/65536 (0.7 -> 0.699997). GPUs keep torch's fused kernel.
+    On CPU, `bernoulli_` (behind nn.Dropout) draws one random number per element serially, which
+    made it a large share of the article28 discriminator's step (docs/performance.md has the
+    profile); a mask from whole 64-bit draws needs a quarter of the draws. The keep probability is
+    rounded to a multiple of 1/65536 (0.7 -> 0.699997). GPUs keep torch's fused kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,3 +36,20 @@ def _keep_mask(x: torch.Tensor, keep: float) -> torch.Tensor:
     dense = x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
     halves = halves.as_strided(x.shape, x.stride()) if dense else halves.view(x.shape)
     return halves < round(keep * _INT16_STATES) - _INT16_STATES // 2
+
+
+def projection_logits(features: torch.Tensor, head: nn.Module, embed: nn.Module | None, labels: torch.Tensor | None,
+                      return_parts: bool = False):
+    """A projection discriminator's output (Miyato & Koyama, 2018): head(h) + <embed(y), h>.
+
+    A label of -1 means "no label": that image gets no projection term (the semi-supervised
+    objective scores unlabelled images so). With return_parts, (head(h), projection term or None).
+    """
+    unconditional = head(features).squeeze(1)
+    projection = None
+    if embed is not None and labels is not None:
+        known = labels >= 0
+        projection = (embed(labels.clamp(min=0)) * features).sum(1) * known.to(features.dtype)
+    if return_parts:
+        return unconditional, projection
+    return unconditional if projection is None else unconditional + projection

@@ -1,15 +1,28 @@
-"""Checkpoint files: atomic writes, safe loads, and pruning old ones. Knows nothing of GANs.
+"""The one owner of checkpoint files: schema, names, retention, resume discovery, safe loading.
 
-A checkpoint holds only tensors and plain Python values, so it loads with weights_only=True:
-a file that would run code when unpickled is refused.
+A checkpoint holds only tensors and plain Python values (the trainer's `state_dict()`), so it
+loads with weights_only=True: a file that would run code when unpickled is refused. The folder
+RUN/checkpoints holds
+
+    last.pt                  the newest state, replaced atomically
+    step_NNNNNNN.pt          the newest `ckpt.keep` states (hard links to what last.pt was)
+    best.pt, best.json       the state with the best in-training FD, and its measurement
+    diverged_step_NNNNNNN.pt the state when training stopped on non-finite gradients
+
+Nothing else in ganaug names these files or opens a checkpoint by hand. Schema 1 (ganaug 0.1)
+files are upgraded in memory when loaded, so old runs still resume and export.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
+import math
+import os
 import pickle
 import re
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -17,19 +30,23 @@ from pathlib import Path
 import torch
 
 from ganaug.errors import UserError
-from ganaug.files import write_atomic
+from ganaug.files import clean_temporaries, write_atomic
 
 log = logging.getLogger(__name__)
 
+SCHEMA = 2
 STEP_PATTERN = re.compile(r"step_(\d{7,})\.pt$")
+# What each use reads from a checkpoint; a file without them is refused by name.
+EXPORT_ENTRIES = ("step", "model", "class_names", "G", "G_ema")
+RESUME_ENTRIES = (*EXPORT_ENTRIES, "config", "D", "opt_g", "opt_d", "scaler_g", "scaler_d", "data", "rng",
+                  "objective", "images_seen")
+
+
+# ---------------------------------------------------------------------------------- torch files
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A crash at any point leaves either the old file or the new one, never a torn one; a write
-    error (a full disk, a quota) is a UserError and leaves the old file as it was.
-    """
+    """torch.save to `path` atomically and durably; a write error is a UserError, the old file intact."""
     # Serialise in memory first: a failed write then surfaces as an OSError with its errno
     # (ENOSPC, EFBIG, EDQUOT) instead of torch's opaque "unexpected pos" error.
     buffer = io.BytesIO()
@@ -41,16 +58,6 @@ def save_atomic(state: dict, path: Path) -> None:
         reason = exc.__cause__ if isinstance(exc, UserError) and exc.__cause__ else exc
         raise UserError(f"cannot write checkpoint {path}: {getattr(reason, 'strerror', None) or reason} "
                         "(the previous one is intact)") from None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A ganaug checkpoint, loaded safely; any unreadable, truncated or unsafe file is a UserError."""
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    state = safe_load(path, f"checkpoint {path}")
-    if not isinstance(state, dict):
-        raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
-    return state
 
 
 def safe_load(path: Path, name: str):
@@ -76,14 +83,171 @@ def _refusal_reason(message: str) -> str:
     return "it holds objects other than tensors and plain values"
 
 
-def step_checkpoints(folder: Path) -> list[Path]:
-    """step_NNNNNNN.pt files, oldest first."""
-    if not folder.is_dir():
-        return []
-    return sorted((p for p in folder.iterdir() if STEP_PATTERN.search(p.name)),
-                  key=lambda p: int(STEP_PATTERN.search(p.name).group(1)))
+# ---------------------------------------------------------------------------------- reading
 
 
-def prune(folder: Path, keep: int) -> None:
-    for old in step_checkpoints(folder)[: max(0, len(step_checkpoints(folder)) - keep)]:
-        old.unlink(missing_ok=True)
+def load(path: Path, entries: tuple[str, ...] = EXPORT_ENTRIES) -> dict:
+    """A ganaug checkpoint, loaded safely, upgraded to the current schema and checked for `entries`."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    return check(safe_load(path, f"checkpoint {path}"), path, entries)
+
+
+def check(state, path: Path, entries: tuple[str, ...] = EXPORT_ENTRIES) -> dict:
+    """A loaded checkpoint's contents, upgraded to the current schema; what does not fit is refused
+    by name (a file of another kind, another schema, missing entries, a model that cannot be built)."""
+    from ganaug.models import ModelSpec
+
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
+    if "schema" not in state:
+        raise UserError(f"checkpoint {path} is not a ganaug checkpoint (no 'schema' entry)")
+    if state["schema"] == 1:
+        state = _upgrade_from_schema_1(state)
+    if state["schema"] != SCHEMA:
+        raise UserError(f"checkpoint {path} has schema {state['schema']!r}; this ganaug reads schemas 1 and "
+                        f"{SCHEMA} (use the ganaug version that wrote it)")
+    missing = [key for key in entries if key not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete ganaug checkpoint")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise UserError(f"checkpoint {path}: 'step' is {state['step']!r}, not a step number")
+    if not isinstance(state["model"], dict):
+        raise UserError(f"checkpoint {path}: 'model' is not a model description")
+    try:
+        ModelSpec.from_dict(state["model"])
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"checkpoint {path}: the model description does not fit this ganaug ({exc})") from None
+    return state
+
+
+def _upgrade_from_schema_1(state: dict) -> dict:
+    """Schema 1 (ganaug 0.1) -> 2: the 'seed' preset is called article28; objective state (fixed
+    DiffAugment, no LeCam) and the image count that the EMA horizon is measured in are added."""
+    state = dict(state, schema=SCHEMA)
+    for model in (state.get("model"), (state.get("config") or {}).get("model")):
+        if isinstance(model, dict) and model.get("arch") == "seed":
+            model["arch"] = "article28"
+    state.setdefault("objective", {"augment": {"p": 1.0}, "lecam": [0.0, 0.0]})
+    if "images_seen" not in state and isinstance(state.get("config"), dict) and isinstance(state.get("rng"), list):
+        batch = state["config"].get("train", {}).get("batch_size", 0)
+        state["images_seen"] = int(state.get("step", 0)) * int(batch) * len(state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------------------------- the folder
+
+
+class Checkpointer:
+    """RUN/checkpoints: what is saved, under which name, what is kept, and what a resume reads."""
+
+    def __init__(self, folder: Path, keep: int = 3):
+        self.folder, self.keep = Path(folder), keep
+        self.last = self.folder / "last.pt"
+        self.best = self.folder / "best.pt"
+        self.best_json = self.folder / "best.json"
+
+    def step_path(self, step: int) -> Path:
+        return self.folder / f"step_{step:07d}.pt"
+
+    def diverged_path(self, step: int) -> Path:
+        return self.folder / f"diverged_step_{step:07d}.pt"
+
+    def step_files(self) -> list[Path]:
+        """step_NNNNNNN.pt files, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        return sorted((p for p in self.folder.iterdir() if STEP_PATTERN.search(p.name)),
+                      key=lambda p: int(STEP_PATTERN.search(p.name).group(1)))
+
+    def check_layout(self) -> None:
+        """Found before step 1, not after the training time is spent: names that are not files."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise UserError(f"{self.folder} exists and is not a directory")
+        for path in (self.last, self.best, self.best_json):
+            if path.exists() and not path.is_file():
+                raise UserError(f"{path} exists and is not a file; move it aside")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def save(self, state: dict) -> None:
+        """last.pt, and a step file linked to it when any are kept (the oldest beyond `keep` go)."""
+        save_atomic(state, self.last)
+        if self.keep:
+            target = self.step_path(state["step"])
+            target.unlink(missing_ok=True)
+            try:
+                os.link(self.last, target)  # no space or time; replacing last.pt later leaves it alone
+            except OSError:
+                shutil.copyfile(self.last, target)
+            for old in self.step_files()[: -self.keep]:
+                old.unlink(missing_ok=True)
+
+    def save_best(self, state: dict, metrics: dict) -> None:
+        save_atomic({**state, "metrics": metrics}, self.best)
+        write_atomic(self.best_json, json.dumps(metrics, indent=2))
+
+    def save_diverged(self, state: dict) -> Path:
+        path = self.diverged_path(state["step"])
+        save_atomic(state, path)
+        return path
+
+    def clean_temporaries(self) -> None:
+        clean_temporaries(self.folder)  # left by a writer that was killed
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def best_fd(self) -> float:
+        """The FD of the existing best.pt, so a resumed run only replaces it with a better one."""
+        if not (self.best.is_file() and self.best_json.is_file()):
+            return math.inf
+        try:
+            return float(json.loads(self.best_json.read_text())["fd"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable; the next measurement becomes the best", self.best_json)
+            return math.inf
+
+    def latest(self) -> dict | None:
+        """The state to resume: last.pt, else the newest loadable step file; None for a new run."""
+        candidates = [self.last, *reversed(self.step_files())]
+        for path in candidates:
+            if not path.is_file():
+                continue
+            try:
+                state = safe_load(path, f"checkpoint {path}")
+            except UserError as exc:  # torn, truncated or unsafe: an older one may be whole
+                log.warning("%s; trying an older checkpoint", exc)
+                continue
+            state = check(state, path, RESUME_ENTRIES)  # a whole file of the wrong kind is refused by name
+            log.info("resuming from %s (step %d)", path, state["step"])
+            return state
+        if any(p.is_file() for p in candidates):
+            raise UserError(f"no loadable checkpoint in {self.folder}; move the directory aside to start afresh")
+        return None
+
+
+def saved_config(folder: Path) -> dict | None:
+    """The config of the run a resume would continue (None for a new run), without its warnings."""
+    checkpoints = Checkpointer(folder)
+    for path in [checkpoints.last, *reversed(checkpoints.step_files())]:
+        if path.is_file():
+            try:
+                state = safe_load(path, f"checkpoint {path}")
+            except UserError:
+                continue  # latest() reports it, once, when the run starts
+            return check(state, path, RESUME_ENTRIES)["config"]
+    return None
+
+
+def resolve_source(source: str | Path) -> Path:
+    """What `ganaug export` reads: a run directory means RUN/checkpoints/last.pt, else a checkpoint file."""
+    path = Path(source)
+    if path.is_dir():
+        last = Checkpointer(path / "checkpoints").last
+        if not last.is_file():
+            raise UserError(f"{path} is a directory without checkpoints/last.pt; pass a run directory "
+                            "or a checkpoint file")
+        return last
+    if not path.exists():
+        raise UserError(f"{path} does not exist (expected a run directory or a checkpoint file)")
+    return path

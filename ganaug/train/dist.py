@@ -42,6 +42,12 @@ def read_env() -> DistInfo:
     return DistInfo(rank, local_rank, world, local_world, device)
 
 
+def cpu_threads(requested: int, local_processes: int) -> int:
+    """CPU threads for one process: `requested`, or this machine's cores shared among its processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return requested or max(1, cores // local_processes)
+
+
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     info = read_env()
     if info.device.type == "cuda":
@@ -68,6 +74,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (e.g. a stop signal seen by one of them)."""
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_(value, dist.ReduceOp.MAX).item())
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's flag on every rank (a decision only rank 0 can make, that every rank must follow)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def average_floating_buffers_(module: torch.nn.Module) -> None:

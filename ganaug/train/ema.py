@@ -1,39 +1,51 @@
-"""Exponential moving average of the generator's weights, with a warm-up.
+"""Exponential moving average of the generator's weights, with its horizon measured in images.
 
-Written here rather than with torch.optim.swa_utils.AveragedModel because it needs two things that
-class does not give: the decay ramps up as min(decay, (1 + t) / (10 + t)) so early averages are not
-dominated by the random initialisation, and the state dict is a plain generator's, so the exporter
-loads it into the same class as the raw weights.
+`train.ema_decay` is the decay per 64 training images, so the averaging horizon (half-life
+64 * ln 0.5 / ln decay images: 44k for 0.999) is the same whatever the batch size and the number
+of processes; a step of B images decays by ema_decay ** (B / 64). With a ramp-up (StyleGAN2-ADA's,
+`train.ema_rampup`) the half-life is at most that share of the images seen so far, so the early
+average is not dominated by the random initialisation.
+
+Written here rather than with torch.optim.swa_utils.AveragedModel because the state dict must be
+a plain generator's (the exporter loads it into the same class as the raw weights) and the decay
+depends on the images seen, not on a step count.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
+REFERENCE_IMAGES = 64  # the batch that `train.ema_decay` is quoted for
+
+
+def half_life_images(decay_per_reference: float) -> float:
+    return REFERENCE_IMAGES * math.log(0.5) / math.log(decay_per_reference)
+
+
+def ema_beta(decay_per_reference: float, rampup: float, batch_images: int, images_seen: int) -> float:
+    """The decay of one update of `batch_images` images, after `images_seen` images (all ranks)."""
+    half_life = half_life_images(decay_per_reference)
+    if rampup > 0:
+        half_life = min(half_life, images_seen * rampup)
+    return 0.5 ** (batch_images / half_life) if half_life > 0 else 0.0
+
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, rampup: float = 0.0):
+        self.decay, self.rampup = decay, rampup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.updates = 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - decay)
+    def update(self, model: nn.Module, batch_images: int, images_seen: int) -> None:
+        """Average in `model` after a step of `batch_images` images, `images_seen` before it."""
+        beta = ema_beta(self.decay, self.rampup, batch_images, images_seen)
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - beta)
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             mine.copy_(theirs)
-
-    def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
 
 
 @torch.no_grad()

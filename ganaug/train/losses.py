@@ -1,4 +1,8 @@
-"""The GAN objectives, apart from all machinery (no ranks, precision or optimizers here)."""
+"""The GAN loss formulas and regularisers as pure functions of logits and images.
+
+No ranks, precision, optimizers or schedules here (train/objective.py decides when and how much
+of each to apply). Every function works in float32 whatever the autocast dtype of the logits.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +10,42 @@ import torch
 import torch.nn.functional as F
 
 
-class GanLoss:
-    """Non-saturating BCE (the seed's) or hinge, and the R1 penalty on real images."""
-
-    def __init__(self, kind: str):
-        if kind not in ("bce", "hinge"):
-            raise ValueError(f"unknown GAN loss {kind!r}")
-        self.kind = kind
-
-    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        real_logits, fake_logits = real_logits.float(), fake_logits.float()
-        if self.kind == "bce":
-            # maximise log D(x) + log(1 - D(G(z))) == minimise softplus(-D(x)) + softplus(D(G(z)))
-            return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-        # hinge: minimise relu(1 - D(x)) + relu(1 + D(G(z)))
+def discriminator_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if kind == "bce":
+        # maximise log D(x) + log(1 - D(G(z))) == minimise softplus(-D(x)) + softplus(D(G(z)))
+        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    if kind == "hinge":
+        # minimise relu(1 - D(x)) + relu(1 + D(G(z)))
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}")
 
-    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        fake_logits = fake_logits.float()
-        if self.kind == "bce":
-            # non-saturating: maximise log D(G(z))
-            return F.softplus(-fake_logits).mean()
+
+def generator_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    fake_logits = fake_logits.float()
+    if kind == "bce":
+        return F.softplus(-fake_logits).mean()  # non-saturating: maximise log D(G(z))
+    if kind == "hinge":
         return -fake_logits.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}")
 
-    @staticmethod
-    def r1_penalty(real_images: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
-        """||d D(x) / d x||^2 on real images (Mescheder et al., 2018); real_images must require grad."""
-        (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
-        return grad.float().square().sum(dim=(1, 2, 3)).mean()
+
+def r1_penalty(real_images: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """E ||d D(x) / d x||^2 over real images (Mescheder et al., 2018); real_images must require grad
+    and be where the gradient is taken (the images before augmentation, as StyleGAN2-ADA does)."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return grad.float().square().sum(dim=tuple(range(1, grad.dim()))).mean()
+
+
+def lecam_penalty(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_anchor: float,
+                  fake_anchor: float) -> torch.Tensor:
+    """LeCam regularisation (Tseng et al., 2021): keeps D's real scores from running away above the
+    moving average of its fake scores, and its fake scores below that of its real scores."""
+    return (F.relu(real_logits.float() - fake_anchor).square().mean()
+            + F.relu(real_anchor - fake_logits.float()).square().mean())
+
+
+def consistency_penalty(logits: torch.Tensor, logits_again: torch.Tensor) -> torch.Tensor:
+    """Consistency regularisation (bCR, Zhao et al., 2020): D should score two augmentations of the
+    same images alike."""
+    return (logits.float() - logits_again.float()).square().mean()

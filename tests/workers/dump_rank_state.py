@@ -13,10 +13,10 @@ from ganaug.train.trainer import Trainer
 _save = Trainer.save
 
 
-def save_and_dump(self):
-    _save(self)
+def save_and_dump(self, best=None):
+    _save(self, best)
     own = {"G": self.G.state_dict(), "D": self.D.state_dict(), "step": self.step}
-    torch.save(own, self.run_dir / f"rank{self.info.rank}.pt")
+    torch.save(own, self.run.path / f"rank{self.info.rank}.pt")
 
 
 Trainer.save = save_and_dump

@@ -1,4 +1,4 @@
-"""`ganaug export`: checkpoint -> generator -> ONNX -> verified (-> fp16 / int8, verified) -> one file.
+"""Export as a library, behind `ganaug export`: checkpoint -> generator -> ONNX -> verified (-> fp16 / int8, verified) -> one file.
 
 Order matters: everything the user can get wrong is checked before the (slow) export, and the
 file appears only after every check passed, atomically.
@@ -16,9 +16,10 @@ from ganaug.export.metadata import attach_metadata, model_metadata
 from ganaug.export.onnx_export import check_opset, drop_output, export_onnx
 from ganaug.export.output import OutputFile
 from ganaug.export.reduce import convert_to_fp16, has_conv_transpose, quantize_int8
-from ganaug.export.source import load_generator, resolve_checkpoint
+from ganaug.export.source import load_generator
 from ganaug.export.verify import ParityReport, check_model, verify_parity, verify_same_images
 from ganaug.export.wrapper import FLOAT_IMAGES, ImageGenerator
+from ganaug.train.checkpoint import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ class ExportResult:
     reports: list[ParityReport]  # fp32 first, then the reduced precision if any
     seconds: float
 
+    def summary(self) -> str:
+        report = self.reports[-1]
+        return (f"wrote {self.path} ({self.precision}, {self.size_bytes / 1024:.1f} KiB) in {self.seconds:.1f} s; "
+                f"max error {report.max_error:.3g} grey levels vs PyTorch fp32 (mean {report.mean_error:.3g}, "
+                f"FD {report.fd:.3g})")
+
 
 def export_model(source: str | Path, out: str | Path, precision: str = "fp32", weights: str = "ema",
                  opset: int | None = None, force: bool = False, allow_degraded: bool = False) -> ExportResult:
@@ -43,7 +50,7 @@ def export_model(source: str | Path, out: str | Path, precision: str = "fp32", w
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     opset = check_opset(opset)
-    checkpoint = resolve_checkpoint(source)
+    checkpoint = resolve_source(source)
     output = OutputFile(out, force)
     if output.path.exists() and output.path.samefile(checkpoint):
         raise UserError(f"--out {output.path} is the checkpoint being exported")
@@ -67,13 +74,3 @@ def export_model(source: str | Path, out: str | Path, precision: str = "fp32", w
     data = final.SerializeToString()
     output.commit(data)
     return ExportResult(output.path, precision, len(data), reports, time.perf_counter() - started)
-
-
-def main(args) -> int:
-    result = export_model(args.source, args.out, precision=args.precision, weights=args.weights,
-                          opset=args.opset, force=args.force, allow_degraded=args.allow_degraded)
-    report = result.reports[-1]
-    log.info("wrote %s (%s, %.1f KiB) in %.1f s; max error %.3g grey levels vs PyTorch fp32 (mean %.3g, FD %.3g)",
-             result.path, result.precision, result.size_bytes / 1024, result.seconds, report.max_error,
-             report.mean_error, report.fd)
-    return 0

@@ -1,4 +1,4 @@
-"""`model.arch=seed`: the architecture of the seed design this project comes from (28x28).
+"""`model.arch=article28`: the 28x28 networks of the DCGAN article this project grew from.
 
 G: Dense(z -> 7x7x256) -> ConvTranspose 5x5 to 128 (stride 1), 64 (stride 2), C (stride 2), with
 BatchNorm + LeakyReLU between and tanh at the end. D: Conv 5x5 stride 2 to 64 and 128 with
@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganaug.models.layers import Dropout
+from ganaug.models.layers import Dropout, projection_logits
 
 
-class SeedGenerator(nn.Module):
+class ArticleGenerator(nn.Module):
     def __init__(self, z_dim: int, num_classes: int, channels: int, embed_dim: int):
         super().__init__()
         self.num_classes = num_classes
@@ -37,7 +37,7 @@ class SeedGenerator(nn.Module):
         return self.blocks(self.project(z).view(-1, 256, 7, 7))
 
 
-class SeedDiscriminator(nn.Module):
+class ArticleDiscriminator(nn.Module):
     def __init__(self, num_classes: int, channels: int):
         super().__init__()
         self.features = nn.Sequential(
@@ -48,11 +48,8 @@ class SeedDiscriminator(nn.Module):
         self.head = nn.Linear(128 * 7 * 7, 1)
         self.embed = nn.Embedding(num_classes, 128 * 7 * 7) if num_classes else None
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None, return_parts: bool = False):
         # Flattened in (H, W, C) order: a free view of channels_last activations. (C, H, W) order would
-        # copy them forward and send a contiguous gradient back into channels_last layers (profiled: 6%).
+        # copy them forward and send a contiguous gradient back into channels_last layers.
         h = self.features(images).permute(0, 2, 3, 1).flatten(1)
-        logits = self.head(h).squeeze(1)
-        if self.embed is not None:
-            logits = logits + (self.embed(labels) * h).sum(1)
-        return logits
+        return projection_logits(h, self.head, self.embed, labels, return_parts)

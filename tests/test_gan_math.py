@@ -1,0 +1,365 @@
+"""The GAN maths on known inputs: losses, R1, LeCam, consistency, EMA, augmentation, projection, ADA.
+
+Each test computes what the formula must give by hand (or by an independent route) and compares,
+so a flipped sign, a swapped term, a dropped regulariser or a no-op augmentation fails here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ganaug.config import TrainConfig
+from ganaug.models.layers import projection_logits
+from ganaug.train import losses
+from ganaug.train.augment import AdaptiveAugment, color, cutout, cutout_mask, shift, translation
+from ganaug.train.ema import EMA, ema_beta, half_life_images
+from ganaug.train.objective import NO_LABEL, GanObjective, RealBatch
+
+# ------------------------------------------------------------------------------ losses
+
+
+def test_hinge_losses_at_known_logits():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 0.25])
+    # D: mean(relu(1 - real)) + mean(relu(1 + fake)) = (0 + 0.5 + 2)/3 + (0 + 1 + 1.25)/3
+    assert losses.discriminator_loss("hinge", real, fake).item() == pytest.approx(2.5 / 3 + 2.25 / 3)
+    # swapping real and fake must change it: the terms are not symmetric
+    assert losses.discriminator_loss("hinge", fake, real).item() == pytest.approx((4 + 1 + 0.75) / 3 + (3 + 1.5 + 0) / 3)
+    # G: -mean(D(G(z))): larger fake scores are better for G
+    assert losses.generator_loss("hinge", fake).item() == pytest.approx(-(-3.0 + 0.0 + 0.25) / 3)
+
+
+def test_non_saturating_bce_losses_at_known_logits():
+    real, fake = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    expected_d = (softplus(-1.0) + softplus(2.0)) / 2 + (softplus(0.5) + softplus(3.0)) / 2
+    assert losses.discriminator_loss("bce", real, fake).item() == pytest.approx(expected_d, rel=1e-6)
+    assert losses.generator_loss("bce", fake).item() == pytest.approx((softplus(-0.5) + softplus(-3.0)) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "bce"])
+def test_each_network_gains_by_moving_its_scores_the_right_way(kind):
+    """D's loss falls as real scores rise and fake scores fall; G's falls as fake scores rise."""
+    real = torch.zeros(4, requires_grad=True)
+    fake = torch.zeros(4, requires_grad=True)
+    losses.discriminator_loss(kind, real, fake).backward()
+    assert (real.grad < 0).all() and (fake.grad > 0).all()
+    fake_g = torch.zeros(4, requires_grad=True)
+    losses.generator_loss(kind, fake_g).backward()
+    assert (fake_g.grad < 0).all()
+
+
+def test_losses_run_in_float32_whatever_the_logits_dtype():
+    logits = torch.tensor([0.1, -0.2], dtype=torch.bfloat16)
+    assert losses.discriminator_loss("hinge", logits, logits).dtype == torch.float32
+    assert losses.generator_loss("bce", logits).dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown GAN loss"):
+        losses.generator_loss("wgan", logits)
+
+
+# ------------------------------------------------------------------------------ regularisers
+
+
+class LinearD(nn.Module):
+    """D(x, y) = <w, x> + b (+ <embed(y), x>): the gradient with respect to x is known exactly."""
+
+    def __init__(self, shape=(1, 4, 4), num_classes: int = 0):
+        super().__init__()
+        size = math.prod(shape)
+        self.head = nn.Linear(size, 1)
+        self.embed = nn.Embedding(num_classes, size) if num_classes else None
+
+    def forward(self, images, labels=None, return_parts=False):
+        return projection_logits(images.flatten(1), self.head, self.embed, labels, return_parts)
+
+
+def test_r1_of_a_linear_discriminator_is_its_squared_weight_norm():
+    torch.manual_seed(0)
+    D = LinearD()
+    images = torch.randn(5, 1, 4, 4, requires_grad=True)
+    penalty = losses.r1_penalty(images, D(images))
+    assert penalty.item() == pytest.approx(D.head.weight.square().sum().item(), rel=1e-6)
+    penalty.backward()  # create_graph: the penalty trains D (its gradient is 2w)
+    assert torch.allclose(D.head.weight.grad, 2 * D.head.weight, atol=1e-6)
+
+
+def test_lecam_penalises_only_scores_beyond_the_other_sides_average():
+    real, fake = torch.tensor([1.0, 3.0]), torch.tensor([-2.0, 0.5])
+    # relu(real - fake_anchor)^2 with fake_anchor -1: (2^2 + 4^2)/2; relu(real_anchor - fake)^2 with real_anchor 1:
+    # (3^2 + 0.5^2)/2
+    assert losses.lecam_penalty(real, fake, real_anchor=1.0, fake_anchor=-1.0).item() == pytest.approx(10 + 4.625)
+    assert losses.lecam_penalty(torch.tensor([-2.0]), torch.tensor([3.0]), 1.0, -1.0).item() == 0
+
+
+def test_consistency_is_the_mean_squared_score_difference():
+    assert losses.consistency_penalty(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 0.0])).item() == pytest.approx(2.125)
+
+
+def objective(**train) -> GanObjective:
+    return GanObjective(TrainConfig(diffaug=[], **train))
+
+
+def test_lazy_r1_is_applied_every_r1_every_steps_with_its_gain():
+    torch.manual_seed(1)
+    D = LinearD()
+    real = RealBatch(torch.randn(6, 1, 4, 4), None)
+    fake = torch.randn(6, 1, 4, 4)
+    gan = objective(r1_gamma=0.4, r1_every=4)
+    due, _ = gan.discriminator_loss(D, real, fake, None, step=8)
+    not_due, stats = gan.discriminator_loss(D, real, fake, None, step=9)
+    assert "reg/r1" not in stats
+    norm = D.head.weight.square().sum().item()
+    assert (due - not_due).item() == pytest.approx(0.4 / 2 * 4 * norm, rel=1e-5)
+    assert not objective(r1_gamma=0.0).r1_due(0) and gan.r1_due(0) and not gan.r1_due(1)
+
+
+def test_r1_is_taken_on_the_images_before_augmentation():
+    """With translation on, R1 still sees D's gradient at the original pixels: for a linear D it
+    is the shifted weight pattern's norm, not an error and not zero."""
+    torch.manual_seed(2)
+    D = LinearD()
+    gan = GanObjective(TrainConfig(diffaug=["translation"], r1_gamma=1.0, r1_every=1))
+    real = RealBatch(torch.randn(3, 1, 4, 4), None)
+    _, stats = gan.discriminator_loss(D, real, torch.randn(3, 1, 4, 4), None, step=0)
+    assert 0 < stats["reg/r1"].item() <= D.head.weight.square().sum().item() + 1e-6
+
+
+def test_the_discriminator_loss_adds_each_enabled_regulariser():
+    torch.manual_seed(3)
+    D = LinearD()
+    real = RealBatch(torch.randn(8, 1, 4, 4), None)
+    fake = torch.randn(8, 1, 4, 4)
+    plain, _ = objective().discriminator_loss(D, real, fake, None, step=1)
+    with torch.no_grad():
+        real_scores, fake_scores = D(real.images), D(fake)
+    assert plain.item() == pytest.approx(losses.discriminator_loss("hinge", real_scores, fake_scores).item(), rel=1e-6)
+
+    lecam = objective(lecam_weight=2.0)
+    with_lecam, stats = lecam.discriminator_loss(D, real, fake, None, step=1)
+    expected = losses.lecam_penalty(real_scores, fake_scores, 0.0, 0.0).item()  # anchors start at 0
+    assert (with_lecam - plain).item() == pytest.approx(2.0 * expected, rel=1e-5)
+    # the anchors moved 1% of the way to this step's mean scores
+    assert float(lecam.real_anchor) == pytest.approx(0.01 * real_scores.mean().item(), rel=1e-4)
+    assert float(lecam.fake_anchor) == pytest.approx(0.01 * fake_scores.mean().item(), rel=1e-4)
+
+    # without augmentation two "augmentations" are the same images: consistency is exactly zero
+    with_cr, stats = objective(consistency_weight=10.0).discriminator_loss(D, real, fake, None, step=1)
+    assert stats["reg/consistency"].item() == 0 and with_cr.item() == pytest.approx(plain.item())
+
+
+def test_the_semi_supervised_term_scores_unlabelled_images_without_the_projection():
+    torch.manual_seed(4)
+    D = LinearD(num_classes=3)
+    labels, fake_labels = torch.tensor([0, 1, 2, 0]), torch.tensor([2, 2, 1, 0])
+    real = RealBatch(torch.randn(4, 1, 4, 4), labels, unlabelled=torch.randn(5, 1, 4, 4))
+    fake = torch.randn(4, 1, 4, 4)
+    loss, stats = objective(unlabelled_weight=0.5).discriminator_loss(D, real, fake, fake_labels, step=1)
+    with torch.no_grad():
+        conditional = losses.discriminator_loss("hinge", D(real.images, labels), D(fake, fake_labels))
+        unconditional = losses.discriminator_loss("hinge", D(real.unlabelled), D(fake))
+    assert stats["loss/d_unlabelled"].item() == pytest.approx(unconditional.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(conditional.item() + 0.5 * unconditional.item(), rel=1e-6)
+    g_loss, _ = objective(unlabelled_weight=0.5).generator_loss(D, fake, fake_labels, semi_supervised=True)
+    with torch.no_grad():
+        expected = -D(fake, fake_labels).mean() - 0.5 * D(fake).mean()
+    assert g_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_unconditional_models_take_unlabelled_images_as_more_real_ones():
+    torch.manual_seed(5)
+    D = LinearD()
+    real = RealBatch(torch.randn(2, 1, 4, 4), None, unlabelled=torch.randn(3, 1, 4, 4))
+    fake = torch.randn(4, 1, 4, 4)
+    loss, _ = objective().discriminator_loss(D, real, fake, None, step=1)
+    with torch.no_grad():
+        expected = losses.discriminator_loss("hinge", D(torch.cat([real.images, real.unlabelled])), D(fake))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------ projection
+
+
+def test_projection_adds_the_label_embedding_inner_product_and_no_label_adds_nothing():
+    torch.manual_seed(6)
+    D = LinearD(num_classes=3)
+    images = torch.randn(2, 1, 4, 4)
+    h = images.flatten(1)
+    with torch.no_grad():
+        base = D.head(h).squeeze(1)
+        for label in range(3):
+            labels = torch.full((2,), label)
+            expected = base + (D.embed.weight[label] * h).sum(1)
+            assert torch.allclose(D(images, labels), expected, atol=1e-6)
+        assert torch.allclose(D(images, torch.full((2,), NO_LABEL)), base)
+        assert torch.allclose(D(images), base)
+        unconditional, projection = D(images, torch.tensor([1, NO_LABEL]), return_parts=True)
+        assert torch.allclose(unconditional, base) and projection[1] == 0
+        assert projection[0].item() == pytest.approx((D.embed.weight[1] * h[0]).sum().item(), rel=1e-5)
+
+
+def test_the_dcgan_discriminator_is_conditioned_by_projection():
+    from ganaug.models import ModelSpec, build_discriminator
+
+    torch.manual_seed(7)
+    D = build_discriminator(ModelSpec("dcgan", 8, 4, 1, 16, 8, 8, 8)).eval()
+    images = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        a, b = D(images, torch.tensor([0, 0, 0])), D(images, torch.tensor([3, 3, 3]))
+        unconditional, projection = D(images, torch.tensor([0, 0, 0]), return_parts=True)
+    assert not torch.allclose(a, b)
+    assert torch.allclose(a, unconditional + projection, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ EMA
+
+
+def test_ema_after_n_updates_toward_a_fixed_target():
+    model = nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.9, rampup=0.0)
+    with torch.no_grad():
+        ema.module.weight.zero_()
+        model.weight.fill_(1.0)
+    for n in range(1, 6):
+        ema.update(model, batch_images=64, images_seen=64 * n)
+        assert ema.module.weight[0, 0].item() == pytest.approx(1 - 0.9**n, rel=1e-6)
+
+
+def test_ema_horizon_is_in_images_not_steps():
+    """One update of 128 images averages like two updates of 64: batch size and world size do not
+    change the horizon."""
+    assert ema_beta(0.999, 0.0, 128, 10**6) == pytest.approx(ema_beta(0.999, 0.0, 64, 10**6) ** 2)
+    assert half_life_images(0.999) == pytest.approx(64 * math.log(0.5) / math.log(0.999))
+    assert 0.5 ** (64 / half_life_images(0.999)) == pytest.approx(0.999)
+
+
+def test_ema_ramp_up_limits_the_half_life_early_on():
+    assert ema_beta(0.999, 0.05, 64, 0) == 0.0  # the first update copies the weights
+    # after 1000 images the half-life is at most 50 images, far below 0.999's 44k
+    assert ema_beta(0.999, 0.05, 64, 1000) == pytest.approx(0.5 ** (64 / 50))
+    assert ema_beta(0.999, 0.05, 64, 10**8) == pytest.approx(0.999)  # ramp-up over
+
+
+def test_ema_copies_buffers_and_keeps_its_own_weights():
+    model = nn.BatchNorm1d(2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.running_mean.fill_(3.0)
+        model.weight.fill_(2.0)
+    ema.update(model, batch_images=64, images_seen=10**6)
+    assert torch.equal(ema.module.running_mean, model.running_mean)
+    assert ema.module.weight[0].item() == pytest.approx(0.5 * 1.0 + 0.5 * 2.0)
+    assert not ema.module.weight.requires_grad
+
+
+# ------------------------------------------------------------------------------ augmentation
+
+
+def test_shift_moves_a_one_hot_pixel_and_drops_what_leaves_the_image():
+    image = torch.zeros(2, 1, 6, 6)
+    image[:, 0, 2, 3] = 1.0
+    out = shift(image, torch.tensor([1, -3]), torch.tensor([2, 0]))
+    assert out[0, 0, 3, 5] == 1.0 and out[0].sum() == 1.0  # moved down 1, right 2
+    assert out[1].sum() == 0.0  # moved up 3: out of the image, zero filled
+
+
+def test_translation_shifts_each_image_by_at_most_an_eighth():
+    torch.manual_seed(8)
+    images = torch.zeros(64, 1, 16, 16)
+    images[:, 0, 8, 8] = 1.0
+    out = translation(images)
+    ys, xs = torch.nonzero(out[:, 0] == 1.0, as_tuple=True)[1:]
+    assert len(ys) == 64  # a shift of at most 2 keeps the centre pixel inside
+    assert (ys - 8).abs().max() <= 2 and (xs - 8).abs().max() <= 2
+    assert ((ys != 8) | (xs != 8)).any()  # not a no-op
+
+
+def test_translation_keeps_the_memory_format():
+    x = torch.randn(2, 3, 8, 8)
+    assert translation(x).is_contiguous()
+    assert translation(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cutout_zeroes_one_square_of_half_the_side():
+    assert cutout_mask(torch.tensor([2]), torch.tensor([3]), (4, 4), (8, 8))[0].sum() == 16
+    assert cutout_mask(torch.tensor([-2]), torch.tensor([0]), (4, 4), (8, 8))[0].sum() == 8  # half hangs over
+    torch.manual_seed(9)
+    out = cutout(torch.ones(200, 1, 8, 8))
+    zeroed = (out == 0).sum(dim=(1, 2, 3))
+    assert zeroed.max() == 16 and zeroed.min() >= 4  # a 4x4 square whose centre is in the image
+
+
+def test_color_shifts_brightness_of_a_flat_grey_image_by_the_drawn_amount():
+    image = torch.full((3, 1, 4, 4), 0.25)
+    torch.manual_seed(10)
+    out = color(image)
+    torch.manual_seed(10)
+    brightness = torch.rand(3, 1, 1, 1) - 0.5  # the first draw; saturation and contrast leave flat grey alone
+    assert torch.allclose(out, image + brightness, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["translation", "cutout", "color"])
+def test_gradients_reach_the_images_through_each_augmentation(policy):
+    torch.manual_seed(11)
+    x = torch.randn(4, 1, 8, 8, requires_grad=True)
+    AdaptiveAugment([policy])(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    if policy == "translation":  # each pixel's gradient is 1 where it stayed in the image, else 0
+        assert set(x.grad.unique().tolist()) <= {0.0, 1.0}
+
+
+# ------------------------------------------------------------------------------ ADA
+
+
+def test_ada_raises_p_when_d_is_too_sure_of_the_reals_and_lowers_it_otherwise():
+    ada = AdaptiveAugment(["translation"], target=0.6, speed_kimg=10)
+    assert ada.p == 0.0 and ada.adaptive
+    ada.adjust(real_sign_mean=0.9, images=1000)
+    assert ada.p == pytest.approx(0.1)
+    ada.adjust(real_sign_mean=0.2, images=500)
+    assert ada.p == pytest.approx(0.05)
+    ada.adjust(real_sign_mean=0.2, images=10**6)
+    assert ada.p == 0.0  # clamped
+    ada.adjust(real_sign_mean=1.0, images=10**6)
+    assert ada.p == 1.0
+    fixed = AdaptiveAugment(["translation"])
+    fixed.adjust(real_sign_mean=1.0, images=10**6)
+    assert fixed.p == 1.0 and not fixed.adaptive
+
+
+def test_augmentation_probability_chooses_per_image():
+    torch.manual_seed(12)
+    images = torch.randn(400, 1, 8, 8)
+    assert torch.equal(AdaptiveAugment(["cutout"], p=0.0)(images), images)
+    out = AdaptiveAugment(["cutout"], p=0.5)(images)
+    changed = (out != images).flatten(1).any(1).float().mean().item()
+    assert 0.4 < changed < 0.6
+    assert (AdaptiveAugment(["cutout"], p=1.0)(images) != images).flatten(1).any(1).all()
+
+
+def test_the_objectives_state_round_trips():
+    gan = GanObjective(TrainConfig(ada_target=0.6))
+    gan.augment.p = 0.3
+    gan.real_anchor, gan.fake_anchor = torch.tensor(0.5), -0.25
+    again = GanObjective(TrainConfig(ada_target=0.6))
+    again.load_state_dict(gan.state_dict())
+    assert again.augment.p == 0.3 and again.real_anchor == 0.5 and again.fake_anchor == -0.25
+
+
+def test_unlabelled_images_do_not_train_the_projection():
+    """The label embedding's gradient is the same with or without unlabelled images in the batch:
+    they teach D (and through it G) what images look like, not which class is which."""
+    grads = []
+    for unlabelled in (None, torch.randn(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))):
+        torch.manual_seed(13)
+        D = LinearD(num_classes=2)
+        images = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+        real = RealBatch(images, torch.tensor([0, 1, 1, 0]), unlabelled)
+        fake = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+        loss, _ = objective().discriminator_loss(D, real, fake, torch.tensor([1, 1, 0, 0]), step=1)
+        loss.backward()
+        grads.append((D.embed.weight.grad.clone(), D.head.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert not torch.allclose(grads[0][1], grads[1][1])  # while the unconditional head did learn from them

@@ -35,6 +35,7 @@ lint: venv
 	$(BIN)/ruff check ganaug tests
 	$(BIN)/shellcheck scripts/*.sh launch/*.sh export/*.sh
 	$(BIN)/shellcheck -s bash launch/*.sbatch
+	$(BIN)/hadolint docker/*.Dockerfile
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,8 +2,8 @@
 # The training image: ganaug[train,gpu] on the official PyTorch CUDA runtime image, whose torch is
 # the release ganaug is tested with. CUDA 13: the CUDA major of torch's default build and of
 # onnxruntime-gpu on PyPI (1.31's [cuda] extra asks for nvidia-cuda-runtime~=13.0); one CUDA in
-# the image serves both. Used by launch/k8s/pytorchjob.yaml, and by Slurm sites that
-# run containers (pyxis/enroot, Apptainer).
+# the image serves both. Used by launch/k8s/trainjob.yaml and pytorchjob.yaml, and by Slurm
+# sites that run containers (pyxis/enroot, Apptainer).
 #
 #   docker build -f docker/train.Dockerfile -t ganaug-train:0.1.0 .
 #   docker run --rm --gpus all --ipc=host -v "$PWD/runs:/runs" ganaug-train:0.1.0 \

@@ -127,9 +127,11 @@ for model in "${models[@]}"; do
             --provider "$provider" --no-progress 2>"$log" \
             || { cat "$log" >&2; fail "sampling $name on $provider failed"; }
         cat "$log" >&2
-        # A provider that did not start falls back to the CPU with a warning: here that is an error.
-        if grep -q "using cpu" "$log" && [[ $provider != cpu ]]; then
-            fail "the $provider provider did not run $name (see the warning above); for tensorrt, install TensorRT's libraries or leave it out of PROVIDERS"
+        # A provider that does not start falls back (tensorrt to cuda, cuda to cpu) with a warning:
+        # here that is an error.
+        used=$(sed -n 's/.*sampling [0-9]* images on \([a-z]*\) into.*/\1/p' "$log" | tail -n 1)
+        if [[ $used != "$provider" ]]; then
+            fail "asked for the $provider provider, ganaug sample ran $name on ${used:-an unknown provider} (see the warning above); for tensorrt, install TensorRT's libraries or leave it out of PROVIDERS"
         fi
         rate=$(sed -n 's/.*wrote \([0-9]*\) images.* in \([0-9.]*\) s (\([0-9.]*\) images\/s).*/\1\t\2\t\3/p' "$log" | tail -n 1)
         [[ -n $rate ]] || fail "no 'wrote N images in S s (R images/s)' line from ganaug sample; log: $log"

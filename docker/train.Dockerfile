@@ -21,8 +21,8 @@ WORKDIR /opt/ganaug
 COPY pyproject.toml README.md LICENSE ./
 COPY ganaug ./ganaug
 COPY configs ./configs
-# The canonical training install (docker/install-commands.txt), with onnxruntime-gpu for export
-# checks and GPU sampling. The base image's torch and torchvision satisfy the [train] ranges, so
+# The canonical training install (docker/install-commands.txt), with onnxruntime-gpu (the build a
+# GPU host gets; the exporter's checks use its CPU provider). The base image's torch and torchvision satisfy the [train] ranges, so
 # pip keeps them and adds the rest. A CPU-only or different torch pulled in by a dependency would
 # build fine and train slowly or not at all: the check after it fails the build instead.
 # hadolint ignore=DL3013  # installs this project; its dependency ranges are in pyproject.toml

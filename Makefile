@@ -10,11 +10,16 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 
 venv: $(STAMP)
 
+# The development install runs the sampler on onnxruntime's CPU build (the [cpu] extra). onnxruntime
+# and onnxruntime-gpu write one onnxruntime/ directory, so a venv must never hold both; a .venv made
+# before the [cpu]/[gpu] extras has onnxruntime-gpu (then a core dependency). Removing both and
+# installing what [cpu] names leaves exactly one runtime, with all of its files.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[train,dev]'
+	$(BIN)/pip uninstall --quiet --yes onnxruntime-gpu onnxruntime
+	$(BIN)/pip install --quiet -e '.[train,cpu,dev]'
 	touch $(STAMP)
 
 demo: venv
@@ -30,6 +35,7 @@ lint: venv
 	$(BIN)/ruff check ganaug tests
 	$(BIN)/shellcheck scripts/*.sh launch/*.sh export/*.sh
 	$(BIN)/shellcheck -s bash launch/*.sbatch
+	$(BIN)/hadolint docker/*.Dockerfile
 
 clean:
 	rm -rf runs .pytest_cache

@@ -147,6 +147,7 @@ def test_metadata_is_present_and_right(export):
     assert json.loads(meta["ganaug.image_shape"]) == [16, 16, 1]
     assert meta["ganaug.precision"] == "fp32"
     assert meta["ganaug.train_step"] == str(state["step"]) == "4"
+    assert onnx.load(str(path)).model_version == 4  # ONNX's own version field: the training step
     assert meta["ganaug.checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert meta["ganaug.weights"] == "ema" and meta["ganaug.arch"] == "dcgan"
     parity = json.loads(meta["ganaug.parity"])["fp32"]

@@ -1,6 +1,8 @@
 """The launchers in launch/, run for real on this machine: torchrun agents on loopback (gloo), a
 worker killed and restarted, SIGTERM to the launcher, the Slurm batch script against stand-ins
-for srun/scancel/scontrol; plus shellcheck and the Kubernetes manifests' invariants.
+for srun/scancel/scontrol, the sampling array script with a stand-in `ganaug`; plus shellcheck,
+the torch floor against the torchrun flags used, and the Kubernetes manifests' invariants
+(tests/test_k8s_schemas.py validates them against their schemas).
 
 Every multi-process test has a hard timeout and kills whatever it started (tagged through an
 environment variable, so workers that outlive their torchrun are found too).
@@ -20,9 +22,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import tomllib
 import torch
 import yaml
 from conftest import TINY
+from onnx_models import make_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
@@ -374,7 +378,7 @@ def test_slurm_batch_script_saves_on_the_time_limit_signal_and_requeues(launch, 
 
 
 def test_launch_has_the_expected_shell_files_and_they_are_executable():
-    assert [p.name for p in SHELL_FILES] == ["multinode.sh", "train.sh", "slurm.sbatch"]
+    assert [p.name for p in SHELL_FILES] == ["multinode.sh", "train.sh", "sample_array.sbatch", "slurm.sbatch"]
     for path in SHELL_FILES:
         assert os.access(path, os.X_OK), f"{path.name} is not executable"
         assert path.read_text().startswith("#!"), f"{path.name} has no shebang"
@@ -396,14 +400,168 @@ def test_shell_files_pass_bash_n_and_shellcheck(path):
     ("multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "h:1"}, "RDZV_ID"),
     ("multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "h:1", "RDZV_ID": "x"}, "RUN_DIR"),
     ("slurm.sbatch", {}, "RUN_DIR"),
+    ("sample_array.sbatch", {}, "MODEL"),
+    ("sample_array.sbatch", {"MODEL": "m.onnx"}, "OUT_DIR"),
 ])
 def test_required_knobs_are_asked_for_by_name(script, knobs, missing, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "RDZV_ENDPOINT", "RDZV_ID", "RUN_DIR")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NNODES", "RDZV_ENDPOINT", "RDZV_ID", "RUN_DIR", "MODEL", "OUT_DIR")}
     env["PATH"] = str(tmp_path)  # nothing to launch: the script must stop before it would
     result = subprocess.run(["/bin/bash", str(LAUNCH / script)], env={**env, **knobs}, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode != 0
     assert f"{missing}: set {missing}" in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ torch floor
+
+# The torch release that introduced each torchrun flag the launchers and scripts pass (the
+# dash-separated spellings came with torch 2.0, torchrun itself with 1.10). A flag missing here fails
+# the test below: find the release that added it, add it here, and raise the floor in
+# pyproject.toml if that release is newer.
+TORCHRUN_FLAG_SINCE = {
+    "--standalone": (1, 10),
+    "--nnodes": (2, 0),
+    "--nproc-per-node": (2, 0),
+    "--rdzv-backend": (2, 0),
+    "--rdzv-endpoint": (2, 0),
+    "--rdzv-id": (2, 0),
+    "--max-restarts": (2, 0),
+    "--signals-to-handle": (2, 9),
+}
+LAUNCH_TEXTS = [*SHELL_FILES, *sorted((LAUNCH / "k8s").glob("*.yaml")), *sorted((ROOT / "scripts").glob("*.sh")),
+                ROOT / "export" / "bundle.sh"]
+
+
+def torchrun_options() -> set[str]:
+    from torch.distributed.run import get_args_parser
+
+    options = {option for action in get_args_parser()._actions for option in action.option_strings}
+    return options - {"--help"}  # argparse's own, and every other command's
+
+
+def test_the_torch_floor_admits_every_torchrun_flag_the_launchers_use():
+    known = torchrun_options()
+    used = {flag for path in LAUNCH_TEXTS for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", path.read_text())
+            if flag in known}
+    assert {"--standalone", "--nproc-per-node", "--signals-to-handle"} <= used  # the scan sees the launchers
+    unknown = used - set(TORCHRUN_FLAG_SINCE)
+    assert not unknown, f"torchrun flags without a known first release: {sorted(unknown)}; add them above"
+    floor = re.search(r'"torch>=(\d+)\.(\d+)"', (ROOT / "pyproject.toml").read_text())
+    assert floor, "pyproject.toml has no torch>=X.Y floor"
+    newest = max(used, key=TORCHRUN_FLAG_SINCE.get)
+    needed = TORCHRUN_FLAG_SINCE[newest]
+    assert (int(floor.group(1)), int(floor.group(2))) >= needed, (
+        f"pyproject.toml says {floor.group(0)}, but torchrun {newest} needs torch {needed[0]}.{needed[1]}")
+    # torchvision's floor is the release made with that torch (0.N+15 for torch 2.N).
+    train = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    (vision,) = [r for r in train if r.startswith("torchvision>=")]
+    assert vision == f"torchvision>=0.{int(floor.group(2)) + 15}", vision
+
+
+# ------------------------------------------------------------------------------------------ sample_array.sbatch
+
+FAKE_GANAUG = """#!/usr/bin/env bash
+# Stand-in for ganaug: record the arguments, one per line, in a file per shard.
+printf '%s\n' "$@" > "$FAKE_GANAUG_DIR/args.$SLURM_ARRAY_TASK_ID"
+"""
+
+
+def run_array_task(tmp_path: Path, task: int, first: int, last: int, count: int | None = None,
+                   *args: str, **env_knobs: str) -> subprocess.CompletedProcess:
+    """launch/sample_array.sbatch as SLURM runs array task `task` of --array=first-last."""
+    fakes = tmp_path / "bin"
+    if not fakes.exists():
+        fakes.mkdir()
+        (fakes / "ganaug").write_text(FAKE_GANAUG)
+        (fakes / "ganaug").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in ("MODEL", "OUT_DIR", "GANAUG")}
+    env.update(PATH=f"{fakes}{os.pathsep}{env['PATH']}", FAKE_GANAUG_DIR=str(tmp_path), MODEL="/m/generator.onnx",
+               OUT_DIR="/shared/synthetic", SLURM_ARRAY_JOB_ID="77", SLURM_ARRAY_TASK_ID=str(task),
+               SLURM_ARRAY_TASK_MIN=str(first), SLURM_ARRAY_TASK_MAX=str(last),
+               SLURM_ARRAY_TASK_COUNT=str(count if count is not None else last - first + 1))
+    env.update(env_knobs)
+    return subprocess.run(["bash", str(LAUNCH / "sample_array.sbatch"), *args], env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+@pytest.mark.parametrize("first", [0, 1], ids=["array=0-7", "array=1-8"])
+def test_sample_array_gives_every_task_its_own_shard_of_one_data_set(tmp_path, first):
+    count = 8
+    for task in range(first, first + count):
+        result = run_array_task(tmp_path, task, first, first + count - 1, None, "--per-class", "100", "--seed", "3",
+                                SLURM_CPUS_PER_TASK="4")
+        assert result.returncode == 0, result.stderr
+    shards = []
+    for task in range(first, first + count):
+        args = (tmp_path / f"args.{task}").read_text().splitlines()
+        shard = args[args.index("--shard") + 1]
+        shards.append(shard)
+        # The same sampling command in every task but for the shard; the user's arguments last.
+        assert args == ["sample", "/m/generator.onnx", "--out", "/shared/synthetic", "--shard", shard,
+                        "--threads", "4", "--no-progress", "--per-class", "100", "--seed", "3"]
+    assert shards == [f"{k}/{count}" for k in range(count)]  # each shard once, in task order
+
+
+def test_sample_array_without_cpus_per_task_leaves_threads_to_the_sampler(tmp_path):
+    assert run_array_task(tmp_path, 0, 0, 1).returncode == 0
+    assert (tmp_path / "args.0").read_text().splitlines() == [
+        "sample", "/m/generator.onnx", "--out", "/shared/synthetic", "--shard", "0/2", "--no-progress"]
+
+
+@pytest.mark.parametrize(("task", "first", "last", "count", "message"), [
+    (4, 0, 14, 8, "--array must be one contiguous range: ids 0..14 hold 8 tasks, not 15"),  # --array=0-14:2
+    (None, None, None, None, "not an array task"),
+], ids=["stepped array", "no array"])
+def test_sample_array_refuses_what_would_miss_or_repeat_shards(tmp_path, task, first, last, count, message):
+    if task is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        env.update(MODEL="m.onnx", OUT_DIR="out", PATH=str(tmp_path))
+        result = subprocess.run(["/bin/bash", str(LAUNCH / "sample_array.sbatch")], env=env, capture_output=True,
+                                text=True, timeout=30)
+    else:
+        result = run_array_task(tmp_path, task, first, last, count)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sample_array.sbatch: error: {message}"), result.stderr
+    assert not list(tmp_path.glob("args.*"))  # the sampler never ran
+
+
+def sampler_has_shards() -> bool:
+    help_text = subprocess.run([sys.executable, "-m", "ganaug", "sample", "--help"], capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60).stdout
+    return re.search(r"--shard(?![\w-])", help_text) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sample_array_shards_with_the_real_sampler_equal_one_unsharded_run(tmp_path):
+    """Every array task run for real into one directory: the result is, file for file, what one
+    `ganaug sample` without --shard writes."""
+    if not sampler_has_shards():
+        pytest.skip("`ganaug sample` has no --shard yet (it comes with the sampler's sharding change)")
+    model = make_model(tmp_path / "model.onnx", class_names=["cat", "dog", "eel"], shape=(8, 8, 1))
+    sampler_args = ["--n", "50", "--seed", "5", "--batch-size", "7"]
+    ganaug = [sys.executable, "-m", "ganaug"]
+    whole = subprocess.run([*ganaug, "sample", str(model), "--out", str(tmp_path / "whole"), *sampler_args,
+                            "--no-progress"], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           text=True, timeout=120)
+    assert whole.returncode == 0, whole.stderr
+    wrapper = tmp_path / "ganaug"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m ganaug \"$@\"\n")
+    wrapper.chmod(0o755)
+    for task in (2, 0, 1):  # any order, as a scheduler may run them
+        result = run_array_task(tmp_path, task, 0, 2, None, *sampler_args, MODEL=str(model),
+                                OUT_DIR=str(tmp_path / "sharded"), GANAUG=str(wrapper), PYTHONPATH=str(ROOT))
+        assert result.returncode == 0, result.stderr
+
+    def files(folder: Path) -> dict[str, bytes]:
+        # sample_info.json records the command, which names the shard; the images and the manifest
+        # are the data set.
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != "sample_info.json"}
+
+    assert files(tmp_path / "sharded") == files(tmp_path / "whole")
 
 
 # ------------------------------------------------------------------------------------------ Kubernetes
@@ -470,3 +628,71 @@ def test_sampler_job_runs_the_sampler_image_as_non_root_and_writes_to_a_volume()
     assert "persistentVolumeClaim" in model_volume and model_mount.get("readOnly") is True
     if container["securityContext"].get("readOnlyRootFilesystem"):
         assert "/tmp" in mounts
+
+
+RESERVED_TORCH_ENV = {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+
+
+def upstream_torch_runtime() -> dict:
+    """Kubeflow Trainer's torch-distributed ClusterTrainingRuntime (vendored; a Helm template, whose
+    template lines only add labels)."""
+    text = (ROOT / "tests" / "data" / "k8s-crds" / "torch-distributed.yaml").read_text()
+    return yaml.safe_load("\n".join(line for line in text.splitlines() if "{{" not in line))
+
+
+def test_trainjob_runs_the_same_torchrun_command_on_the_torch_distributed_runtime():
+    job = manifest("trainjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    runtime = upstream_torch_runtime()
+    assert job["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"] == "torch-distributed"
+    assert job["spec"]["runtimeRef"].get("kind", "ClusterTrainingRuntime") == runtime["kind"]
+    trainer = job["spec"]["trainer"]
+    assert pinned(trainer["image"]) and "ganaug-train" in trainer["image"]
+    # The same program as the v1 PyTorchJob; the topology comes from the runtime (PET_*), which the
+    # Trainer refuses to see set by the job.
+    v1 = next(c for c in manifest("pytorchjob.yaml")["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+              ["containers"] if c["name"] == "pytorch")
+    assert trainer["command"] == v1["command"] == ["torchrun"] and trainer["args"] == v1["args"]
+    assert not any(a.startswith(("--nnodes", "--nproc", "--rdzv", "--master", "--node")) for a in trainer["args"])
+    assert not {e["name"] for e in trainer.get("env", [])} & RESERVED_TORCH_ENV
+    assert trainer["numNodes"] >= 2
+    assert trainer["numProcPerNode"] == trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"]
+
+
+def test_trainjob_patches_the_runtimes_node_pods_with_the_shared_run_dir():
+    job = manifest("trainjob.yaml")
+    runtime_jobs = {j["name"]: j for j in upstream_torch_runtime()["spec"]["template"]["spec"]["replicatedJobs"]}
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"]
+    (job_patch,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    # The names must be the runtime's: a patch for a job or container it lacks would not apply.
+    runtime_pod = runtime_jobs[job_patch["name"]]["template"]["spec"]["template"]["spec"]
+    pod = job_patch["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] in {c["name"] for c in runtime_pod["containers"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    args = job["spec"]["trainer"]["args"]
+    run_dir = args[args.index("--run-dir") + 1]
+    mount = next(m for m in container["volumeMounts"] if run_dir.startswith(m["mountPath"] + "/"))
+    assert "persistentVolumeClaim" in volumes[mount["name"]]
+    shm = next(m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm")
+    assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
+    assert pod["terminationGracePeriodSeconds"] > 30  # torchrun waits 30 s for its workers to save
+
+
+def test_sampler_job_is_an_indexed_job_whose_pods_write_one_shard_each():
+    job = manifest("sampler-job.yaml")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert 1 < spec["parallelism"] <= spec["completions"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args.count("--shard") == 1
+    index, _, count = args[args.index("--shard") + 1].partition("/")
+    # The completion index (0 .. completions-1) that the Job controller puts in every pod's
+    # environment, out of as many shards as there are completions: every shard written once.
+    assert index == "$(JOB_COMPLETION_INDEX)" and int(count) == spec["completions"]
+    assert "JOB_COMPLETION_INDEX" not in {e["name"] for e in container.get("env", [])}
+    # Retries per shard need pods that are not restarted in place.
+    assert spec["backoffLimitPerIndex"] >= 1 and pod["restartPolicy"] == "Never"

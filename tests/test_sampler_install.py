@@ -1,11 +1,12 @@
-"""`pip install ganaug` without extras gives a working `ganaug sample`, and no torch or pillow.
+"""`pip install 'ganaug[cpu]'` gives a working `ganaug sample`, and no torch, pillow or CUDA.
 
-Slow (a fresh venv and onnxruntime-gpu, ~300 MB, from PyPI) but part of the default run: it is the
-only test that sees the package as a user of the slim sampler container does.
+Slow (a fresh venv, numpy and onnxruntime from PyPI) but part of the default run: it is the only
+test that sees the package as a user of the slim CPU sampler container does.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -46,10 +47,26 @@ def test_torch_free_install_runs_ganaug_sample(tmp_path):
     assert created.returncode == 0, created.stderr
     python = venv / "bin" / "python"
     installed = _run(
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", str(source)],
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--quiet", f"{source}[cpu]"],
         timeout=500,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
+
+    # Exactly one onnxruntime, the CPU build, and nothing of CUDA: no nvidia-* wheel, no CUDA or
+    # TensorRT provider library, no CUDA runtime library anywhere in the venv.
+    listed = _run([str(python), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"], timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    packages = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
+    assert {"ganaug", "numpy", "onnxruntime"} <= packages, packages
+    assert not {p for p in packages if p.startswith(("nvidia-", "torch", "onnxruntime-", "pillow"))}, packages
+    cuda_files = [os.path.join(folder, name) for folder, _, names in os.walk(venv) for name in names
+                  if name.startswith(("libcuda", "libcudart", "libcublas", "libcudnn", "libnccl", "libnvinfer",
+                                      "libonnxruntime_providers_cuda", "libonnxruntime_providers_tensorrt"))]
+    assert cuda_files == []
+    checked = _run([str(python), "-m", "pip", "check", "--disable-pip-version-check"], timeout=60)
+    assert checked.returncode == 0 and "No broken requirements found" in checked.stdout, checked.stdout + checked.stderr
+    size = sum(os.path.getsize(os.path.join(folder, name)) for folder, _, names in os.walk(venv) for name in names)
+    print(f"fresh venv with ganaug[cpu]: {size / 2**20:.0f} MiB, packages: {sorted(packages)}")
 
     for heavy in ("torch", "PIL"):  # the sampler encodes its PNGs itself
         missing = _run([str(python), "-c", f"import {heavy}"], timeout=60, cwd=tmp_path)

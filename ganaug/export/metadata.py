@@ -44,6 +44,10 @@ def model_metadata(loaded: LoadedGenerator, precision: str, opset: int, reports:
 
 def attach_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     onnx.helper.set_model_props(model, metadata)
+    # ONNX's own integer version field, for tools that know ONNX but not ganaug's keys (Netron,
+    # onnx.load(...).model_version, model registries): the training step of the exported weights,
+    # so a later export of a longer run has a larger version. docs/export.md says so.
+    model.model_version = int(metadata["ganaug.train_step"])
     model.doc_string = (f"ganaug {metadata['ganaug.arch']} generator, {metadata['ganaug.precision']}: "
                         "inputs z float32 [N, z_dim] (and labels int64 [N] when conditional), "
                         "output images uint8 [N, H, W, C]")

@@ -56,6 +56,16 @@ def fraction(text: str) -> float:
     return value
 
 
+def thread_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} is not in 0..1024 (0: one per physical core)")
+    return value
+
+
 def seed(text: str) -> int:
     try:
         value = int(text)
@@ -145,7 +155,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
-    p.add_argument("--threads", type=int, default=0, help="inference threads (0: physical cores)")
+    p.add_argument("--threads", type=thread_count, default=0, help="inference threads (0: physical cores)")
     p.add_argument("--shard-size", type=positive_int, default=10000, help="images per .npz shard")
     p.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")

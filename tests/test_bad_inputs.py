@@ -1216,9 +1216,19 @@ def _sample_batch_size_zero(env):
     return env.sample(env.model(), "--n", "3", "--batch-size", "0")
 
 
-@case("sample-threads-negative", "sample", "--threads -1", "--threads must be 0")
+@case("sample-threads-negative", "sample", "--threads -1", "argument --threads: -1 is not in 0..1024")
 def _sample_threads_negative(env):
     return env.sample(env.model(), "--n", "3", "--threads", "-1")
+
+
+@case("sample-threads-huge", "sample", "--threads 100000", "argument --threads: 100000 is not in 0..1024")
+def _sample_threads_huge(env):
+    return env.sample(env.model(), "--n", "3", "--threads", "100000")
+
+
+@case("sample-seed-past-int64", "sample", "--seed 2^64", "argument --seed: 18446744073709551616 is not in 0..2^63-1")
+def _sample_seed_past_int64(env):
+    return env.sample(env.model(), "--n", "3", "--seed", str(2**64))
 
 
 @case("sample-truncation-negative", "sample", "--truncation -0.5", "--truncation must be 0 (off) or at least")

@@ -8,12 +8,12 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 
 from ganaug.errors import UserError
 from ganaug.sampler.labels import labels_for
 from ganaug.sampler.meta import ModelMeta, TensorSpec, read_model_meta
 from ganaug.sampler.rng import LatentSource
+from ganaug.sampler.runtime import ort
 from ganaug.sampler.session import GPU_PROVIDERS, cache_dir_from_env, create_session, short_provider
 
 log = logging.getLogger(__name__)

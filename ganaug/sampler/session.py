@@ -1,9 +1,11 @@
 """onnxruntime session set-up: provider choice with fallback, session options, optional cache.
 
 Provider choice: "auto" tries TensorRT, then CUDA, then CPU, keeping those this onnxruntime build
-lists as available. A GPU provider can be listed and still not work (no GPU, a CUDA library
-missing): onnxruntime then either raises or silently drops it. Either way we ask the session which
-provider it really got, fall back to the next one, and say so in one WARNING line.
+lists as available, and skips the GPU providers quietly (a debug line) on a machine without an
+NVIDIA driver: onnxruntime-gpu on a CPU-only host is a normal set-up, not worth a warning on every
+run. Where a GPU is present, or a GPU provider was asked for by name, a provider can still fail
+(a CUDA library missing): onnxruntime then either raises or silently drops it. Either way we ask the
+session which provider it really got, fall back to the next one, and say so in one WARNING line.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import os
 import platform
 import re
 
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-
 from ganaug.errors import UserError
 from ganaug.files import temporary_beside
+from ganaug.sampler.runtime import ort
+
+ort_state = ort.capi.onnxruntime_pybind11_state
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,17 @@ ORT_ERRORS = (
     ort_state.EngineError,
     RuntimeError,
 )
+
+
+# What the NVIDIA driver creates on Linux; no driver, no usable CUDA device.
+_NVIDIA_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia")
+
+
+def gpu_present() -> bool:
+    """Is an NVIDIA driver loaded on this machine? (Linux; elsewhere assume yes and let onnxruntime try.)"""
+    if not os.path.isdir("/proc"):
+        return True
+    return any(os.path.exists(path) for path in _NVIDIA_DRIVER_PATHS)
 
 
 def short_provider(name: str) -> str:
@@ -225,6 +238,10 @@ def create_session(
         if p not in available and provider != "auto"
     ]
     candidates = [p for p in wanted if p in available]
+    if provider == "auto" and any(p in GPU_PROVIDERS for p in candidates) and not gpu_present():
+        log.debug("no NVIDIA driver (%s): not trying %s", ", ".join(_NVIDIA_DRIVER_PATHS),
+                  ", ".join(short_provider(p) for p in candidates if p in GPU_PROVIDERS))
+        candidates = [p for p in candidates if p not in GPU_PROVIDERS]
     if PROVIDERS["cpu"] not in candidates:
         candidates.append(PROVIDERS["cpu"])
     while True:

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from onnx_models import make_model
 from PIL import Image
 
@@ -1010,6 +1010,150 @@ def _sample_model_class_names_not_strings(env):
       "output 'images' has size 8 on axis 1 but ganaug.image_shape says [100000, 100000, 1]", survives=("m.onnx",))
 def _sample_model_image_shape_mismatch(env):
     return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[100000, 100000, 1]"}), "--n", "3")
+
+
+def _edit_model(path: str, edit) -> str:
+    """Load a test model with onnx, apply edit(model), save it back; returns the path."""
+    import onnx
+
+    model = onnx.load(path)
+    edit(model)
+    onnx.save(model, path)
+    return path
+
+
+def _dims(value_info):
+    return value_info.type.tensor_type.shape.dim
+
+
+@case("sample-model-external-data", "sample",
+      "a model whose weight W keeps its data in the external file .ssh/id_rsa (relative to the current directory)",
+      "tensor 'W' keeps its data in an external file ('.ssh/id_rsa')", survives=("m.onnx",),
+      found="accepted where that file exists under the current directory: onnxruntime, given the model as bytes, "
+            "read it into W and its bytes shaped every PNG, exit 0 (tests/test_sampler_hostile_models.py shows it "
+            "with a real file)")
+def _sample_model_external_data(env):
+    from onnx import TensorProto as Tensor
+    from onnx.external_data_helper import set_external_data
+
+    def externalise(model):
+        weight = next(t for t in model.graph.initializer if t.name == "W")
+        set_external_data(weight, ".ssh/id_rsa", offset=0, length=len(weight.raw_data))
+        weight.ClearField("raw_data")
+        weight.data_location = Tensor.EXTERNAL
+
+    return env.sample(_edit_model(env.model("m.onnx"), externalise), "--n", "3")
+
+
+@case("sample-model-static-batch", "sample", "a model whose inputs have a fixed batch size of 1",
+      "'z' has a fixed batch size of 1; the contract is a dynamic N", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime ('Got invalid dimensions for input: z ... Got: 3 Expected: 1'), "
+            "exit 1, sample_info.json left behind")
+def _sample_model_static_batch(env):
+    def fix_batch(model):
+        for value_info in model.graph.input:
+            _dims(value_info)[0].dim_value = 1
+
+    return env.sample(_edit_model(env.model("m.onnx"), fix_batch), "--n", "3")
+
+
+@case("sample-model-embedding-smaller-than-classes", "sample",
+      "metadata num_classes 5 (5 names) on a model with 3 label embeddings",
+      "the model cannot generate label 4 although ganaug.num_classes is 5", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime's Gather ('indices element out of data bounds') after the "
+            "first batch, exit 1, sample_info.json left behind")
+def _sample_model_embedding_smaller_than_classes(env):
+    names = json.dumps(["a", "b", "c", "d", "e"])
+    return env.sample(env.model("m.onnx", num_classes=3, class_names=["a", "b", "c"],
+                                meta_overrides={"ganaug.num_classes": "5", "ganaug.class_names": names}), "--n", "6")
+
+
+@case("sample-model-z-dim-wrong-dynamic", "sample", "metadata z_dim 16 on a model taking 8 (its z width not declared)",
+      "the model fails on a batch of 2 latents of ganaug.z_dim=16 values", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime ('GEMM: Dimension mismatch'), exit 1, sample_info.json left "
+            "behind")
+def _sample_model_z_dim_wrong_dynamic(env):
+    def dynamic_width(model):
+        _dims(model.graph.input[0])[1].dim_param = "Z"
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.z_dim": "16"})
+    return env.sample(_edit_model(model, dynamic_width), "--n", "3")
+
+
+@case("sample-model-z-dim-huge", "sample", "metadata z_dim 10**10 on a model whose z width is not declared",
+      "metadata ganaug.z_dim=10000000000 is out of range (at most 65536)", survives=("m.onnx",), isolate=True)
+def _sample_model_z_dim_huge(env):
+    def dynamic_width(model):
+        _dims(model.graph.input[0])[1].dim_param = "Z"
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.z_dim": str(10**10)})
+    return env.sample(_edit_model(model, dynamic_width), "--n", "3")
+
+
+@case("sample-model-classes-huge", "sample", "metadata num_classes 10**9", "ganaug.num_classes=1000000000 is out of range",
+      survives=("m.onnx",))
+def _sample_model_classes_huge(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.num_classes": str(10**9)}), "--n", "3")
+
+
+@case("sample-model-image-huge", "sample", "metadata image_shape [10**6, 10**6, 1] on a model whose output size is "
+      "not declared", "ganaug.image_shape=[1000000, 1000000, 1] is too large", survives=("m.onnx",), isolate=True)
+def _sample_model_image_huge(env):
+    def undeclared_output(model):
+        for dim in _dims(model.graph.output[0])[1:]:
+            dim.dim_param = "S"
+        shape = next(t for t in model.graph.initializer if t.name == "out_shape")
+        model.graph.input.append(helper.make_tensor_value_info("out_shape", TensorProto.INT64, [4]))
+        model.graph.initializer.remove(shape)  # the shape is now an input: nothing for inference to read
+        model.graph.initializer.append(shape)
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[1000000, 1000000, 1]"})
+    return env.sample(_edit_model(model, undeclared_output), "--n", "3")
+
+
+@case("sample-model-metadata-deeply-nested", "sample", "metadata class_names nested 100,000 lists deep",
+      "ganaug.class_names must be a JSON list of strings, not nested", survives=("m.onnx",),
+      found="RecursionError traceback from json.loads, exit 1")
+def _sample_model_metadata_deeply_nested(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.class_names": "[" * 100_000 + "]" * 100_000}),
+                      "--n", "3")
+
+
+@case("sample-model-metadata-huge-number", "sample", "metadata image_shape holding a 5,000-digit number",
+      "metadata ganaug.image_shape is 5008 characters long (at most 1024)", survives=("m.onnx",),
+      found="ValueError traceback ('Exceeds the limit (4300 digits) for integer string conversion'), exit 1")
+def _sample_model_metadata_huge_number(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[" + "9" * 5000 + ", 8, 1]"}),
+                      "--n", "3")
+
+
+@case("sample-model-image-shape-bool", "sample", "metadata image_shape [8, 8, true]",
+      "ganaug.image_shape='[8, 8, true]' must be [H, W, C] with positive integers", survives=("m.onnx",),
+      found="accepted (exit 0): true taken for 1 channel, and written into sample_info.json as image_shape "
+            "[8, 8, true]")
+def _sample_model_image_shape_bool(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[8, 8, true]"}), "--n", "3")
+
+
+@case("sample-model-z-dim-other-digits", "sample", "metadata z_dim '٨' (an Arabic-Indic eight)",
+      "metadata ganaug.z_dim='٨' is not a whole number", survives=("m.onnx",),
+      found="accepted (exit 0): int() reads '٨' as 8")
+def _sample_model_z_dim_other_digits(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.z_dim": "٨"}), "--n", "3")
+
+
+@case("sample-model-class-name-lone-surrogate", "sample", "a class name holding a lone surrogate (JSON \\ud800)",
+      "ganaug.class_names[1] is not valid Unicode (a lone surrogate)", survives=("m.onnx",),
+      found="UnicodeEncodeError traceback ('surrogates not allowed') while naming the class directories, exit 1")
+def _sample_model_class_name_lone_surrogate(env):
+    return env.sample(env.model("m.onnx", class_names=["cat", "\ud800", "fox"]), "--n", "3")
+
+
+@case("sample-classes-ambiguous", "sample", "--classes dup on a model with two classes named 'dup'",
+      "the model has 2 classes named 'dup' (labels 0, 2)",
+      found="accepted (exit 0): --classes dup silently took the second class named 'dup' (label 2)")
+def _sample_classes_ambiguous(env):
+    return env.sample(env.model(class_names=["dup", "x", "dup"]), "--n", "3", "--classes", "dup")
 
 
 @case("sample-class-unknown", "sample", "--classes naming a class the model lacks",

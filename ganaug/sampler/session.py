@@ -18,6 +18,7 @@ import re
 
 from ganaug.errors import UserError
 from ganaug.files import temporary_beside
+from ganaug.sampler.modelfile import check_self_contained
 from ganaug.sampler.runtime import ort
 
 ort_state = ort.capi.onnxruntime_pybind11_state
@@ -77,7 +78,10 @@ def ort_message(exc: BaseException) -> str:
     if text.startswith("[ONNXRuntimeError]"):
         text = text.split(" : ")[-1].strip()
     # Drop the C++ source location and signature ("/src/x.cc:729 void f(A&, B&) Message").
-    return re.sub(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) ", "", text)
+    text = re.sub(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) ", "", text)
+    # "Non-zero status code returned while running Gather node. Name:'' Status Message: x" -> "Gather: x"
+    return re.sub(r"^Non-zero status code returned while running (\S+) node\. Name:'[^']*' Status Message: ",
+                  r"\1: ", text)
 
 
 def physical_cores() -> int:
@@ -113,6 +117,15 @@ def session_options(threads: int) -> ort.SessionOptions:
     # encoder threads need while inference waits for the next batch.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    return options
+
+
+def run_options() -> ort.RunOptions:
+    """Options for every inference call: a failing run is reported once, as our own error line,
+    not also as onnxruntime's log line (unless GANAUG_ORT_VERBOSE=1)."""
+    options = ort.RunOptions()
+    if os.environ.get(VERBOSE_ENV) != "1":
+        options.log_severity_level = 4
     return options
 
 
@@ -180,6 +193,7 @@ def _new_session(
 
 def cpu_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
     """A CPU session set up as `ganaug sample` sets it up: the exporter verifies and times with it."""
+    check_self_contained(model, "the model")
     return _new_session(model, session_options(threads), [PROVIDERS["cpu"]], None)
 
 
@@ -230,6 +244,7 @@ def create_session(
         raise UserError(f"unknown provider {provider!r} (choose from {', '.join(PREFERENCE)})")
     if threads < 0:
         raise UserError(f"--threads must be 0 (physical cores) or positive, got {threads}")
+    check_self_contained(model_bytes, source)  # before onnxruntime could read any other file
     available = set(ort.get_available_providers())
     wanted = [PROVIDERS[name] for name in PREFERENCE[provider]]
     problems = [

@@ -118,6 +118,8 @@ def _identity(sampler: Sampler, request: SampleRequest) -> dict:
     }
     if request.format == "png":
         identity["png_encoding"] = PNG_ENCODING
+        # Where the files go is part of what they are (the naming rule may change between versions).
+        identity["class_dirs"] = [class_dir_names(sampler.meta.class_names)[c] for c in request.classes]
     else:
         identity["shard_size"] = request.shard_size
     return identity
@@ -272,7 +274,10 @@ def write_samples(sampler: Sampler, request: SampleRequest) -> SampleResult:
         write_info(request.out_dir, _info(sampler, request, layout, identity, complete=False))
         directories = [request.out_dir]
         if request.format == "png":
-            directories += [os.path.join(request.out_dir, layout.class_dirs[c]) for c in request.classes]
+            # Only classes that get images: ImageFolder refuses an empty class directory.
+            counts = counts_per_class(request.n, request.classes)
+            directories += [os.path.join(request.out_dir, layout.class_dirs[c])
+                            for c, count in zip(request.classes, counts, strict=True) if count]
             for directory in directories[1:]:
                 _make_class_dir(directory)
         stale = sum(clean_temporaries(directory) for directory in directories)

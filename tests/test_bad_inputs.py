@@ -1295,6 +1295,92 @@ def _sample_out_class_dir_symlink(env):
     return env.sample(model, "--n", "6")
 
 
+@case("sample-out-info-deeply-nested", "sample", "--out whose sample_info.json is a list nested 100,000 deep",
+      "cannot read {tmp}/out/sample_info.json (nested 100000 levels deep (at most 8))", survives=("out",),
+      found="RecursionError traceback from json.load, exit 1")
+def _sample_out_info_deeply_nested(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "3")) == 0
+    (env.tmp / "out" / "sample_info.json").write_text("[" * 100_000 + "]" * 100_000)
+    return env.sample(model, "--n", "3")
+
+
+@case("sample-resume-directory-as-image", "sample", "a finished set where a directory took an image's name",
+      "{tmp}/out/cat/cat_00000000.png is a directory, not a file", survives=("out",),
+      found="accepted (exit 0): the directory was counted as the image, so the set said complete with an image "
+            "missing (ImageFolder skips it silently)")
+def _sample_resume_directory_as_image(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6")) == 0
+    (env.tmp / "out" / "cat" / "cat_00000000.png").unlink()
+    (env.tmp / "out" / "cat" / "cat_00000000.png").mkdir()
+    return env.sample(model, "--n", "6")
+
+
+def _whole_png(env):
+    from ganaug.sampler.verify import PngCheck
+
+    assert PngCheck((8, 8, 1), 10_000).is_whole(str(env.tmp / "out" / "cat" / "cat_00000000.png"))
+
+
+@case("sample-resume-empty-png", "sample", "a set re-run after a power cut left one PNG empty",
+      "rewrote 1 damaged or incomplete files left by an interrupted run", outcome="warning", survives=("g.onnx",),
+      may_change=("out/cat/cat_00000000.png",), check=_whole_png,
+      found="accepted (exit 0): the empty file was counted as done, so the set said complete with an image missing")
+def _sample_resume_empty_png(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6")) == 0
+    (env.tmp / "out" / "cat" / "cat_00000000.png").write_bytes(b"")
+    return env.sample(model, "--n", "6")
+
+
+def _whole_npz(env):
+    from ganaug.sampler.verify import npz_is_whole
+
+    assert npz_is_whole(str(env.tmp / "out" / "shard_00001.npz"), (8, 8, 1), np.array([2, 0]))
+
+
+@case("sample-resume-truncated-npz", "sample", "an .npz set re-run with one file cut short",
+      "rewrote 1 damaged or incomplete files left by an interrupted run", outcome="warning", survives=("g.onnx",),
+      may_change=("out/shard_00001.npz",), check=_whole_npz,
+      found="accepted (exit 0): the cut file was counted as done; np.load fails on it later")
+def _sample_resume_truncated_npz(env):
+    model = env.model()
+    args = ("--n", "6", "--format", "npz", "--shard-size", "2")
+    assert _quiet_main(env.sample(model, *args)) == 0
+    path = env.tmp / "out" / "shard_00001.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    return env.sample(model, *args)
+
+
+@case("sample-shard-count-zero", "sample", "--shard 0/0", "--shard 0/0: COUNT must be 1 .. 1048576, got 0")
+def _sample_shard_count_zero(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "0/0")
+
+
+@case("sample-shard-index-too-big", "sample", "--shard 3/2", "--shard 3/2: INDEX must be 0 .. 1 (COUNT - 1), got 3")
+def _sample_shard_index_too_big(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "3/2")
+
+
+@case("sample-shard-negative", "sample", "--shard=-1/4", "--shard '-1/4' is not INDEX/COUNT")
+def _sample_shard_negative(env):
+    return env.sample(env.model(), "--n", "3", "--shard=-1/4")
+
+
+@case("sample-shard-not-numbers", "sample", "--shard a/b", "--shard 'a/b' is not INDEX/COUNT")
+def _sample_shard_not_numbers(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "a/b")
+
+
+@case("sample-shard-other-settings", "sample", "--shard 1/2 with --seed 2 into a set that shard 0/2 began with --seed 1",
+      "holds samples made with other settings (seed 1 there, 2 now)", survives=("out",))
+def _sample_shard_other_settings(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6", "--seed", "1", "--shard", "0/2")) == 0
+    return env.sample(model, "--n", "6", "--seed", "2", "--shard", "1/2")
+
+
 # ============================================================================== evaluate
 
 @case("evaluate-no-subcommand", "evaluate", "`ganaug evaluate` alone", "the following arguments are required: COMMAND")

@@ -235,3 +235,22 @@ def test_shard_processes_at_once_one_killed_and_resumed_equal_one_unsharded_run(
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     assert "shard 1/3: the set is complete" in resumed.stderr.read()
     assert tree(out) == reference  # files, manifest and sample_info, byte for byte; no marker or lock left
+
+
+def test_a_file_system_without_locks_is_one_warning_not_a_failure(model, tmp_path, capsys, monkeypatch):
+    """e.g. Lustre mounted without flock support: flock fails with ENOLCK."""
+    import errno
+
+    import ganaug.sampler.locks as locks
+
+    def no_locks(fd, flags):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    reference = _reference(model, tmp_path, "--n", 12)
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    assert sample(model, out, "--n", 12, "--shard", "0/2") == 0
+    assert sample(model, out, "--n", 12, "--shard", "1/2") == 0
+    assert tree(out) == reference
+    warnings = [line for line in capsys.readouterr().err.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and "does not support file locks (No locks available)" in warnings[0]

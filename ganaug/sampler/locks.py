@@ -13,12 +13,14 @@
 An unsharded run is shard 0/1: it claims, marks and finishes like any shard, so it also finishes a
 partly sharded set. The kernel drops a killed process's flocks; its lock file stays behind, unheld,
 until the next claim of that shard or the end of the set removes it. Where there are no advisory
-locks (Windows), concurrent runs are not detected; markers still work.
+locks (Windows, or a file system mounted without flock support), concurrent runs are not detected
+(one WARNING line says so); markers still work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -59,6 +61,31 @@ def _shards(out_dir: str, pattern: re.Pattern) -> dict[Shard, str]:
     return found
 
 
+# What flock raises where the file system cannot lock (e.g. Lustre mounted without -o flock).
+_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+_warned: set[str] = set()
+
+
+def _flock(fd: int, flags: int, out_dir: str) -> bool:
+    """flock(fd, flags): True when locked, False where locks are unsupported (with one WARNING line
+    per directory); a lock held elsewhere raises BlockingIOError (LOCK_NB) as flock does."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, flags)
+        return True
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise UserError(f"cannot lock {out_dir}: {exc.strerror or exc}") from None
+        if out_dir not in _warned:
+            _warned.add(out_dir)
+            log.warning("the file system of %s does not support file locks (%s): runs writing to it at the same "
+                        "time are not detected", out_dir, exc.strerror or exc)
+        return False
+
+
 def _open_no_follow(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), 0o666)
 
@@ -73,13 +100,16 @@ def state_lock(out_dir: str):
     if fcntl is None:
         yield
         return
-    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as exc:
+        raise UserError(f"cannot open {out_dir}: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, out_dir)
         except BlockingIOError:
             log.info("waiting for another `ganaug sample` to finish setting up or finishing %s", out_dir)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _flock(fd, fcntl.LOCK_EX, out_dir)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -106,11 +136,13 @@ class Claim:
         except OSError as exc:
             raise UserError(f"cannot create {self.path}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, self._out_dir)
+        except BaseException as exc:
             os.close(fd)
-            raise UserError(f"another {_describe(self.shard)} is writing to {self._out_dir}") from None
-        self._fd = fd
+            if isinstance(exc, BlockingIOError):
+                raise UserError(f"another {_describe(self.shard)} is writing to {self._out_dir}") from None
+            raise
+        self._fd = fd  # held even unlocked: release() removes the file either way
 
     def release(self) -> None:
         if self._fd is None:
@@ -134,7 +166,7 @@ def running_shards(out_dir: str, claim: Claim) -> list[Shard]:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, out_dir)
         except BlockingIOError:
             running.append(shard)
         finally:

@@ -201,7 +201,7 @@ def _open(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, 
     running = running_shards(request.out_dir, claim)
     check_same_split(running, request.shard, request.out_dir)
     resuming = open_for_run(request.out_dir, identity, request.overwrite, running, claim) is not None
-    _check_space(sampler, request, part, layout, workers)
+    _check_space(sampler, request, part, layout, identity, workers)
     if not resuming:
         write_info(request.out_dir, _info(sampler, request, layout, identity, complete=False))
     for directory in _class_directories(request, layout):
@@ -211,7 +211,8 @@ def _open(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, 
     return resuming
 
 
-def _check_space(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, workers: int) -> None:
+def _check_space(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, identity: dict,
+                 workers: int) -> None:
     """Refuse, before the first image, a run whose files cannot fit where --out is."""
     shape = sampler.meta.image_shape
     if part.format == "png":
@@ -227,7 +228,7 @@ def _check_space(sampler: Sampler, request: SampleRequest, part: Part, layout: L
     counts = counts_per_class(request.n, request.classes)
     rows = [(count, c, len(layout.relative_path(request.n - 1, c).encode()), sampler.meta.class_names[c])
             for c, count in zip(request.classes, counts, strict=True)]
-    info = json.dumps(_info(sampler, request, layout, _identity(sampler, request), False), ensure_ascii=False)
+    info = json.dumps(_info(sampler, request, layout, identity, False), ensure_ascii=False)
     files += [(1, manifest_bytes_bound(request.n, rows, request.seed)), (1, 2 * len(info.encode()) + 64), (2, 0)]
     check_free_space(request.out_dir, files, f"{what}, manifest.csv and sample_info.json")
 

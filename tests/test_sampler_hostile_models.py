@@ -3,6 +3,7 @@ nodes, deep nesting and broken protobuf are refused before onnxruntime reads any
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -193,3 +194,18 @@ def test_nesting_is_bounded():
 def test_broken_protobuf_is_not_an_onnx_model(data):
     with pytest.raises(UserError, match="cannot load m.onnx as an ONNX model: not a valid protobuf message"):
         check_self_contained(data, "m.onnx")
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    ("[]", 1), ("[1, 2]", 1), ('["[[[", "{{"]', 1), ('["a\\\\", "[["]', 1), ('["\\"[", 2]', 1),
+    ('[["a"], {"b": [1]}]', 3), ("1", 0), ("[" * 5000 + "]" * 5000, 5000), ('{"k": "]]]"}', 1),
+])
+def test_json_nesting_is_measured_outside_strings(text, depth):
+    from ganaug.sampler import safejson
+
+    assert safejson.nesting_depth(text) == depth
+    if depth <= 3:
+        assert safejson.loads(text, max_depth=3) == json.loads(text)
+    else:
+        with pytest.raises(safejson.TooDeep, match=f"nested {depth} levels deep"):
+            safejson.loads(text, max_depth=3)

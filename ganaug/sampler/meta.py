@@ -95,10 +95,10 @@ def _int(metadata: dict, key: str, source: str, minimum: int, maximum: int) -> i
 def _flat_json_list(metadata: dict, key: str, source: str, what: str) -> list:
     """A metadata value that must be a flat JSON list (its length is bounded already)."""
     text = metadata[key]
-    if safejson.nesting_depth(text) > 1:
-        raise UserError(f"{source}: metadata {key} must be a JSON list of {what}, not nested")
     try:
         return safejson.loads(text, max_depth=1)
+    except safejson.TooDeep:
+        raise UserError(f"{source}: metadata {key} must be a JSON list of {what}, not nested") from None
     except ValueError:
         shown = text if len(text) <= 60 else text[:57] + "..."
         raise UserError(f"{source}: metadata {key}={shown!r} is not valid JSON") from None

@@ -24,9 +24,14 @@ def nesting_depth(text: str) -> int:
     return int(np.cumsum(steps).max()) if steps.size else 0
 
 
+class TooDeep(ValueError):
+    pass
+
+
 def loads(text: str, max_depth: int):
-    """json.loads, but ValueError for nesting deeper than max_depth (and for any other bad JSON)."""
+    """json.loads, but TooDeep (a ValueError) for nesting deeper than max_depth; ValueError for any other
+    bad JSON."""
     depth = nesting_depth(text)
     if depth > max_depth:
-        raise ValueError(f"nested {depth} levels deep (at most {max_depth})")
+        raise TooDeep(f"nested {depth} levels deep (at most {max_depth})")
     return json.loads(text)  # a ValueError for bad JSON and for integers too long to convert

@@ -157,6 +157,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--threads", type=thread_count, default=0, help="inference threads (0: physical cores)")
     p.add_argument("--shard-size", type=positive_int, default=10000, help="images per .npz shard")
+    p.add_argument("--shard", metavar="INDEX/COUNT",
+                   help="write part INDEX of COUNT of the set (processes 0 .. COUNT-1 into one --out; see docs)")
     p.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")
     p.add_argument("--overwrite", action="store_true", help="replace output made with another model or seed")

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from onnx_models import make_model
 from PIL import Image
 
@@ -1164,6 +1164,150 @@ def _sample_model_image_shape_mismatch(env):
     return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[100000, 100000, 1]"}), "--n", "3")
 
 
+def _edit_model(path: str, edit) -> str:
+    """Load a test model with onnx, apply edit(model), save it back; returns the path."""
+    import onnx
+
+    model = onnx.load(path)
+    edit(model)
+    onnx.save(model, path)
+    return path
+
+
+def _dims(value_info):
+    return value_info.type.tensor_type.shape.dim
+
+
+@case("sample-model-external-data", "sample",
+      "a model whose weight W keeps its data in the external file .ssh/id_rsa (relative to the current directory)",
+      "tensor 'W' keeps its data in an external file ('.ssh/id_rsa')", survives=("m.onnx",),
+      found="accepted where that file exists under the current directory: onnxruntime, given the model as bytes, "
+            "read it into W and its bytes shaped every PNG, exit 0 (tests/test_sampler_hostile_models.py shows it "
+            "with a real file)")
+def _sample_model_external_data(env):
+    from onnx import TensorProto as Tensor
+    from onnx.external_data_helper import set_external_data
+
+    def externalise(model):
+        weight = next(t for t in model.graph.initializer if t.name == "W")
+        set_external_data(weight, ".ssh/id_rsa", offset=0, length=len(weight.raw_data))
+        weight.ClearField("raw_data")
+        weight.data_location = Tensor.EXTERNAL
+
+    return env.sample(_edit_model(env.model("m.onnx"), externalise), "--n", "3")
+
+
+@case("sample-model-static-batch", "sample", "a model whose inputs have a fixed batch size of 1",
+      "'z' has a fixed batch size of 1; the contract is a dynamic N", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime ('Got invalid dimensions for input: z ... Got: 3 Expected: 1'), "
+            "exit 1, sample_info.json left behind")
+def _sample_model_static_batch(env):
+    def fix_batch(model):
+        for value_info in model.graph.input:
+            _dims(value_info)[0].dim_value = 1
+
+    return env.sample(_edit_model(env.model("m.onnx"), fix_batch), "--n", "3")
+
+
+@case("sample-model-embedding-smaller-than-classes", "sample",
+      "metadata num_classes 5 (5 names) on a model with 3 label embeddings",
+      "the model cannot generate label 4 although ganaug.num_classes is 5", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime's Gather ('indices element out of data bounds') after the "
+            "first batch, exit 1, sample_info.json left behind")
+def _sample_model_embedding_smaller_than_classes(env):
+    names = json.dumps(["a", "b", "c", "d", "e"])
+    return env.sample(env.model("m.onnx", num_classes=3, class_names=["a", "b", "c"],
+                                meta_overrides={"ganaug.num_classes": "5", "ganaug.class_names": names}), "--n", "6")
+
+
+@case("sample-model-z-dim-wrong-dynamic", "sample", "metadata z_dim 16 on a model taking 8 (its z width not declared)",
+      "the model fails on a batch of 2 latents of ganaug.z_dim=16 values", survives=("m.onnx",),
+      found="InvalidArgument traceback from onnxruntime ('GEMM: Dimension mismatch'), exit 1, sample_info.json left "
+            "behind")
+def _sample_model_z_dim_wrong_dynamic(env):
+    def dynamic_width(model):
+        _dims(model.graph.input[0])[1].dim_param = "Z"
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.z_dim": "16"})
+    return env.sample(_edit_model(model, dynamic_width), "--n", "3")
+
+
+@case("sample-model-z-dim-huge", "sample", "metadata z_dim 10**10 on a model whose z width is not declared",
+      "metadata ganaug.z_dim=10000000000 is out of range (at most 65536)", survives=("m.onnx",), isolate=True)
+def _sample_model_z_dim_huge(env):
+    def dynamic_width(model):
+        _dims(model.graph.input[0])[1].dim_param = "Z"
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.z_dim": str(10**10)})
+    return env.sample(_edit_model(model, dynamic_width), "--n", "3")
+
+
+@case("sample-model-classes-huge", "sample", "metadata num_classes 10**9", "ganaug.num_classes=1000000000 is out of range",
+      survives=("m.onnx",))
+def _sample_model_classes_huge(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.num_classes": str(10**9)}), "--n", "3")
+
+
+@case("sample-model-image-huge", "sample", "metadata image_shape [10**6, 10**6, 1] on a model whose output size is "
+      "not declared", "ganaug.image_shape=[1000000, 1000000, 1] is too large", survives=("m.onnx",), isolate=True)
+def _sample_model_image_huge(env):
+    def undeclared_output(model):
+        for dim in _dims(model.graph.output[0])[1:]:
+            dim.dim_param = "S"
+        shape = next(t for t in model.graph.initializer if t.name == "out_shape")
+        model.graph.input.append(helper.make_tensor_value_info("out_shape", TensorProto.INT64, [4]))
+        model.graph.initializer.remove(shape)  # the shape is now an input: nothing for inference to read
+        model.graph.initializer.append(shape)
+
+    model = env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[1000000, 1000000, 1]"})
+    return env.sample(_edit_model(model, undeclared_output), "--n", "3")
+
+
+@case("sample-model-metadata-deeply-nested", "sample", "metadata class_names nested 100,000 lists deep",
+      "ganaug.class_names must be a JSON list of strings, not nested", survives=("m.onnx",),
+      found="RecursionError traceback from json.loads, exit 1")
+def _sample_model_metadata_deeply_nested(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.class_names": "[" * 100_000 + "]" * 100_000}),
+                      "--n", "3")
+
+
+@case("sample-model-metadata-huge-number", "sample", "metadata image_shape holding a 5,000-digit number",
+      "metadata ganaug.image_shape is 5008 characters long (at most 1024)", survives=("m.onnx",),
+      found="ValueError traceback ('Exceeds the limit (4300 digits) for integer string conversion'), exit 1")
+def _sample_model_metadata_huge_number(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[" + "9" * 5000 + ", 8, 1]"}),
+                      "--n", "3")
+
+
+@case("sample-model-image-shape-bool", "sample", "metadata image_shape [8, 8, true]",
+      "ganaug.image_shape='[8, 8, true]' must be [H, W, C] with positive integers", survives=("m.onnx",),
+      found="accepted (exit 0): true taken for 1 channel, and written into sample_info.json as image_shape "
+            "[8, 8, true]")
+def _sample_model_image_shape_bool(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.image_shape": "[8, 8, true]"}), "--n", "3")
+
+
+@case("sample-model-z-dim-other-digits", "sample", "metadata z_dim '٨' (an Arabic-Indic eight)",
+      "metadata ganaug.z_dim='٨' is not a whole number", survives=("m.onnx",),
+      found="accepted (exit 0): int() reads '٨' as 8")
+def _sample_model_z_dim_other_digits(env):
+    return env.sample(env.model("m.onnx", meta_overrides={"ganaug.z_dim": "٨"}), "--n", "3")
+
+
+@case("sample-model-class-name-lone-surrogate", "sample", "a class name holding a lone surrogate (JSON \\ud800)",
+      "ganaug.class_names[1] is not valid Unicode (a lone surrogate)", survives=("m.onnx",),
+      found="UnicodeEncodeError traceback ('surrogates not allowed') while naming the class directories, exit 1")
+def _sample_model_class_name_lone_surrogate(env):
+    return env.sample(env.model("m.onnx", class_names=["cat", "\ud800", "fox"]), "--n", "3")
+
+
+@case("sample-classes-ambiguous", "sample", "--classes dup on a model with two classes named 'dup'",
+      "the model has 2 classes named 'dup' (labels 0, 2)",
+      found="accepted (exit 0): --classes dup silently took the second class named 'dup' (label 2)")
+def _sample_classes_ambiguous(env):
+    return env.sample(env.model(class_names=["dup", "x", "dup"]), "--n", "3", "--classes", "dup")
+
+
 @case("sample-class-unknown", "sample", "--classes naming a class the model lacks",
       "unknown class 'zebra'; the model's classes are: 'cat', 'dog', 'fox'")
 def _sample_class_unknown(env):
@@ -1311,6 +1455,92 @@ def _sample_out_class_dir_symlink(env):
     (env.tmp / "elsewhere" / "keep.txt").write_text("not yours")
     (env.tmp / "out" / "cat").symlink_to(env.tmp / "elsewhere", target_is_directory=True)
     return env.sample(model, "--n", "6")
+
+
+@case("sample-out-info-deeply-nested", "sample", "--out whose sample_info.json is a list nested 100,000 deep",
+      "cannot read {tmp}/out/sample_info.json (nested 100000 levels deep (at most 8))", survives=("out",),
+      found="RecursionError traceback from json.load, exit 1")
+def _sample_out_info_deeply_nested(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "3")) == 0
+    (env.tmp / "out" / "sample_info.json").write_text("[" * 100_000 + "]" * 100_000)
+    return env.sample(model, "--n", "3")
+
+
+@case("sample-resume-directory-as-image", "sample", "a finished set where a directory took an image's name",
+      "{tmp}/out/cat/cat_00000000.png is a directory, not a file", survives=("out",),
+      found="accepted (exit 0): the directory was counted as the image, so the set said complete with an image "
+            "missing (ImageFolder skips it silently)")
+def _sample_resume_directory_as_image(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6")) == 0
+    (env.tmp / "out" / "cat" / "cat_00000000.png").unlink()
+    (env.tmp / "out" / "cat" / "cat_00000000.png").mkdir()
+    return env.sample(model, "--n", "6")
+
+
+def _whole_png(env):
+    from ganaug.sampler.verify import PngCheck
+
+    assert PngCheck((8, 8, 1), 10_000).is_whole(str(env.tmp / "out" / "cat" / "cat_00000000.png"))
+
+
+@case("sample-resume-empty-png", "sample", "a set re-run after a power cut left one PNG empty",
+      "rewrote 1 damaged or incomplete files left by an interrupted run", outcome="warning", survives=("g.onnx",),
+      may_change=("out/cat/cat_00000000.png",), check=_whole_png,
+      found="accepted (exit 0): the empty file was counted as done, so the set said complete with an image missing")
+def _sample_resume_empty_png(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6")) == 0
+    (env.tmp / "out" / "cat" / "cat_00000000.png").write_bytes(b"")
+    return env.sample(model, "--n", "6")
+
+
+def _whole_npz(env):
+    from ganaug.sampler.verify import npz_is_whole
+
+    assert npz_is_whole(str(env.tmp / "out" / "shard_00001.npz"), (8, 8, 1), np.array([2, 0]))
+
+
+@case("sample-resume-truncated-npz", "sample", "an .npz set re-run with one file cut short",
+      "rewrote 1 damaged or incomplete files left by an interrupted run", outcome="warning", survives=("g.onnx",),
+      may_change=("out/shard_00001.npz",), check=_whole_npz,
+      found="accepted (exit 0): the cut file was counted as done; np.load fails on it later")
+def _sample_resume_truncated_npz(env):
+    model = env.model()
+    args = ("--n", "6", "--format", "npz", "--shard-size", "2")
+    assert _quiet_main(env.sample(model, *args)) == 0
+    path = env.tmp / "out" / "shard_00001.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    return env.sample(model, *args)
+
+
+@case("sample-shard-count-zero", "sample", "--shard 0/0", "--shard 0/0: COUNT must be 1 .. 1048576, got 0")
+def _sample_shard_count_zero(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "0/0")
+
+
+@case("sample-shard-index-too-big", "sample", "--shard 3/2", "--shard 3/2: INDEX must be 0 .. 1 (COUNT - 1), got 3")
+def _sample_shard_index_too_big(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "3/2")
+
+
+@case("sample-shard-negative", "sample", "--shard=-1/4", "--shard '-1/4' is not INDEX/COUNT")
+def _sample_shard_negative(env):
+    return env.sample(env.model(), "--n", "3", "--shard=-1/4")
+
+
+@case("sample-shard-not-numbers", "sample", "--shard a/b", "--shard 'a/b' is not INDEX/COUNT")
+def _sample_shard_not_numbers(env):
+    return env.sample(env.model(), "--n", "3", "--shard", "a/b")
+
+
+@case("sample-shard-other-settings", "sample", "--shard 1/2 with --seed 2 into a set that shard 0/2 began with --seed 1",
+      "holds samples made with other settings (seed 1 there, 2 now)", survives=("out",))
+def _sample_shard_other_settings(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "6", "--seed", "1", "--shard", "0/2")) == 0
+    return env.sample(model, "--n", "6", "--seed", "2", "--shard", "1/2")
 
 
 # ============================================================================== evaluate

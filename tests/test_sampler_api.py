@@ -187,22 +187,43 @@ def test_io_binding_path_gives_the_same_images(model):
     assert np.array_equal(images, expected)
 
 
+@pytest.mark.parametrize("gpu", [True, False], ids=["gpu-driver", "no-gpu-driver"])
 @pytest.mark.parametrize("provider", ["cuda", "tensorrt", "auto"])
-def test_gpu_provider_falls_back_to_cpu_with_one_warning(model, provider, ganaug_logs):
+def test_gpu_provider_falls_back_to_cpu_with_one_warning(model, provider, gpu, ganaug_logs, monkeypatch):
+    """No GPU is usable on this machine. With a driver present (faked), a failing GPU provider is one
+    WARNING; without one, `auto` says nothing (a debug line), while a provider asked for by name
+    still warns."""
     import onnxruntime as ort
 
+    import ganaug.sampler.session as session
+
+    monkeypatch.setattr(session, "gpu_present", lambda: gpu)
+    ganaug_logs.set_level(logging.DEBUG, logger="ganaug")
     sampler = Sampler.load(model, provider=provider)
     expected, _ = Sampler.load(model, provider="cpu").generate(8)
     assert sampler.provider == "CPUExecutionProvider"
     assert np.array_equal(sampler.generate(8)[0], expected)
-    warnings = [r for r in ganaug_logs.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in ganaug_logs.records if r.levelno == logging.WARNING]
     gpu_listed = {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(ort.get_available_providers())
-    if provider == "auto" and not gpu_listed:
-        assert warnings == []  # a CPU-only onnxruntime: nothing to warn about
+    if provider == "auto" and not (gpu and gpu_listed):
+        assert warnings == []  # a CPU-only onnxruntime, or no GPU on this machine: nothing to warn about
     else:
         assert len(warnings) == 1
-        assert "using cpu" in warnings[0].getMessage()
-        assert provider in warnings[0].getMessage()
+        assert "using cpu" in warnings[0] and provider in warnings[0]
+    skipped = [r.getMessage() for r in ganaug_logs.records if "not trying" in r.getMessage()]
+    assert len(skipped) == (provider == "auto" and not gpu and bool(gpu_listed))
+    assert all(r.levelno == logging.DEBUG for r in ganaug_logs.records if "not trying" in r.getMessage())
+
+
+def test_gpu_probe_looks_for_the_nvidia_driver(monkeypatch):
+    import ganaug.sampler.session as session
+
+    seen = []
+    monkeypatch.setattr(session.os.path, "exists", lambda path: seen.append(path) or path == "/proc/driver/nvidia")
+    assert session.gpu_present()
+    monkeypatch.setattr(session.os.path, "exists", lambda path: False)
+    assert not session.gpu_present()
+    assert "/dev/nvidiactl" in seen
 
 
 def test_unknown_provider_is_a_user_error(model):

@@ -96,12 +96,22 @@ def test_unknown_schema_version(tmp_path, capsys):
         ({"ganaug.class_names": '["a", "b"]'}, "has 2 names but ganaug.num_classes is 3"),
         ({"ganaug.image_shape": "[8, 8]"}, "must be \\[H, W, C\\]"),
         ({"ganaug.image_shape": "[4, 16, 1]"}, "size 8 on axis 1 but ganaug.image_shape says \\[4, 16, 1\\]"),
+        ({"ganaug.z_dim": "1_0"}, "ganaug.z_dim='1_0' is not a whole number"),
+        ({"ganaug.train_step": "9" * 30}, r"ganaug.train_step=9{12}\.\.\.\(30 digits\) is out of range"),
+        ({"ganaug.precision": "x" * 2000}, "metadata ganaug.precision is 2000 characters long \\(at most 1024\\)"),
+        ({"ganaug.class_names": '["a", ["b"], "c"]'}, "must be a JSON list of strings, not nested"),
     ],
 )
 def test_inconsistent_metadata(tmp_path, capsys, overrides, message):
     path = make_model(tmp_path / "m.onnx", meta_overrides=overrides)
     assert sample(path, tmp_path / "out", "--n", 3) == 2
     assert re.search(message, error_line(capsys))
+
+
+def test_brackets_and_quotes_inside_class_names_are_not_nesting(tmp_path):
+    names = ["[a]", '{"b": [1]}', 'c\\"[']
+    path = make_model(tmp_path / "m.onnx", class_names=names)
+    assert Sampler.load(path, provider="cpu").meta.class_names == tuple(names)
 
 
 def test_output_not_uint8(tmp_path, capsys):

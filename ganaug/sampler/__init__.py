@@ -12,6 +12,7 @@ from ganaug.sampler.job import SampleRequest, SampleResult, write_samples
 from ganaug.sampler.meta import ModelMeta
 from ganaug.sampler.rng import BLOCK_SIZE, LatentSource
 from ganaug.sampler.sampler import Batch, Sampler
+from ganaug.sampler.shards import Shard
 
 __all__ = [
     "BLOCK_SIZE",
@@ -21,5 +22,6 @@ __all__ = [
     "SampleRequest",
     "SampleResult",
     "Sampler",
+    "Shard",
     "write_samples",
 ]

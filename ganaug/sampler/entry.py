@@ -11,6 +11,8 @@ from ganaug.sampler.job import SampleRequest, write_samples
 from ganaug.sampler.labels import parse_class_list, select_classes
 from ganaug.sampler.rng import MIN_TRUNCATION
 from ganaug.sampler.sampler import Sampler
+from ganaug.sampler.shards import parse_shard
+from ganaug.sampler.space import human
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ def _check_arguments(args) -> None:
         raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {args.truncation}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
+    parse_shard(args.shard)
 
 
 def _physical_memory() -> int | None:
@@ -44,16 +47,27 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _check_shard_fits(shard_images: int, image_shape: tuple[int, ...]) -> None:
-    """Two shards are in memory at once (one generated, one written): refuse sizes that cannot fit."""
+def _check_fits_in_memory(images: int, image_shape: tuple[int, ...], flag: str, value: int) -> None:
+    """Refuse a run whose images in flight cannot fit in half of this machine's memory."""
     image_bytes, memory = math.prod(image_shape), _physical_memory()
     if memory is None:
         return
     budget = memory // 2
-    if 2 * shard_images * image_bytes > budget:
-        raise UserError(f"--shard-size {shard_images}: two shards of {shard_images * image_bytes / 2**30:.1f} GiB "
-                        f"do not fit in half of this machine's {2 * budget / 2**30:.0f} GiB; "
-                        f"use --shard-size {max(1, budget // (2 * image_bytes))} or less")
+    if images * image_bytes > budget:
+        per_unit = max(1, images // value) * image_bytes
+        raise UserError(f"{flag} {value}: {images} images of {human(image_bytes)} in flight "
+                        f"({human(images * image_bytes)}) do not fit in half of this machine's "
+                        f"{human(2 * budget)}; use {flag} {max(1, budget // per_unit)} or less")
+
+
+def _check_memory(args, n: int, image_shape: tuple[int, ...]) -> None:
+    if args.format == "npz":
+        # Two files in memory at once (one generated, one written).
+        shard_images = min(args.shard_size, n)
+        _check_fits_in_memory(2 * shard_images, image_shape, "--shard-size", shard_images)
+    # One batch generated while up to two more wait for the writers (part.write_png_part).
+    batch = min(args.batch_size, n)
+    _check_fits_in_memory(3 * batch, image_shape, "--batch-size", batch)
 
 
 def main(args) -> int:
@@ -61,8 +75,7 @@ def main(args) -> int:
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
     classes = select_classes(sampler.meta, parse_class_list(args.classes))
     n = args.n if args.n is not None else args.per_class * len(classes)
-    if args.format == "npz":
-        _check_shard_fits(min(args.shard_size, n), sampler.meta.image_shape)
+    _check_memory(args, n, sampler.meta.image_shape)
     arguments = {
         "n": args.n,
         "per_class": args.per_class,
@@ -85,6 +98,7 @@ def main(args) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         arguments=arguments,
+        shard=parse_shard(args.shard),
     )
     result = write_samples(sampler, request)
     log.info("%s", result.summary())

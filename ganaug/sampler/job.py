@@ -1,18 +1,19 @@
-"""Write a sample set (PNG tree or .npz shards, manifest, sample_info) from a Sampler.
+"""Write a sample set (PNG tree or .npz files, manifest, sample_info) from a Sampler: one process's run.
 
-The main thread runs inference batch after batch; a bounded pool of writer threads encodes and
-writes the previous batches meanwhile. Only missing files are generated, and each file's content
-depends only on (model, seed, index), so a resumed run ends byte-identical to an uninterrupted one.
+A run opens the directory (fresh, resume or refusal: outdir.py) and claims its shard (locks.py),
+checks that its files fit on the disk (space.py), writes the part of the set that is its shard
+(part.py; the whole set for an unsharded run), then marks the shard done. The run that finds
+every shard done writes manifest.csv and `"complete": true`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,31 +22,44 @@ from ganaug import __version__
 from ganaug.errors import UserError
 from ganaug.files import clean_temporaries
 from ganaug.sampler.labels import counts_per_class, labels_for
+from ganaug.sampler.locks import (
+    Claim,
+    check_same_split,
+    mark_done,
+    missing_shards,
+    remove_coordination_files,
+    running_shards,
+    state_lock,
+)
 from ganaug.sampler.names import class_dir_names
-from ganaug.sampler.outdir import (
-    MANIFEST_NAME,
-    create_output_dir,
-    exclusive_lock,
-    open_for_run,
-    write_info,
+from ganaug.sampler.outdir import MANIFEST_NAME, create_output_dir, open_for_run, read_info, write_info
+from ganaug.sampler.part import (
+    Counts,
+    Layout,
+    Part,
+    count_present_files,
+    count_present_pngs,
+    write_npz_part,
+    write_png_part,
 )
 from ganaug.sampler.progress import Progress
 from ganaug.sampler.rng import SCHEME
 from ganaug.sampler.sampler import Sampler
 from ganaug.sampler.session import physical_cores, short_provider
-from ganaug.sampler.writers import (
-    PNG_ENCODING,
-    WritePool,
-    encode_png,
-    write_atomic,
-    write_file_atomic,
-    write_npz,
+from ganaug.sampler.shards import Shard
+from ganaug.sampler.space import (
+    check_free_space,
+    human,
+    manifest_bytes_bound,
+    npz_bytes_bound,
+    png_bytes_bound,
 )
+from ganaug.sampler.verify import PngCheck
+from ganaug.sampler.writers import PNG_ENCODING, write_atomic
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "npz")
-_PNG_CHUNK = 64  # images per write job: enough to amortise the hand-off, small enough to balance
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class SampleRequest:
     progress: bool = True
     writers: int = 0  # writer threads; 0: physical cores
     arguments: dict = field(default_factory=dict)  # recorded in sample_info.json
+    shard: Shard = Shard()  # the part of the set this process writes (--shard INDEX/COUNT)
 
 
 @dataclass(frozen=True)
@@ -70,43 +85,36 @@ class SampleResult:
     written: int
     skipped: int  # already present from an earlier run
     seconds: float
+    damaged: int = 0  # files an interrupted run left incomplete, written again
+    shard: Shard = Shard()
+    waiting_for: tuple[int, ...] = ()  # shards of the split that have not finished yet
+
+    @property
+    def complete(self) -> bool:
+        return not self.waiting_for
 
     @property
     def images_per_second(self) -> float:
         return self.written / max(self.seconds, 1e-9)
 
     def summary(self) -> str:
-        resumed = f" ({self.skipped} already there)" if self.skipped else ""
-        return (
-            f"wrote {self.written} images{resumed} in {self.seconds:.1f} s "
+        notes = [f"{self.skipped} already there"] if self.skipped else []
+        if self.damaged:
+            notes.append(f"{self.damaged} damaged files rewritten")
+        text = (
+            f"wrote {self.written} images{' (' + ', '.join(notes) + ')' if notes else ''} in {self.seconds:.1f} s "
             f"({self.images_per_second:.0f} images/s) to {self.out_dir}"
         )
-
-
-class Layout:
-    """Where image i lives, for one format and class naming."""
-
-    def __init__(self, request: SampleRequest, class_dirs: list[str]):
-        self.out_dir = request.out_dir
-        self.format = request.format
-        self.class_dirs = class_dirs  # per model class index
-        self.shard_size = request.shard_size
-
-    def relative_path(self, index: int, label: int) -> str:
-        if self.format == "png":
-            directory = self.class_dirs[label]
-            return f"{directory}/{directory}_{index:08d}.png"
-        return f"shard_{index // self.shard_size:05d}.npz"
-
-    def path(self, index: int, label: int) -> str:
-        return os.path.join(self.out_dir, *self.relative_path(index, label).split("/"))
-
-    def shard_path(self, shard: int) -> str:
-        return os.path.join(self.out_dir, f"shard_{shard:05d}.npz")
+        if self.shard.whole:
+            return text
+        if self.complete:
+            return f"{text}; shard {self.shard}: the set is complete"
+        waiting = ", ".join(map(str, self.waiting_for[:10])) + (", ..." if len(self.waiting_for) > 10 else "")
+        return f"{text}; shard {self.shard} is done, the set waits for shards {waiting} of {self.shard.count}"
 
 
 def _identity(sampler: Sampler, request: SampleRequest) -> dict:
-    """Everything that decides the files' contents: equal identity = same files."""
+    """Everything that decides the files' contents: equal identity = same files (whatever the shard)."""
     identity = {
         "model_sha256": sampler.meta.sha256,
         "seed": request.seed,
@@ -118,6 +126,8 @@ def _identity(sampler: Sampler, request: SampleRequest) -> dict:
     }
     if request.format == "png":
         identity["png_encoding"] = PNG_ENCODING
+        # Where the files go is part of what they are (the naming rule may change between versions).
+        identity["class_dirs"] = [class_dir_names(sampler.meta.class_names)[c] for c in request.classes]
     else:
         identity["shard_size"] = request.shard_size
     return identity
@@ -136,97 +146,6 @@ def _info(sampler: Sampler, request: SampleRequest, layout: Layout, identity: di
         "images": request.n,
         "complete": complete,
     }
-
-
-def _missing_batches(
-    request: SampleRequest, layout: Layout, resuming: bool, progress: Progress
-) -> Iterator[np.ndarray]:
-    """Index batches of the PNG files still to write (all of them on a fresh run)."""
-    batch: list[int] = []
-    for start in range(0, request.n, request.batch_size):
-        indices = np.arange(start, min(start + request.batch_size, request.n), dtype=np.int64)
-        if not resuming:
-            yield indices
-            continue
-        labels = labels_for(indices, request.classes)
-        present = 0
-        for index, label in zip(indices.tolist(), labels.tolist(), strict=True):
-            if os.path.exists(layout.path(index, label)):
-                present += 1
-            else:
-                batch.append(index)
-        progress.update(present)
-        if len(batch) >= request.batch_size:
-            yield np.asarray(batch[: request.batch_size], dtype=np.int64)
-            batch = batch[request.batch_size :]
-    if batch:
-        yield np.asarray(batch, dtype=np.int64)
-
-
-def _write_png_chunk(layout: Layout, indices: np.ndarray, labels: np.ndarray, images: np.ndarray) -> int:
-    for index, label, image in zip(indices.tolist(), labels.tolist(), images, strict=True):
-        write_file_atomic(layout.path(index, label), encode_png(image))
-    return len(indices)
-
-
-def _write_pngs(
-    sampler: Sampler, request: SampleRequest, layout: Layout, resuming: bool, progress: Progress, workers: int
-) -> int:
-    written = 0
-
-    def done(count: int) -> None:
-        nonlocal written
-        written += count
-        progress.update(count)
-
-    chunk = max(1, min(_PNG_CHUNK, -(-request.batch_size // workers)))
-    # Enough queued work to keep every writer busy while the next batch is inferred, no more.
-    max_pending = max(2 * workers, 2 * -(-request.batch_size // chunk))
-    with WritePool(workers, max_pending, on_done=done) as pool:
-        for indices in _missing_batches(request, layout, resuming, progress):
-            labels = labels_for(indices, request.classes)
-            images = sampler.images_for(indices, labels, request.seed, request.truncation)
-            for lo in range(0, len(indices), chunk):
-                pool.submit(
-                    _write_png_chunk,
-                    layout,
-                    indices[lo : lo + chunk],
-                    labels[lo : lo + chunk],
-                    images[lo : lo + chunk],
-                )
-    return written
-
-
-def _write_shard(path: str, images: np.ndarray, labels: np.ndarray) -> int:
-    write_npz(path, {"images": images, "labels": labels})
-    return len(labels)
-
-
-def _write_shards(
-    sampler: Sampler, request: SampleRequest, layout: Layout, resuming: bool, progress: Progress
-) -> tuple[int, int]:
-    written = skipped = 0
-    shards = -(-request.n // request.shard_size)
-    # One shard being written while the next is generated: memory stays at about two shards.
-    with WritePool(workers=1, max_pending=1) as pool:
-        for shard in range(shards):
-            lo, hi = shard * request.shard_size, min((shard + 1) * request.shard_size, request.n)
-            path = layout.shard_path(shard)
-            if resuming and os.path.exists(path):
-                skipped += hi - lo
-                progress.update(hi - lo)
-                continue
-            labels = labels_for(np.arange(lo, hi), request.classes)
-            images = np.empty((hi - lo, *sampler.meta.image_shape), dtype=np.uint8)
-            for start in range(lo, hi, request.batch_size):
-                indices = np.arange(start, min(start + request.batch_size, hi), dtype=np.int64)
-                images[indices - lo] = sampler.images_for(
-                    indices, labels[indices - lo], request.seed, request.truncation
-                )
-                progress.update(len(indices))
-            pool.submit(_write_shard, path, images, labels)
-            written += hi - lo
-    return written, skipped
 
 
 def _write_manifest(request: SampleRequest, layout: Layout, class_names: tuple[str, ...]) -> None:
@@ -249,6 +168,15 @@ def _write_manifest(request: SampleRequest, layout: Layout, class_names: tuple[s
     write_atomic(os.path.join(request.out_dir, MANIFEST_NAME), fill, fsync=True)
 
 
+def _class_directories(request: SampleRequest, layout: Layout) -> list[str]:
+    """The class directories of a PNG set; only classes that get images (ImageFolder refuses an empty one)."""
+    if request.format != "png":
+        return []
+    counts = counts_per_class(request.n, request.classes)
+    return [os.path.join(request.out_dir, layout.class_dirs[c])
+            for c, count in zip(request.classes, counts, strict=True) if count]
+
+
 def _make_class_dir(directory: str) -> None:
     if os.path.islink(directory):
         # A link could lead the writes out of --out.
@@ -259,40 +187,115 @@ def _make_class_dir(directory: str) -> None:
         raise UserError(f"cannot create {directory}: {exc.strerror or exc}") from None
 
 
+def _clean_temporaries(request: SampleRequest, layout: Layout) -> None:
+    """Remove temporaries of killed runs; only while no other run writes (they could be its own)."""
+    stale = sum(clean_temporaries(d) for d in [request.out_dir, *_class_directories(request, layout)])
+    if stale:
+        log.info("removed %d temporary files left by an interrupted run", stale)
+
+
+def _open(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, identity: dict, claim: Claim,
+          workers: int) -> bool:
+    """Under the state lock: a fresh set, or this set resumed (True); anything else is refused, and so
+    is a run whose files cannot fit, before it writes anything."""
+    running = running_shards(request.out_dir, claim)
+    check_same_split(running, request.shard, request.out_dir)
+    resuming = open_for_run(request.out_dir, identity, request.overwrite, running, claim) is not None
+    _check_space(sampler, request, part, layout, identity, workers)
+    if not resuming:
+        write_info(request.out_dir, _info(sampler, request, layout, identity, complete=False))
+    for directory in _class_directories(request, layout):
+        _make_class_dir(directory)
+    if not running:
+        _clean_temporaries(request, layout)
+    return resuming
+
+
+def _check_space(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, identity: dict,
+                 workers: int) -> None:
+    """Refuse, before the first image, a run whose files cannot fit where --out is."""
+    shape = sampler.meta.image_shape
+    if part.format == "png":
+        count, size = part.images - count_present_pngs(part, layout), png_bytes_bound(shape)
+        files = [(count + workers, size)]  # + one temporary per writer
+        what = f"{count:,} PNGs ({human(size)} each at most)"
+    else:
+        count = len(part.files) - count_present_files(part, layout)
+        size = npz_bytes_bound(request.shard_size, shape)
+        files = [(count + 1, size)]  # + the file being rewritten when one is damaged
+        what = f"{count:,} .npz files ({human(size)} each at most)"
+    # The manifest is written by whichever shard finishes last: any of them.
+    counts = counts_per_class(request.n, request.classes)
+    rows = [(count, c, len(layout.relative_path(request.n - 1, c).encode()), sampler.meta.class_names[c])
+            for c, count in zip(request.classes, counts, strict=True)]
+    info = json.dumps(_info(sampler, request, layout, identity, False), ensure_ascii=False)
+    files += [(1, manifest_bytes_bound(request.n, rows, request.seed)), (1, 2 * len(info.encode()) + 64), (2, 0)]
+    check_free_space(request.out_dir, files, f"{what}, manifest.csv and sample_info.json")
+
+
+def _finish(sampler: Sampler, request: SampleRequest, layout: Layout, identity: dict, claim: Claim) -> list[int]:
+    """Under the state lock: mark this shard done; the run that finds every shard of its split done
+    finishes the set. Returns the shards still missing."""
+    mark_done(request.out_dir, request.shard)
+    info = read_info(request.out_dir) or {}
+    already_complete = info.get("complete") is True and info.get("identity") == identity
+    missing = [] if already_complete else missing_shards(request.out_dir, request.shard.count)
+    if missing:
+        log.info("shard %s is done; the set waits for shards %s of %d (the last to finish writes manifest.csv)",
+                 request.shard, ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else ""),
+                 request.shard.count)
+        return missing
+    _write_manifest(request, layout, sampler.meta.class_names)
+    write_info(request.out_dir, _info(sampler, request, layout, identity, complete=True))
+    remove_coordination_files(request.out_dir, keep=claim)
+    if not running_shards(request.out_dir, claim):
+        _clean_temporaries(request, layout)
+    return []
+
+
 def write_samples(sampler: Sampler, request: SampleRequest) -> SampleResult:
-    """Generate request.n images into request.out_dir, resuming an earlier identical run."""
+    """Generate this request's part of the set of request.n images into request.out_dir (all of it when
+    unsharded), resuming an earlier identical run; finish the set when every part is there."""
     if request.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {request.format!r}")
     assert request.n > 0 and request.classes, "the entry point checks the count and the classes"
-    layout = Layout(request, class_dir_names(sampler.meta.class_names))
+    layout = Layout(request.out_dir, request.format, class_dir_names(sampler.meta.class_names), request.shard_size)
+    part = Part(request.format, request.n, request.classes, request.shard, request.seed, request.truncation,
+                request.batch_size, request.shard_size)
     identity = _identity(sampler, request)
+    workers = request.writers or physical_cores()
     create_output_dir(request.out_dir)
-    with exclusive_lock(request.out_dir):
-        resuming = open_for_run(request.out_dir, identity, request.overwrite)
-        write_info(request.out_dir, _info(sampler, request, layout, identity, complete=False))
-        directories = [request.out_dir]
-        if request.format == "png":
-            directories += [os.path.join(request.out_dir, layout.class_dirs[c]) for c in request.classes]
-            for directory in directories[1:]:
-                _make_class_dir(directory)
-        stale = sum(clean_temporaries(directory) for directory in directories)
-        if stale:
-            log.info("removed %d temporary files left by an interrupted run", stale)
-        if resuming:
-            log.info("resuming the sample set in %s", request.out_dir)
-        log.info(
-            "sampling %d images on %s into %s", request.n, short_provider(sampler.provider), request.out_dir
-        )
-
+    claim = Claim(request.out_dir, request.shard)
+    with state_lock(request.out_dir):
+        claim.acquire()
+        try:
+            resuming = _open(sampler, request, part, layout, identity, claim, workers)
+        except BaseException:
+            claim.release()
+            raise
+    try:
+        which = "" if request.shard.whole else f" (shard {request.shard}: {part.images} of them)"
+        log.info("%s %d images%s on %s into %s", "resuming" if resuming else "sampling", request.n, which,
+                 short_provider(sampler.provider), request.out_dir)
         started = time.monotonic()
-        with Progress(request.n, enabled=request.progress) as progress:
+        with Progress(part.images, enabled=request.progress) as progress:
             if request.format == "png":
-                workers = request.writers or physical_cores()
-                written = _write_pngs(sampler, request, layout, resuming, progress, workers)
-                skipped = request.n - written
+                check = PngCheck(sampler.meta.image_shape, png_bytes_bound(sampler.meta.image_shape))
+                counts = write_png_part(sampler, part, layout, check if resuming else None, progress, workers)
             else:
-                written, skipped = _write_shards(sampler, request, layout, resuming, progress)
-        _write_manifest(request, layout, sampler.meta.class_names)
-        write_info(request.out_dir, _info(sampler, request, layout, identity, complete=True))
-        seconds = time.monotonic() - started
-    return SampleResult(request.out_dir, written, skipped, seconds)
+                counts = write_npz_part(sampler, part, layout, resuming, progress)
+        with state_lock(request.out_dir):
+            missing = _finish(sampler, request, layout, identity, claim)
+            claim.release()
+    finally:
+        if claim.held:
+            with state_lock(request.out_dir):
+                claim.release()
+    return _result(request, counts, time.monotonic() - started, missing)
+
+
+def _result(request: SampleRequest, counts: Counts, seconds: float, missing: list[int]) -> SampleResult:
+    if counts.damaged:
+        log.warning("rewrote %d damaged or incomplete files left by an interrupted run", counts.damaged)
+    return SampleResult(request.out_dir, counts.written, counts.skipped, seconds, counts.damaged, request.shard,
+                        tuple(missing))

@@ -14,6 +14,19 @@ from ganaug.errors import UserError
 from ganaug.sampler.meta import ModelMeta
 
 
+def class_index_of(meta: ModelMeta, name: str) -> int:
+    """The model class index of a class name; an unknown or ambiguous name is a UserError."""
+    matches = [index for index, class_name in enumerate(meta.class_names) if class_name == name]
+    if not matches:
+        valid = ", ".join(repr(n) for n in meta.class_names)
+        raise UserError(f"unknown class {name!r}; the model's classes are: {valid}")
+    if len(matches) > 1:
+        # Picking one would label images with a class the user may not have meant.
+        raise UserError(f"the model has {len(matches)} classes named {name!r} (labels "
+                        f"{', '.join(map(str, matches))}); a name cannot tell them apart")
+    return matches[0]
+
+
 def select_classes(meta: ModelMeta, names: list[str] | None) -> tuple[int, ...]:
     """Model class indices for the given class names (all classes when None), in model order."""
     if names is None:
@@ -22,15 +35,12 @@ def select_classes(meta: ModelMeta, names: list[str] | None) -> tuple[int, ...]:
         raise UserError("--classes needs a class-conditional model; this model is unconditional")
     if not names:
         raise UserError("--classes is empty")
-    by_name = {name: index for index, name in enumerate(meta.class_names)}
     selected = []
     for name in names:
-        if name not in by_name:
-            valid = ", ".join(repr(n) for n in meta.class_names)
-            raise UserError(f"unknown class {name!r}; the model's classes are: {valid}")
-        if by_name[name] in selected:
+        index = class_index_of(meta, name)
+        if index in selected:
             raise UserError(f"class {name!r} is named twice in --classes")
-        selected.append(by_name[name])
+        selected.append(index)
     return tuple(sorted(selected))
 
 

@@ -6,10 +6,11 @@ wrong, because the usual cause is a file that was not written by `ganaug export`
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 
 from ganaug.errors import UserError
+from ganaug.sampler import safejson
 
 SCHEMA = "1"
 REQUIRED_KEYS = (
@@ -24,6 +25,17 @@ REQUIRED_KEYS = (
 )
 UNCONDITIONAL_CLASS = "unconditional"
 SUPPORTED_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what PNG stores without conversion
+
+# Bounds that refuse an absurd model before it can exhaust memory. None binds a real generator.
+MAX_Z_DIM = 1 << 16  # a latent block is 1024 x z_dim float32: 256 MiB at the bound
+MAX_CLASSES = 1 << 16  # ImageNet-21k has 21,841
+MAX_SIDE = 1 << 15  # pixels per image side
+MAX_IMAGE_BYTES = 1 << 28  # H x W x C of one image: 256 MiB
+# Metadata values are read before anything else, so their size is bounded before any parsing:
+# class names get 256 bytes each at MAX_CLASSES, every other value a few numbers' worth.
+MAX_VALUE_CHARS = {"ganaug.class_names": MAX_CLASSES * 256}
+MAX_OTHER_VALUE_CHARS = 1024
+_DIGITS = re.compile(r"[0-9]+")  # int() would also take "1_000", " 8 " and other scripts' digits
 
 
 @dataclass(frozen=True)
@@ -67,22 +79,29 @@ class TensorSpec:
         return cls(arg.name, arg.type, tuple(arg.shape))
 
 
-def _int(metadata: dict, key: str, source: str, minimum: int) -> int:
-    text = metadata[key]
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"{source}: metadata {key}={text!r} is not a whole number") from None
+def _int(metadata: dict, key: str, source: str, minimum: int, maximum: int) -> int:
+    text = metadata[key]  # at most MAX_OTHER_VALUE_CHARS long: int() takes it whole
+    if not _DIGITS.fullmatch(text):
+        raise UserError(f"{source}: metadata {key}={text!r} is not a whole number")
+    value = int(text)
     if value < minimum:
         raise UserError(f"{source}: metadata {key}={value} must be at least {minimum}")
+    if value > maximum:
+        shown = text if len(text) <= 20 else f"{text[:12]}...({len(text)} digits)"
+        raise UserError(f"{source}: metadata {key}={shown} is out of range (at most {maximum})")
     return value
 
 
-def _json(metadata: dict, key: str, source: str):
+def _flat_json_list(metadata: dict, key: str, source: str, what: str) -> list:
+    """A metadata value that must be a flat JSON list (its length is bounded already)."""
+    text = metadata[key]
     try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError:
-        raise UserError(f"{source}: metadata {key}={metadata[key]!r} is not valid JSON") from None
+        return safejson.loads(text, max_depth=1)
+    except safejson.TooDeep:
+        raise UserError(f"{source}: metadata {key} must be a JSON list of {what}, not nested") from None
+    except ValueError:
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise UserError(f"{source}: metadata {key}={shown!r} is not valid JSON") from None
 
 
 def _check_metadata_keys(metadata: dict, source: str) -> None:
@@ -97,6 +116,10 @@ def _check_metadata_keys(metadata: dict, source: str) -> None:
             f"{source}: ganaug metadata key {missing[0]!r} is missing"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
+    for key in REQUIRED_KEYS:
+        limit = MAX_VALUE_CHARS.get(key, MAX_OTHER_VALUE_CHARS)
+        if len(metadata[key]) > limit:
+            raise UserError(f"{source}: metadata {key} is {len(metadata[key])} characters long (at most {limit})")
     if metadata["ganaug.schema"] != SCHEMA:
         raise UserError(
             f"{source}: unsupported ganaug.schema {metadata['ganaug.schema']!r}; this sampler reads "
@@ -106,6 +129,14 @@ def _check_metadata_keys(metadata: dict, source: str) -> None:
 
 def _static(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def _check_dynamic_batch(spec: TensorSpec, source: str) -> None:
+    if _static(spec.shape[0]) is not None:
+        raise UserError(
+            f"{source}: {spec.name!r} has a fixed batch size of {spec.shape[0]}; the contract is a dynamic "
+            "N (export with a dynamic batch axis)"
+        )
 
 
 def _check_inputs(inputs: list[TensorSpec], z_dim: int, source: str) -> bool:
@@ -126,12 +157,15 @@ def _check_inputs(inputs: list[TensorSpec], z_dim: int, source: str) -> bool:
         )
     if _static(z.shape[1]) not in (None, z_dim):
         raise UserError(f"{source}: input 'z' has {z.shape[1]} columns but ganaug.z_dim is {z_dim}")
+    _check_dynamic_batch(z, source)
     labels = by_name.get("labels")
     if labels is not None and (labels.type != "tensor(int64)" or len(labels.shape) != 1):
         raise UserError(
             f"{source}: input 'labels' is {labels.type} of rank {len(labels.shape)}; "
             "the contract is int64 [N]"
         )
+    if labels is not None:
+        _check_dynamic_batch(labels, source)
     return labels is not None
 
 
@@ -149,6 +183,7 @@ def _check_output(outputs: list[TensorSpec], image_shape: tuple[int, int, int], 
         raise UserError(
             f"{source}: output 'images' has rank {len(images.shape)}; the contract is uint8 [N, H, W, C]"
         )
+    _check_dynamic_batch(images, source)
     for axis, (dim, expected) in enumerate(zip(images.shape[1:], image_shape, strict=True), start=1):
         if _static(dim) not in (None, expected):
             raise UserError(
@@ -157,12 +192,40 @@ def _check_output(outputs: list[TensorSpec], image_shape: tuple[int, int, int], 
             )
 
 
+def _image_shape(metadata: dict, source: str) -> tuple[int, int, int]:
+    text = metadata["ganaug.image_shape"]
+    shape = _flat_json_list(metadata, "ganaug.image_shape", source, "3 integers")
+    # bool is an int in Python: [8, 8, true] is not a shape.
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise UserError(f"{source}: metadata ganaug.image_shape={text!r} must be [H, W, C] with positive integers")
+    height, width, channels = shape
+    if channels not in SUPPORTED_CHANNELS:
+        raise UserError(f"{source}: images with {channels} channels are not supported (1, 3 or 4)")
+    return height, width, channels
+
+
+def _check_image_size(image_shape: tuple[int, int, int], source: str) -> None:
+    """After the graph checks (which name the real size where the graph states it)."""
+    height, width, channels = image_shape
+    if max(height, width) > MAX_SIDE or height * width * channels > MAX_IMAGE_BYTES:
+        raise UserError(
+            f"{source}: metadata ganaug.image_shape={list(image_shape)} is too large (at most {MAX_SIDE} "
+            f"pixels a side and {MAX_IMAGE_BYTES >> 20} MiB an image)"
+        )
+
+
 def _class_names(
     metadata: dict, num_classes: int, conditional: bool, source: str
 ) -> tuple[int, tuple[str, ...]]:
-    names = _json(metadata, "ganaug.class_names", source)
+    names = _flat_json_list(metadata, "ganaug.class_names", source, "strings")
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise UserError(f"{source}: metadata ganaug.class_names must be a JSON list of strings")
+    for index, name in enumerate(names):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\ud800"); no file system can
+            raise UserError(f"{source}: ganaug.class_names[{index}] is not valid Unicode (a lone surrogate)") from None
     if not conditional:
         # Unconditional: one class, named after the model's single class if it has one.
         return 1, (names[0],) if len(names) == 1 else (UNCONDITIONAL_CLASS,)
@@ -180,19 +243,12 @@ def read_model_meta(
 ) -> ModelMeta:
     """Check a model against the contract and return its ModelMeta."""
     _check_metadata_keys(metadata, source)
-    z_dim = _int(metadata, "ganaug.z_dim", source, minimum=1)
-    num_classes = _int(metadata, "ganaug.num_classes", source, minimum=0)
-    shape = _json(metadata, "ganaug.image_shape", source)
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise UserError(
-            f"{source}: metadata ganaug.image_shape={metadata['ganaug.image_shape']!r} "
-            "must be [H, W, C] with positive integers"
-        )
-    if shape[2] not in SUPPORTED_CHANNELS:
-        raise UserError(f"{source}: images with {shape[2]} channels are not supported (1, 3 or 4)")
-    image_shape = (shape[0], shape[1], shape[2])
+    z_dim = _int(metadata, "ganaug.z_dim", source, minimum=1, maximum=MAX_Z_DIM)
+    num_classes = _int(metadata, "ganaug.num_classes", source, minimum=0, maximum=MAX_CLASSES)
+    image_shape = _image_shape(metadata, source)
     conditional = _check_inputs(inputs, z_dim, source)
     _check_output(outputs, image_shape, source)
+    _check_image_size(image_shape, source)
     num_classes, class_names = _class_names(metadata, num_classes, conditional, source)
     return ModelMeta(
         z_dim=z_dim,
@@ -200,7 +256,7 @@ def read_model_meta(
         class_names=class_names,
         image_shape=image_shape,
         precision=metadata["ganaug.precision"],
-        train_step=_int(metadata, "ganaug.train_step", source, minimum=0),
+        train_step=_int(metadata, "ganaug.train_step", source, minimum=0, maximum=2**63 - 1),
         checkpoint_sha256=metadata["ganaug.checkpoint_sha256"],
         sha256=sha256,
         conditional=conditional,

@@ -1,8 +1,15 @@
-"""Class names from a model file become directory names: make them safe and unique.
+"""Class names from a model file become directory names: safe, unique, and in label order.
 
 A model file is untrusted input. Whatever its class names say ("../../evil", "/etc/x", "", "a/b",
 "CON", names that differ only in case), the result is a list of plain, distinct, non-empty single
 path components, so the sampler can never write outside its output directory.
+
+torchvision's ImageFolder numbers the class directories in `sorted()` order of their names. So
+that its index of every image is the model's label, the directories must sort in label order:
+when the safe names do not ("b, a", "0..11" which sorts "0, 1, 10, 11, 2", or names that only
+sort wrongly once sanitised or deduplicated), every directory gets a zero-padded label prefix
+("00_b", "01_a"). The rule looks at all of the model's classes, so one model always gets the same
+directory names, whichever classes a run selects.
 """
 
 from __future__ import annotations
@@ -47,11 +54,16 @@ def sanitize_class_name(name: str, index: int) -> str:
     return text
 
 
+def _with_prefix(prefix: str, name: str) -> str:
+    return prefix + _truncate_utf8(name, _MAX_NAME_BYTES - len(prefix)).rstrip(". ")
+
+
 def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
-    """Safe, distinct directory names, one per class, in class order.
+    """Safe, distinct directory names, one per class, that sort in class order.
 
     Duplicates (after sanitising, compared case-insensitively because macOS and Windows file
-    systems are) get a suffix _1, _2, ... in class order, so the mapping is deterministic.
+    systems are) get a suffix _1, _2, ... in class order, so the mapping is deterministic. If the
+    result does not sort in class order, each name gets its label as a zero-padded prefix.
     """
     taken = {name.casefold() for name in RESERVED_NAMES}
     result = []
@@ -63,6 +75,10 @@ def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
             candidate = f"{base}_{suffix}"
         taken.add(candidate.casefold())
         result.append(candidate)
+    if sorted(result) != result:
+        # Equal-width digits then "_": the prefixes alone decide the order, and make names distinct.
+        width = len(str(len(result) - 1))
+        result = [_with_prefix(f"{label:0{width}d}_", name) for label, name in enumerate(result)]
     for name in result:
         # The invariant the rest of the sampler relies on; a failure here is a bug in this module.
         assert name and name not in (".", "..") and os.path.basename(name) == name and "\x00" not in name, (

@@ -1,26 +1,33 @@
-"""The output directory: create it, lock it, decide between a fresh run, a resume and a refusal.
+"""The output directory: create it, decide between a fresh run, a resume and a refusal.
 
-sample_info.json is written before the first image. On a later run it tells whether the directory
-holds the same set of images (same model, seed, count, classes, format...): then the run resumes
-and skips files already present; otherwise it is refused unless --overwrite, which removes only
-files the earlier run wrote. A non-empty directory without sample_info.json is never written
-into: that would mix synthetic images into someone's data.
+sample_info.json is written before the first image. On a later run (or another shard of the same
+set) it tells whether the directory holds the same set of images (same model, seed, count,
+classes, format...): then the run resumes and skips files already present and whole; otherwise it
+is refused unless --overwrite, which removes only files the earlier run wrote. A non-empty
+directory without sample_info.json is never written into: that would mix synthetic images into
+someone's data. Callers hold the state lock (locks.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 
 from ganaug.errors import UserError
 from ganaug.files import is_temporary
+from ganaug.sampler import safejson
+from ganaug.sampler.locks import Claim, is_coordination_file
+from ganaug.sampler.shards import Shard
 from ganaug.sampler.writers import write_file_atomic
 
 INFO_NAME = "sample_info.json"
 MANIFEST_NAME = "manifest.csv"
 SHARD_PATTERN = re.compile(r"shard_\d{5,}\.npz")
+# sample_info.json holds the class names three times (model, counts, directories): 16 MiB of names
+# at most (meta.MAX_VALUE_CHARS), so this is ample; it nests 3 levels deep.
+MAX_INFO_CHARS = 128 << 20
+MAX_INFO_DEPTH = 8
 
 
 def png_pattern(class_dir: str) -> re.Pattern:
@@ -36,36 +43,21 @@ def create_output_dir(path: str) -> None:
         raise UserError(f"cannot create output directory {path}: {exc.strerror or exc}") from None
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: str):
-    """Refuse a second `ganaug sample` on the same directory while this one runs (flock on the
-    directory itself: no lock file to leave behind; released by the kernel if we are killed)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent runs are the user's business
-        yield
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another `ganaug sample` is writing to {path}") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def read_info(path: str) -> dict | None:
-    """The earlier run's sample_info.json, None when there is none."""
+    """The earlier run's sample_info.json, None when there is none. It may have been tampered with:
+    its size and nesting are bounded before it is parsed."""
     info_path = os.path.join(path, INFO_NAME)
     try:
         with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
+            text = f.read(MAX_INFO_CHARS + 1)
+        if len(text) > MAX_INFO_CHARS:
+            raise ValueError(f"longer than {MAX_INFO_CHARS >> 20} Mi characters")
+        info = safejson.loads(text, max_depth=MAX_INFO_DEPTH)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {info_path} ({exc}); pass --overwrite to replace this output") from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+        raise UserError(f"cannot read {info_path} ({reason}); pass --overwrite to replace this output") from None
     if not isinstance(info, dict):
         raise UserError(
             f"{info_path} is not a ganaug sample_info.json; pass --overwrite to replace this output"
@@ -95,8 +87,9 @@ def _is_plain_name(name) -> bool:
     )
 
 
-def remove_previous_output(path: str, old_info: dict | None) -> None:
-    """Delete what an earlier run wrote (its images, shards, manifest, info), nothing else."""
+def remove_previous_output(path: str, old_info: dict | None, keep: Claim) -> None:
+    """Delete what an earlier run wrote (its images, shards, manifest, markers, info), nothing else;
+    `keep` is this run's own claim. Only with no other run writing to `path`."""
     for class_dir in (old_info or {}).get("class_dirs", []):
         if not _is_plain_name(class_dir):
             continue  # a tampered sample_info.json must not steer deletions elsewhere
@@ -112,8 +105,11 @@ def remove_previous_output(path: str, old_info: dict | None) -> None:
         if not os.listdir(directory):  # keep a directory that also holds files we did not write
             os.rmdir(directory)
     for entry in os.scandir(path):
+        if entry.path == keep.path:
+            continue
         if entry.is_file(follow_symlinks=False) and (
             SHARD_PATTERN.fullmatch(entry.name) or is_temporary(entry.name) or entry.name == MANIFEST_NAME
+            or is_coordination_file(entry.name)
         ):
             os.unlink(entry.path)
     # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
@@ -122,37 +118,34 @@ def remove_previous_output(path: str, old_info: dict | None) -> None:
         os.unlink(info_path)
 
 
-def open_for_run(path: str, identity: dict, overwrite: bool) -> bool:
-    """Check the directory against this run; return True when resuming an earlier one.
-
-    Call with the directory locked.
-    """
+def open_for_run(path: str, identity: dict, overwrite: bool, running: list[Shard], claim: Claim) -> dict | None:
+    """Check the directory against this run; return the set's sample_info.json when resuming it
+    (None for a fresh start). `running`: the shards other processes write now."""
     try:
         old_info = read_info(path)
     except UserError:
         if not overwrite:
             raise
         old_info = None
-    if old_info is not None:
+    if old_info is not None and old_info.get("identity") == identity:
+        return old_info
+    if old_info is not None and not overwrite:
         old_identity = old_info.get("identity")
-        if old_identity == identity:
-            return True
-        if not overwrite:
-            differences = (
-                _differences(old_identity, identity) if isinstance(old_identity, dict) else ["unknown"]
-            )
-            raise UserError(
-                f"{path} holds samples made with other settings ({'; '.join(differences)}); "
-                "choose another --out or pass --overwrite to replace them"
-            )
-        remove_previous_output(path, old_info)
-        return False
+        differences = _differences(old_identity, identity) if isinstance(old_identity, dict) else ["unknown"]
+        raise UserError(
+            f"{path} holds samples made with other settings ({'; '.join(differences)}); "
+            "choose another --out or pass --overwrite to replace them"
+        )
     if overwrite:
-        remove_previous_output(path, None)
-    foreign = [name for name in os.listdir(path) if not is_temporary(name)]
+        if running:
+            raise UserError(f"cannot --overwrite {path} while `ganaug sample --shard {running[0]}` is writing to it")
+        remove_previous_output(path, old_info, claim)
+        if old_info is not None:
+            return None  # files of the user's own beside the old set stay, as they did
+    foreign = [name for name in os.listdir(path) if not (is_temporary(name) or is_coordination_file(name))]
     if foreign:
         raise UserError(
             f"{path} is not empty and has no {INFO_NAME} (e.g. {sorted(foreign)[0]!r}); refusing to "
             "mix synthetic images into it: choose a new or empty directory"
         )
-    return False
+    return None

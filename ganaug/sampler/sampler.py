@@ -8,13 +8,21 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 
 from ganaug.errors import UserError
-from ganaug.sampler.labels import labels_for
+from ganaug.sampler.labels import class_index_of, labels_for
 from ganaug.sampler.meta import ModelMeta, TensorSpec, read_model_meta
 from ganaug.sampler.rng import LatentSource
-from ganaug.sampler.session import GPU_PROVIDERS, cache_dir_from_env, create_session, short_provider
+from ganaug.sampler.runtime import ort
+from ganaug.sampler.session import (
+    GPU_PROVIDERS,
+    ORT_ERRORS,
+    cache_dir_from_env,
+    create_session,
+    ort_message,
+    run_options,
+    short_provider,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +49,27 @@ def read_model_file(path) -> bytes:
     return data
 
 
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _RunFailed(UserError):
+    """onnxruntime failed on a batch: one line, never its multi-line report."""
+
+    def __init__(self, source: str, count: int, reason: str):
+        super().__init__(f"{source}: onnxruntime failed on a batch of {count} images: {reason}")
+        self.reason = reason
+
+
 class _SessionRunner:
     """Plain session.run: onnxruntime copies numpy inputs in and the output out."""
 
     def __init__(self, session: ort.InferenceSession):
         self._session = session
+        self._options = run_options()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session.run(["images"], feeds)[0]
+        return self._session.run(["images"], feeds, self._options)[0]
 
 
 class _IoBindingRunner:
@@ -59,6 +80,7 @@ class _IoBindingRunner:
         self._session = session
         self._device = device
         self._device_id = device_id
+        self._options = run_options()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         binding = self._session.io_binding()
@@ -68,7 +90,7 @@ class _IoBindingRunner:
             )
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("images", self._device, self._device_id)
-        self._session.run_with_iobinding(binding)
+        self._session.run_with_iobinding(binding, self._options)
         return binding.copy_outputs_to_cpu()[0]
 
 
@@ -109,7 +131,35 @@ class Sampler:
             source=str(path),
         )
         log.debug("loaded %s on %s: %s", path, short_provider(actual), meta)
-        return cls(session, meta, actual, source=str(path))
+        sampler = cls(session, meta, actual, source=str(path))
+        sampler.probe()
+        return sampler
+
+    def probe(self) -> None:
+        """Check the metadata against what the graph really does, before anything is written.
+
+        A batch of 2 shows that N is dynamic, that z takes z_dim values and that the output is
+        uint8 [N, H, W, C] of ganaug.image_shape; one image of the last class shows that the label
+        embedding has ganaug.num_classes rows (a smaller one fails, or on some providers reads past
+        its end, for the highest labels only).
+        """
+        meta, z = self.meta, np.zeros((2, self.meta.z_dim), np.float32)
+        try:
+            self.run(z, np.zeros(2, np.int64))
+        except _RunFailed as exc:
+            raise UserError(
+                f"{self.source}: the model fails on a batch of 2 latents of ganaug.z_dim={meta.z_dim} "
+                f"values ({exc.reason}); the metadata does not match the graph"
+            ) from None
+        if meta.conditional and meta.num_classes > 1:
+            last = meta.num_classes - 1
+            try:
+                self.run(z[:1], np.array([last], np.int64))
+            except _RunFailed as exc:
+                raise UserError(
+                    f"{self.source}: the model cannot generate label {last} although ganaug.num_classes is "
+                    f"{meta.num_classes} (its label embedding is smaller: {exc.reason})"
+                ) from None
 
     # -- latents and labels -------------------------------------------------------------------
 
@@ -146,10 +196,7 @@ class Sampler:
     def class_index(self, label) -> int:
         """A class given by index or by name -> model class index."""
         if isinstance(label, str):
-            if label not in self.meta.class_names:
-                valid = ", ".join(repr(n) for n in self.meta.class_names)
-                raise UserError(f"unknown class {label!r}; the model's classes are: {valid}")
-            return self.meta.class_names.index(label)
+            return class_index_of(self.meta, label)
         index = int(label)
         if not 0 <= index < self.meta.num_classes:
             raise UserError(f"class index {index} out of range 0..{self.meta.num_classes - 1}")
@@ -162,7 +209,10 @@ class Sampler:
         feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
         if self.meta.conditional:
             feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
-        images = self._run(feeds)
+        try:
+            images = self._run(feeds)
+        except ORT_ERRORS as exc:
+            raise _RunFailed(self.source, len(z), _short(ort_message(exc))) from None
         expected = (len(z), *self.meta.image_shape)
         if images.dtype != np.uint8 or images.shape != expected:
             raise UserError(

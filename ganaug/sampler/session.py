@@ -1,9 +1,11 @@
 """onnxruntime session set-up: provider choice with fallback, session options, optional cache.
 
 Provider choice: "auto" tries TensorRT, then CUDA, then CPU, keeping those this onnxruntime build
-lists as available. A GPU provider can be listed and still not work (no GPU, a CUDA library
-missing): onnxruntime then either raises or silently drops it. Either way we ask the session which
-provider it really got, fall back to the next one, and say so in one WARNING line.
+lists as available, and skips the GPU providers quietly (a debug line) on a machine without an
+NVIDIA driver: onnxruntime-gpu on a CPU-only host is a normal set-up, not worth a warning on every
+run. Where a GPU is present, or a GPU provider was asked for by name, a provider can still fail
+(a CUDA library missing): onnxruntime then either raises or silently drops it. Either way we ask the
+session which provider it really got, fall back to the next one, and say so in one WARNING line.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 import platform
 import re
 
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
-
 from ganaug.errors import UserError
 from ganaug.files import temporary_beside
+from ganaug.sampler.modelfile import check_self_contained
+from ganaug.sampler.runtime import ort
+
+ort_state = ort.capi.onnxruntime_pybind11_state
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,17 @@ ORT_ERRORS = (
 )
 
 
+# What the NVIDIA driver creates on Linux; no driver, no usable CUDA device.
+_NVIDIA_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia")
+
+
+def gpu_present() -> bool:
+    """Is an NVIDIA driver loaded on this machine? (Linux; elsewhere assume yes and let onnxruntime try.)"""
+    if not os.path.isdir("/proc"):
+        return True
+    return any(os.path.exists(path) for path in _NVIDIA_DRIVER_PATHS)
+
+
 def short_provider(name: str) -> str:
     """'CUDAExecutionProvider' -> 'cuda'."""
     return {full: short for short, full in PROVIDERS.items()}.get(name, name)
@@ -64,7 +78,10 @@ def ort_message(exc: BaseException) -> str:
     if text.startswith("[ONNXRuntimeError]"):
         text = text.split(" : ")[-1].strip()
     # Drop the C++ source location and signature ("/src/x.cc:729 void f(A&, B&) Message").
-    return re.sub(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) ", "", text)
+    text = re.sub(r"^\S+\.(?:cc|cpp|h):\d+ .*?\) ", "", text)
+    # "Non-zero status code returned while running Gather node. Name:'' Status Message: x" -> "Gather: x"
+    return re.sub(r"^Non-zero status code returned while running (\S+) node\. Name:'[^']*' Status Message: ",
+                  r"\1: ", text)
 
 
 def physical_cores() -> int:
@@ -100,6 +117,15 @@ def session_options(threads: int) -> ort.SessionOptions:
     # encoder threads need while inference waits for the next batch.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
+    return options
+
+
+def run_options() -> ort.RunOptions:
+    """Options for every inference call: a failing run is reported once, as our own error line,
+    not also as onnxruntime's log line (unless GANAUG_ORT_VERBOSE=1)."""
+    options = ort.RunOptions()
+    if os.environ.get(VERBOSE_ENV) != "1":
+        options.log_severity_level = 4
     return options
 
 
@@ -167,6 +193,7 @@ def _new_session(
 
 def cpu_session(model: bytes, threads: int = 0) -> ort.InferenceSession:
     """A CPU session set up as `ganaug sample` sets it up: the exporter verifies and times with it."""
+    check_self_contained(model, "the model")
     return _new_session(model, session_options(threads), [PROVIDERS["cpu"]], None)
 
 
@@ -217,6 +244,7 @@ def create_session(
         raise UserError(f"unknown provider {provider!r} (choose from {', '.join(PREFERENCE)})")
     if threads < 0:
         raise UserError(f"--threads must be 0 (physical cores) or positive, got {threads}")
+    check_self_contained(model_bytes, source)  # before onnxruntime could read any other file
     available = set(ort.get_available_providers())
     wanted = [PROVIDERS[name] for name in PREFERENCE[provider]]
     problems = [
@@ -225,6 +253,10 @@ def create_session(
         if p not in available and provider != "auto"
     ]
     candidates = [p for p in wanted if p in available]
+    if provider == "auto" and any(p in GPU_PROVIDERS for p in candidates) and not gpu_present():
+        log.debug("no NVIDIA driver (%s): not trying %s", ", ".join(_NVIDIA_DRIVER_PATHS),
+                  ", ".join(short_provider(p) for p in candidates if p in GPU_PROVIDERS))
+        candidates = [p for p in candidates if p not in GPU_PROVIDERS]
     if PROVIDERS["cpu"] not in candidates:
         candidates.append(PROVIDERS["cpu"])
     while True:

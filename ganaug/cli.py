@@ -76,6 +76,17 @@ def seed(text: str) -> int:
     return value
 
 
+def seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]: distinct seeds."""
+    try:
+        values = [seed(part.strip()) for part in text.split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--split-seeds: {exc}") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"--split-seeds: {text!r} must list distinct seeds (e.g. 0,1,2)")
+    return values
+
+
 # ---------------------------------------------------------------------------------- train
 
 
@@ -208,6 +219,11 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
     s.add_argument("--test-fraction", type=fraction, default=0.3, help="held-out share of the real data")
     s.add_argument("--split-seed", type=seed, default=0, help="seed of the train/test split and K subsets")
+    s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
+    s.add_argument("--unlabelled", action="store_true",
+                   help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
+    s.add_argument("--filter-confidence", type=fraction, default=0.0,
+                   help="keep synthetic images the arm-(b) classifier gives their class with this probability (0: all)")
     s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
     s.add_argument("--synthetic-fraction", type=fraction, default=0.5,
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
@@ -234,8 +250,9 @@ def _run_study(args) -> int:
                               test_fraction=args.test_fraction, split_seed=args.split_seed,
                               synthetic_per_class=args.synthetic_per_class,
                               synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
-                              classifier_steps=args.classifier_steps)
-    run_study(settings, Path(args.out))
+                              classifier_steps=args.classifier_steps, unlabelled=args.unlabelled,
+                              filter_confidence=args.filter_confidence)
+    run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)
     return 0
 
 

@@ -139,7 +139,8 @@ def _match_classes(data, model_classes: list[str], model: str):
 def study_settings(config_file: str | None = None, overrides=(), data: str | None = None, ks: str | None = None,
                    seeds: int | None = None, gan_steps: int | None = None, quick: bool = False,
                    test_fraction: float = 0.3, split_seed: int = 0, synthetic_per_class: int = 2000,
-                   synthetic_fraction: float = 0.5, truncation: float = 0.0, classifier_steps: int = 400):
+                   synthetic_fraction: float = 0.5, truncation: float = 0.0, classifier_steps: int = 400,
+                   unlabelled: bool = False, filter_confidence: float = 0.0, pseudo_label_confidence: float = 0.9):
     """The study's settings from what a user gives: the preset (--quick or the full protocol), then
     the explicit values; the GAN config is the study's defaults < the config file < overrides."""
     from ganaug.evaluate.classifier import TrainSettings
@@ -156,11 +157,17 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
         ks=k_values, seeds=seeds or preset["seeds"], gan_steps=gan_steps or preset["gan_steps"],
         gan_config=cfg.to_dict(), test_fraction=test_fraction, split_seed=split_seed,
         synthetic_per_class=synthetic_per_class, synthetic_fraction=synthetic_fraction,
-        truncation=truncation, classifier=TrainSettings(steps=classifier_steps))
+        truncation=truncation, classifier=TrainSettings(steps=classifier_steps), unlabelled=unlabelled,
+        filter_confidence=filter_confidence, pseudo_label_confidence=pseudo_label_confidence)
 
 
-def run_study(settings, out: Path) -> dict:
-    """Run (or resume) the augmentation study into `out`; print and return its summary."""
+def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict:
+    """Run (or resume) the augmentation study into `out`; print and return its summary.
+
+    With several split seeds, each split is a study of its own in out/split<S>/ and out/report.*
+    pools them: every (split, seed) is one paired unit."""
+    import dataclasses
+
     check_data_source(settings.gan_config["data"]["source"], "data.source")
     check_writable(out)
     from ganaug.evaluate import report
@@ -168,9 +175,18 @@ def run_study(settings, out: Path) -> dict:
 
     use_all_cores(settings.gan_config["train"]["threads"])
     start = time.perf_counter()
-    study = Study(out, settings)
-    results = study.run()
-    summary = report.write_study_report(out, results, elapsed_s=time.perf_counter() - start)
+    if not split_seeds or len(split_seeds) == 1:
+        if split_seeds:
+            settings = dataclasses.replace(settings, split_seed=split_seeds[0])
+        summary = report.write_study_report(out, Study(out, settings).run(), elapsed_s=time.perf_counter() - start)
+    else:
+        summaries = []
+        for split in split_seeds:
+            folder = out / f"split{split}"
+            log.info("split seed %d -> %s", split, folder)
+            results = Study(folder, dataclasses.replace(settings, split_seed=split)).run()
+            summaries.append(report.write_study_report(folder, results))
+        summary = report.write_summary(out, report.combine(summaries), elapsed_s=time.perf_counter() - start)
     print(report.accuracy_table(summary))
     print()
     print(report.gains_table(summary))

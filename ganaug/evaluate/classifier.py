@@ -144,5 +144,16 @@ def predict(model: SmallCNN, images_u8: torch.Tensor, batch_size: int = 1024) ->
     return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
 
+@torch.no_grad()
+def predict_proba(model: SmallCNN, images_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Class probabilities, float32 [N, classes]."""
+    device = next(model.parameters()).device
+    out = []
+    for chunk in images_u8.split(batch_size):
+        with autocast(device):
+            out.append(model(to_input(chunk.to(device))).float().softmax(1).cpu())
+    return torch.cat(out) if out else torch.empty(0, model.head.out_features)
+
+
 def accuracy(model: SmallCNN, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predict(model, images_u8) == labels).float().mean())

@@ -24,9 +24,14 @@ ARM_LABELS = {
     "real+synthetic": "(c) real+synthetic",
     "real+classical+synthetic": "(d) real+classical+synthetic",
     "synthetic": "(e) synthetic only",
+    "self-training": "(f) self-training",
+    "real+classical+semi-synthetic": "(g) real+classical+semi-synthetic",
+    "self-training+semi-synthetic": "(h) self-training+semi-synthetic",
 }
 COMPARISONS = (("real+synthetic", "real"), ("real+classical+synthetic", "real+classical"),
-               ("real+classical+synthetic", "real"), ("synthetic", "real"))
+               ("real+classical+synthetic", "real"), ("synthetic", "real"),
+               ("self-training", "real+classical"), ("real+classical+semi-synthetic", "self-training"),
+               ("self-training+semi-synthetic", "self-training"))
 
 
 def mean_interval(values: list[float], confidence: float = 0.95) -> dict:
@@ -62,6 +67,8 @@ def summarise(results: dict) -> dict:
         accuracy[k] = {arm: {**mean_interval(values), "values": values} for arm, values in arms.items()}
         gains[k] = {}
         for arm, baseline in COMPARISONS:
+            if arm not in arms or baseline not in arms:
+                continue
             diff = mean_interval([a - b for a, b in zip(arms[arm], arms[baseline], strict=True)])
             gains[k][f"{arm} vs {baseline}"] = {**diff, "verdict": verdict(diff)}
     return {**results, "accuracy": accuracy, "gains": gains}
@@ -90,11 +97,27 @@ def _pct(summary: dict) -> str:
 
 
 def accuracy_table(summary: dict, markdown: bool = False) -> str:
-    """Held-out accuracy (%) per K and arm: mean ± 95% half-width over seeds."""
-    arms = list(ARM_LABELS)
+    """Held-out accuracy (%) per K and arm: mean ± 95% half-width over seeds ('-': not run at that K)."""
+    arms = [a for a in ARM_LABELS if any(a in by_arm for by_arm in summary["accuracy"].values())]
     header = ["K", *(ARM_LABELS[a] for a in arms)]
-    rows = [[k, *(_pct(summary["accuracy"][k][a]) for a in arms)] for k in summary["accuracy"]]
+    rows = [[k, *(_pct(summary["accuracy"][k][a]) if a in summary["accuracy"][k] else "-" for a in arms)]
+            for k in summary["accuracy"]]
     return _table(header, rows, markdown)
+
+
+def combine(summaries: list[dict]) -> dict:
+    """Several studies of other splits (--split-seeds) as one: each (split, seed) a paired unit."""
+    first = summaries[0]
+    accuracy_by_seed = {}
+    for k, arms in first["accuracy_by_seed"].items():
+        accuracy_by_seed[k] = {arm: [value for s in summaries for value in s["accuracy_by_seed"][k][arm]]
+                               for arm in arms}
+    protocol = {**first["protocol"], "split_seeds": [s["protocol"]["split_seed"] for s in summaries],
+                "seeds_per_split": first["protocol"]["seeds"]}
+    gan = {f"{name} (split {s['protocol']['split_seed']})": entry for s in summaries for name, entry in s["gan"].items()}
+    return summarise({"protocol": protocol, "gan": gan, "accuracy_by_seed": accuracy_by_seed,
+                      "by_split": [{"split_seed": s["protocol"]["split_seed"], "gains": s["gains"]}
+                                   for s in summaries]})
 
 
 def gains_table(summary: dict, markdown: bool = False) -> str:
@@ -152,15 +175,22 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         "# Does the synthetic data help?",
         "",
         f"Data: `{p['data_source']}` at {p['resolution']}x{p['resolution']}, {len(p['class_names'])} classes; "
-        f"{p['n_train']} training / {p['n_test']} held-out test images (stratified split, seed {p['split_seed']}). "
+        f"{p['n_train']} training / {p['n_test']} held-out test images (stratified split, "
+        f"{_splits(p)}). "
         f"For each K, the GAN was trained on the K labelled images per class alone "
         f"({p['gan_steps']} steps, {gan['model']['arch']} G{gan['model']['g_channels']}/D{gan['model']['d_channels']}, "
         f"{gan['train']['loss']} loss, DiffAugment `{gan['train']['diffaug']}`, EMA {gan['train']['ema_decay']}); "
         f"{p['synthetic_per_class']} synthetic images per class (truncation {p['truncation'] or 'off'}) made "
         f"{round(100 * p['synthetic_fraction'])}% of each classifier batch in arms (c) and (d). "
         f"Classifier: a {len(p['classifier']['widths'])}-layer CNN, {p['classifier']['steps']} steps of batch "
-        f"{p['classifier']['batch_size']}, the same for every arm; {p['seeds']} seeds per arm. "
-        "Protocol: docs/evaluation.md.",
+        f"{p['classifier']['batch_size']}, the same for every arm; {p['seeds']} seeds per arm"
+        f"{' and split' if 'split_seeds' in p else ''}. "
+        + (f"Synthetic images kept only where the arm-(b) classifier gives their class at least "
+           f"{p['filter_confidence']}. " if p.get("filter_confidence") else "")
+        + ("Arms (f)-(h): the rest of the train split as unlabelled images; self-training keeps those the "
+           f"arm-(b) classifier labels with confidence >= {p.get('pseudo_label_confidence')}; the semi-synthetic "
+           "images come from a GAN trained on the labelled and the unlabelled images. " if p.get("unlabelled") else "")
+        + "Protocol: docs/evaluation.md.",
         "",
         "## Held-out accuracy (%), mean ± 95% t-interval over seeds",
         "",
@@ -188,12 +218,18 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         per_class_fd_table(summary["gan"], p["class_names"]),
         "",
     ]
-    for k in summary["gan"]:
+    for k in summary["gan"] if "split_seeds" not in p else ():  # figures: in each split's own report
         lines += [f"![samples K={k}](figures/samples_k{k}.png) ![nearest neighbours K={k}](figures/nearest_k{k}.png)",
                   ""]
     if elapsed_s is not None:
         lines += [f"Wall time of the run that finished the study: {elapsed_s:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _splits(protocol: dict) -> str:
+    if "split_seeds" in protocol:
+        return f"split seeds {', '.join(map(str, protocol['split_seeds']))}, pooled"
+    return f"seed {protocol['split_seed']}"
 
 
 def metrics_markdown(metrics: dict, model: str, data: str) -> str:
@@ -293,9 +329,11 @@ def accuracy_figure(summary: dict, path: Path) -> None:
     ks = list(summary["accuracy"])
     x = np.arange(len(ks))
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for offset, arm in zip(np.linspace(-0.12, 0.12, len(ARM_LABELS)), ARM_LABELS, strict=True):
-        means = np.array([100 * summary["accuracy"][k][arm]["mean"] for k in ks])
-        halves = np.array([100 * summary["accuracy"][k][arm]["half_width"] for k in ks])
+    arms = [a for a in ARM_LABELS if any(a in summary["accuracy"][k] for k in ks)]
+    for offset, arm in zip(np.linspace(-0.12, 0.12, len(arms)), arms, strict=True):
+        missing = {"mean": math.nan, "half_width": math.nan}
+        means = np.array([100 * summary["accuracy"][k].get(arm, missing)["mean"] for k in ks])
+        halves = np.array([100 * summary["accuracy"][k].get(arm, missing)["half_width"] for k in ks])
         ax.errorbar(x + offset, means, yerr=np.nan_to_num(halves), marker="o", capsize=3, label=ARM_LABELS[arm])
     ax.set_xticks(x, ks)
     ax.set_xlabel("labelled images per class (K)")
@@ -315,7 +353,11 @@ def _save(fig, path: Path, plt) -> None:
 
 def write_study_report(out_dir: Path, results: dict, elapsed_s: float | None = None) -> dict:
     summary = summarise(results)
+    return write_summary(out_dir, summary, elapsed_s)
+
+
+def write_summary(out_dir: Path, summary: dict, elapsed_s: float | None = None) -> dict:
     accuracy_figure(summary, out_dir / "figures" / "accuracy_vs_k.png")
     write_json(out_dir / "report.json", summary)
-    (out_dir / "report.md").write_text(study_markdown(summary, elapsed_s))
+    write_atomic(out_dir / "report.md", study_markdown(summary, elapsed_s))
     return summary

@@ -30,7 +30,7 @@ import torch
 from ganaug import train
 from ganaug.config import Config, config_from_dict, dump_yaml
 from ganaug.errors import UserError
-from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_classifier
+from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, predict_proba, train_classifier
 from ganaug.export import export_model
 from ganaug.files import write_atomic
 from ganaug.sampler import Sampler, SampleRequest, write_samples
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 ARMS = ("real", "real+classical", "real+synthetic", "real+classical+synthetic", "synthetic")
+# With --unlabelled: self-training (the teacher's confident pseudo-labels on the unlabelled images; the
+# no-GAN baseline of that setting), and the synthetic images of the GAN that also saw those images.
+UNLABELLED_ARMS = ("self-training", "real+classical+semi-synthetic", "self-training+semi-synthetic")
 ALL = None  # K = all labelled training images
 
 # The study's GAN settings, under the user's config file and key=value overrides (see
@@ -73,6 +76,9 @@ class StudySettings:
     synthetic_fraction: float = 0.5  # share of each classifier batch drawn from synthetic images
     truncation: float = 0.0
     classifier: TrainSettings = field(default_factory=TrainSettings)
+    unlabelled: bool = False  # the rest of the train split, without labels: a second GAN and three more arms
+    filter_confidence: float = 0.0  # keep synthetic images the teacher gives their class this probability; 0: all
+    pseudo_label_confidence: float = 0.9  # self-training keeps unlabelled images the teacher is this sure of
 
     def fingerprint(self) -> dict:
         """The settings a resumed study must share with the first run (logging, checkpoint cadence
@@ -209,8 +215,11 @@ class Study:
                                                              settings.split_seed)
         self.state = StudyState(out_dir / "state.json", settings.fingerprint())
         write_atomic(out_dir / "gan_config.yaml", dump_yaml(self.cfg))
-        self.units_total = len(settings.ks) * (2 + settings.seeds * len(ARMS))
+        self.arms = ARMS + (UNLABELLED_ARMS if settings.unlabelled else ())
+        gans = 2 if settings.unlabelled else 1
+        self.units_total = len(settings.ks) * (2 * gans + settings.seeds * len(self.arms))
         self.units_done = 0
+        self._teachers: dict[tuple, torch.nn.Module] = {}
 
     # -- pieces of data ----------------------------------------------------------------------
 
@@ -233,8 +242,22 @@ class Study:
             write_labelled_npz(path, self.data.images[index], self.data.labels[index], self.class_names)
         return path
 
-    def gan_dir(self, k: int | None) -> Path:
-        return self.out / f"gan_k{k_name(k)}"
+    def unlabelled_npz(self, k: int | None) -> Path:
+        """The train split's images outside the K subset, without labels: what a user with few labels
+        and many unlabelled images has."""
+        path = self.out / "data" / f"k{k_name(k)}_unlabelled.npz"
+        if not path.is_file():
+            index = self.unlabelled_index(k)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda f: np.savez(f, images=self.data.images[index].permute(0, 2, 3, 1).numpy()))
+        return path
+
+    def unlabelled_index(self, k: int | None) -> torch.Tensor:
+        labelled = set(self.subset(k).tolist())
+        return torch.as_tensor([i for i in self.train_index.tolist() if i not in labelled], dtype=torch.int64)
+
+    def gan_dir(self, k: int | None, semi: bool = False) -> Path:
+        return self.out / f"gan_k{k_name(k)}{'_unlabelled' if semi else ''}"
 
     # -- units -------------------------------------------------------------------------------
 
@@ -242,21 +265,23 @@ class Study:
         self.units_done += 1
         log.info("[%d/%d] %s", self.units_done, self.units_total, text)
 
-    def train_gan(self, k: int | None) -> Path:
-        """Train (or resume) and export the GAN for K; returns the ONNX model."""
-        key = f"gan/k{k_name(k)}"
-        run_dir, model = self.gan_dir(k), self.gan_dir(k) / "generator.onnx"
+    def train_gan(self, k: int | None, semi: bool = False) -> Path:
+        """Train (or resume) and export the GAN for K (semi: also on the unlabelled images); returns
+        the ONNX model."""
+        key = f"gan/k{k_name(k)}{'u' if semi else ''}"
+        run_dir, model = self.gan_dir(k, semi), self.gan_dir(k, semi) / "generator.onnx"
+        what = f"K={k_name(k)}{' + unlabelled' if semi else ''}"
         if self.state.get(key) and model.is_file():
-            self._progress(f"K={k_name(k)}: GAN already trained")
+            self._progress(f"{what}: GAN already trained")
             return model
         npz = self.subset_npz(k)
         n_images = len(self.subset(k))
         batch_size = min(self.cfg.train.batch_size, n_images)  # K=5 x 10 classes is fewer than a batch
-        log.info("K=%s: training the GAN on %d labelled images (%s), %d steps", k_name(k), n_images, npz,
+        log.info("%s: training the GAN on %d labelled images (%s), %d steps", what, n_images, npz,
                  self.settings.gan_steps)
         start = time.perf_counter()
-        cfg = with_overrides(self.cfg, data={"source": str(npz)},
-                             train={"steps": self.settings.gan_steps, "batch_size": batch_size})
+        data = {"source": str(npz), "unlabelled": str(self.unlabelled_npz(k)) if semi else ""}
+        cfg = with_overrides(self.cfg, data=data, train={"steps": self.settings.gan_steps, "batch_size": batch_size})
         result = train.run(cfg, run_dir)
         if not result.completed:  # a signal stopped the GAN gracefully (saved): stop the study too
             raise KeyboardInterrupt
@@ -264,12 +289,12 @@ class Study:
         export_model(run_dir, model, force=True)
         self.state.record(key, {"steps": steps, "images": n_images, "batch_size": batch_size,
                                 "seconds": round(time.perf_counter() - start, 1)})
-        self._progress(f"K={k_name(k)}: GAN trained and exported ({steps} steps)")
+        self._progress(f"{what}: GAN trained and exported ({steps} steps)")
         return model
 
-    def synthetic(self, k: int | None, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The synthetic set for (K, seed), written by `ganaug sample` (which resumes itself)."""
-        folder = self.gan_dir(k) / f"samples_seed{seed}"
+    def synthetic(self, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic set of a model for a seed, written by the sampler (which resumes itself)."""
+        folder = model.parent / f"samples_seed{seed}"
         info = folder / "sample_info.json"
         if not (info.is_file() and json.loads(info.read_text()).get("complete")):
             sampler = Sampler.load(model)
@@ -279,20 +304,21 @@ class Study:
                 format="npz", truncation=self.settings.truncation, overwrite=True, progress=False))
         return read_synthetic(folder)
 
-    def gan_metrics(self, k: int | None, model: Path) -> None:
+    def gan_metrics(self, k: int | None, model: Path, semi: bool = False) -> None:
         """FD, KID, precision/recall, per-class FD and memorisation of the GAN for K, with figures."""
         from ganaug.evaluate import report
         from ganaug.evaluate.features import load_or_train_domain_features
         from ganaug.evaluate.metrics import quality_metrics
 
-        key = f"metrics/k{k_name(k)}"
+        name = f"k{k_name(k)}{'u' if semi else ''}"
+        key = f"metrics/{name}"
         if self.state.get(key):
-            self._progress(f"K={k_name(k)}: GAN metrics already measured")
+            self._progress(f"{name}: GAN metrics already measured")
             return
         train_images, train_labels = self.data.images[self.train_index], self.data.labels[self.train_index]
         extractor = load_or_train_domain_features(train_images, train_labels, len(self.class_names),
                                                   self.out / "features", seed=self.settings.split_seed)
-        fake, fake_labels = self.synthetic(k, model, seed=0)
+        fake, fake_labels = self.synthetic(model, seed=0)
         # Image i has class i % classes, so the first images are class-balanced. A bounded count keeps
         # the k-NN distances cheap and the metrics comparable between studies of other sizes.
         fake, fake_labels = fake[:METRIC_SAMPLES], fake_labels[:METRIC_SAMPLES]
@@ -300,53 +326,109 @@ class Study:
         metrics, memo = quality_metrics(extractor, train_images, train_labels, fake, fake_labels,
                                         self.class_names, train_u8=seen, unseen_u8=self.test_images)
         figures = self.out / "figures"
-        report.sample_grid(fake, fake_labels, self.class_names, figures / f"samples_k{k_name(k)}.png",
-                           title=f"Synthetic samples, GAN trained on K={k_name(k)} per class")
-        report.nearest_neighbour_grid(fake, seen, memo, figures / f"nearest_k{k_name(k)}.png",
+        report.sample_grid(fake, fake_labels, self.class_names, figures / f"samples_{name}.png",
+                           title=f"Synthetic samples, GAN trained on K={k_name(k)} per class"
+                                 f"{' and the unlabelled images' if semi else ''}")
+        report.nearest_neighbour_grid(fake, seen, memo, figures / f"nearest_{name}.png",
                                       title=f"Closest synthetic images (left) and their nearest training image "
                                             f"(right), K={k_name(k)}")
         self.state.record(key, metrics)
-        self._progress(f"K={k_name(k)}: FD {metrics['fd']:.2f}, precision {metrics['precision']:.2f}, "
+        self._progress(f"{name}: FD {metrics['fd']:.2f}, precision {metrics['precision']:.2f}, "
                        f"recall {metrics['recall']:.2f}")
 
-    def arm(self, k: int | None, arm: str, seed: int, model: Path) -> None:
+    def teacher(self, k: int | None, seed: int) -> torch.nn.Module:
+        """The classifier of arm (b) for this seed (real + classical augmentation): it pseudo-labels for
+        self-training and filters synthetic images. Deterministic, so retraining it gives the same net."""
+        if (k, seed) not in self._teachers:
+            index = self.subset(k)
+            data = TrainingSet(self.data.images[index], self.data.labels[index])
+            self._teachers = {(k, seed): train_classifier(data, len(self.class_names), self.settings.classifier,
+                                                          seed=seed, augment=True, device=self.device)}
+        return self._teachers[(k, seed)]
+
+    def pseudo_labelled(self, k: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unlabelled images the teacher is sure of, with its labels (classic self-training)."""
+        images = self.data.images[self.unlabelled_index(k)]
+        probabilities = predict_proba(self.teacher(k, seed), images)
+        confidence, labels = probabilities.max(1)
+        keep = confidence >= self.settings.pseudo_label_confidence
+        return images[keep], labels[keep]
+
+    def filtered(self, k: int | None, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The synthetic set, less the images the teacher does not give their class with
+        `filter_confidence` (all of them when 0); and the share kept."""
+        images, labels = self.synthetic(model, seed)
+        if self.settings.filter_confidence <= 0:
+            return images, labels, 1.0
+        probabilities = predict_proba(self.teacher(k, seed), images)
+        keep = probabilities.gather(1, labels.view(-1, 1)).squeeze(1) >= self.settings.filter_confidence
+        return images[keep], labels[keep], float(keep.float().mean())
+
+    def arm(self, k: int | None, arm: str, seed: int, models: dict[str, Path]) -> None:
         key = f"result/k{k_name(k)}/{arm}/seed{seed}"
         if self.state.get(key) is not None:
             self._progress(f"K={k_name(k)} seed {seed} {arm}: done before")
             return
         s = self.settings
         index = self.subset(k)
-        data = TrainingSet(self.data.images[index], self.data.labels[index])
-        if arm == "synthetic":
-            data = TrainingSet(*self.synthetic(k, model, seed))
+        real_images, real_labels = self.data.images[index], self.data.labels[index]
+        if arm.startswith("self-training"):  # real images: the labelled ones and the confidently pseudo-labelled
+            extra_images, extra_labels = self.pseudo_labelled(k, seed)
+            real_images, real_labels = torch.cat([real_images, extra_images]), torch.cat([real_labels, extra_labels])
+        record = {}
+        data = TrainingSet(real_images, real_labels)
+        if arm == "synthetic":  # the generator's own score (CAS): its whole output, unfiltered
+            data = TrainingSet(*self.synthetic(models["labelled"], seed))
         elif "synthetic" in arm:
-            data = TrainingSet(data.real_images, data.real_labels, *self.synthetic(k, model, seed),
-                               synthetic_fraction=s.synthetic_fraction)
+            model = models["semi" if "semi-synthetic" in arm else "labelled"]
+            synthetic_images, synthetic_labels, kept = self.filtered(k, model, seed)
+            record["synthetic_kept"] = round(kept, 4)
+            if len(synthetic_images):
+                data = TrainingSet(real_images, real_labels, synthetic_images, synthetic_labels,
+                                   synthetic_fraction=s.synthetic_fraction)
+            else:
+                log.warning("K=%s seed %d %s: the filter kept no synthetic image; real images only", k_name(k),
+                            seed, arm)
         start = time.perf_counter()
-        classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed,
-                                      augment="classical" in arm, device=self.device)
+        augment = "classical" in arm or arm.startswith("self-training")
+        classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed, augment=augment,
+                                      device=self.device)
         acc = accuracy(classifier, self.test_images, self.test_labels)
-        self.state.record(key, {"accuracy": acc, "seconds": round(time.perf_counter() - start, 2)})
+        self.state.record(key, {"accuracy": acc, "seconds": round(time.perf_counter() - start, 2), **record})
         self._progress(f"K={k_name(k)} seed {seed} {arm}: held-out accuracy {100 * acc:.1f}%")
 
     def run(self) -> dict:
         start = time.perf_counter()
         for k in self.settings.ks:
-            model = self.train_gan(k)
-            self.gan_metrics(k, model)
+            models = {"labelled": self.train_gan(k)}
+            self.gan_metrics(k, models["labelled"])
+            if self.settings.unlabelled and k is not ALL:
+                models["semi"] = self.train_gan(k, semi=True)
+                self.gan_metrics(k, models["semi"], semi=True)
             for seed in range(self.settings.seeds):
-                for arm in ARMS:
-                    self.arm(k, arm, seed, model)
+                for arm in self.arms:
+                    if k is ALL and arm in UNLABELLED_ARMS:
+                        continue  # with every label there is nothing unlabelled
+                    self.arm(k, arm, seed, models)
         log.info("study finished in %.0f s (this run)", time.perf_counter() - start)
         return self.results()
+
+    def _gan_names(self) -> list[str]:
+        names = []
+        for k in self.settings.ks:
+            names.append(k_name(k))
+            if self.settings.unlabelled and k is not ALL:
+                names.append(f"{k_name(k)}u")
+        return names
 
     def results(self) -> dict:
         """Everything the report needs, from the state file."""
         s = self.settings
         accuracies = {}
         for k in s.ks:
+            arms = [arm for arm in self.arms if not (k is ALL and arm in UNLABELLED_ARMS)]
             accuracies[k_name(k)] = {arm: [self.state.get(f"result/k{k_name(k)}/{arm}/seed{seed}")["accuracy"]
-                                           for seed in range(s.seeds)] for arm in ARMS}
+                                           for seed in range(s.seeds)] for arm in arms}
         return {
             "protocol": {
                 "data_source": self.cfg.data.source, "resolution": self.cfg.data.resolution,
@@ -356,10 +438,11 @@ class Study:
                 "synthetic_per_class": s.synthetic_per_class, "synthetic_fraction": s.synthetic_fraction,
                 "truncation": s.truncation, "classifier": {**asdict(s.classifier),
                                                            "widths": list(s.classifier.widths)},
-                "gan_config": s.gan_config,
+                "gan_config": s.gan_config, "unlabelled": s.unlabelled, "filter_confidence": s.filter_confidence,
+                "pseudo_label_confidence": s.pseudo_label_confidence,
             },
-            "gan": {k_name(k): {**self.state.get(f"gan/k{k_name(k)}"),
-                                "metrics": self.state.get(f"metrics/k{k_name(k)}")} for k in s.ks},
+            "gan": {name: {**self.state.get(f"gan/k{name}"), "metrics": self.state.get(f"metrics/k{name}")}
+                    for name in self._gan_names()},
             "accuracy_by_seed": accuracies,
         }
 

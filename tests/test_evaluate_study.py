@@ -171,3 +171,62 @@ def test_metrics_of_the_studys_model_against_the_digits(tiny_study, tmp_path, ca
     assert len(metrics["per_class_fd"]) == 10 and metrics["fd"] > 0
     assert (out / "metrics.md").is_file() and (out / "samples.png").is_file() and (out / "nearest.png").is_file()
     assert "FD" in capsys.readouterr().out
+
+
+class _PixelTeacher(torch.nn.Module):
+    """A 'classifier' whose answer is written in the image: class = first pixel % 3, confidence from
+    the second pixel (0 -> a uniform guess, 255 -> sure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(1, 3)
+
+    def forward(self, x):
+        u8 = ((x + 1) * 127.5).round().long()
+        label, sure = u8[:, 0, 0, 0] % 3, u8[:, 0, 0, 1].float() / 255
+        return torch.nn.functional.one_hot(label, 3).float() * 20 * sure[:, None]
+
+
+def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
+    study_ = Study(tmp_path / "study", settings(ks=(5,), unlabelled=True, filter_confidence=0.9,
+                                                pseudo_label_confidence=0.9))
+    npz = np.load(study_.unlabelled_npz(5))
+    assert set(npz.files) == {"images"}  # no labels: that is what makes them unlabelled
+    unlabelled = study_.unlabelled_index(5)
+    assert len(npz["images"]) == len(unlabelled) == len(study_.train_index) - 50
+    assert not set(unlabelled.tolist()) & set(study_.subset(5).tolist())
+    assert not set(unlabelled.tolist()) & set(study_.test_index.tolist())
+
+    monkeypatch.setattr(study_, "teacher", lambda k, seed: _PixelTeacher())
+    images = study_.data.images  # rewrite the answers into the images the teacher reads
+    images[unlabelled, 0, 0, 0] = study_.data.labels[unlabelled].to(torch.uint8)  # right for classes 0..2
+    images[unlabelled, 0, 0, 1] = torch.where(unlabelled % 2 == 0, 255, 0).to(torch.uint8)  # sure of half
+    kept, labels, right = study_.pseudo_labelled(5, seed=0)
+    assert len(kept) == int((unlabelled % 2 == 0).sum())
+    truth = study_.data.labels[unlabelled][unlabelled % 2 == 0]
+    assert torch.equal(labels, truth % 3) and right == pytest.approx(float((truth < 3).float().mean()))
+
+    fake = torch.zeros(6, 1, 16, 16, dtype=torch.uint8)
+    fake[:, 0, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.uint8)
+    fake[:, 0, 0, 1] = torch.tensor([255, 255, 255, 255, 0, 255], dtype=torch.uint8)
+    fake_labels = torch.tensor([0, 1, 1, 0, 1, 2])
+    monkeypatch.setattr(study_, "synthetic", lambda model, seed: (fake, fake_labels))
+    images, labels, share = study_.filtered(5, tmp_path / "g.onnx", seed=0)
+    # kept: sure and agreeing with the conditioning label; dropped: image 2 (the teacher says 2, not 1), image 4 (unsure)
+    assert labels.tolist() == [0, 1, 0, 2] and share == pytest.approx(4 / 6)
+    assert torch.equal(images, fake[[0, 1, 3, 5]])
+
+
+def test_split_studies_pool_into_paired_units():
+    from ganaug.evaluate.report import combine
+    from ganaug.evaluate.report import summarise as report_summarise
+
+    def study_summary(split, real, classical):
+        return report_summarise({"protocol": {"split_seed": split, "seeds": 2}, "gan": {"5": {"steps": 1}},
+                                 "accuracy_by_seed": {"5": {"real": real, "real+classical": classical}}})
+
+    pooled = combine([study_summary(0, [0.5, 0.6], [0.7, 0.8]), study_summary(1, [0.4, 0.5], [0.4, 0.6])])
+    assert pooled["accuracy_by_seed"]["5"]["real"] == [0.5, 0.6, 0.4, 0.5]
+    assert pooled["protocol"]["split_seeds"] == [0, 1]
+    assert set(pooled["gan"]) == {"5 (split 0)", "5 (split 1)"}
+    assert [s["split_seed"] for s in pooled["by_split"]] == [0, 1]

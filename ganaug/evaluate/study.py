@@ -346,13 +346,16 @@ class Study:
                                                           seed=seed, augment=True, device=self.device)}
         return self._teachers[(k, seed)]
 
-    def pseudo_labelled(self, k: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The unlabelled images the teacher is sure of, with its labels (classic self-training)."""
-        images = self.data.images[self.unlabelled_index(k)]
+    def pseudo_labelled(self, k: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The unlabelled images the teacher is sure of, with its labels (classic self-training), and
+        the share of those labels that are right (the study knows the truth; a user would not)."""
+        index = self.unlabelled_index(k)
+        images = self.data.images[index]
         probabilities = predict_proba(self.teacher(k, seed), images)
         confidence, labels = probabilities.max(1)
         keep = confidence >= self.settings.pseudo_label_confidence
-        return images[keep], labels[keep]
+        right = float((labels[keep] == self.data.labels[index][keep]).float().mean()) if keep.any() else float("nan")
+        return images[keep], labels[keep], right
 
     def filtered(self, k: int | None, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The synthetic set, less the images the teacher does not give their class with
@@ -372,10 +375,11 @@ class Study:
         s = self.settings
         index = self.subset(k)
         real_images, real_labels = self.data.images[index], self.data.labels[index]
-        if arm.startswith("self-training"):  # real images: the labelled ones and the confidently pseudo-labelled
-            extra_images, extra_labels = self.pseudo_labelled(k, seed)
-            real_images, real_labels = torch.cat([real_images, extra_images]), torch.cat([real_labels, extra_labels])
         record = {}
+        if arm.startswith("self-training"):  # real images: the labelled ones and the confidently pseudo-labelled
+            extra_images, extra_labels, right = self.pseudo_labelled(k, seed)
+            real_images, real_labels = torch.cat([real_images, extra_images]), torch.cat([real_labels, extra_labels])
+            record |= {"pseudo_labelled": len(extra_labels), "pseudo_label_accuracy": round(right, 4)}
         data = TrainingSet(real_images, real_labels)
         if arm == "synthetic":  # the generator's own score (CAS): its whole output, unfiltered
             data = TrainingSet(*self.synthetic(models["labelled"], seed))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ganaug import __version__
-from ganaug.errors import UserError
+from ganaug.errors import UserError, leave_for_launcher, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         command = " ".join(self.prog.split()[:2])  # `ganaug evaluate metrics` reports as `ganaug evaluate`
-        self.exit(2, f"{command}: error: {message} (see {self.prog} --help)\n")
+        _report(f"{command}: error: {one_line(message)} (see {self.prog} --help)")
+        self.exit(2)
 
 
 # ---------------------------------------------------------------------------------- argument types
@@ -99,7 +100,7 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.steps=500")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--help-config", action="store_true", help="list every config key with type, default and doc")
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_run_train, preflight=_preflight_train)
 
 
 def _run_train(args) -> int:
@@ -118,6 +119,16 @@ def _run_train(args) -> int:
         return 0
     run(cfg, args.run_dir, config_file=args.config)
     return 0
+
+
+def _preflight_train(args) -> None:
+    if args.help_config or args.dry_run:
+        return
+    if not args.run_dir:
+        raise UserError("--run-dir is required")
+    from ganaug.train.api import preflight as check_run
+
+    check_run(Path(args.run_dir), args.config, args.overrides)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -305,6 +316,29 @@ def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _report(line: str) -> None:
+    """The one error line: left for `python -m ganaug.launch` to print once, after torchrun's report,
+    or printed here; under a plain torchrun every rank finds the same mistake, and rank 0 says it."""
+    if not leave_for_launcher(line) and _is_rank_zero():
+        print(line, file=sys.stderr)
+
+
+def preflight(argv: list[str]) -> int:
+    """What `python -m ganaug.launch` checks once, before it starts any worker: the arguments and,
+    for `train`, the config, the run directory and the data source's name. A mistake found here is
+    one line and exit status 2 (instead of one failed worker per process); 0 when none was found."""
+    args = build_parser().parse_args(argv)
+    check = getattr(args, "preflight", None)
+    if check is None:
+        return 0
+    try:
+        check(args)
+    except UserError as exc:
+        print(f"ganaug {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ganaug.logs import setup_logging
@@ -314,15 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except UserError as exc:
-        # Under torchrun every rank finds the same mistake; one line is enough.
-        if _is_rank_zero():
-            print(f"ganaug {name}: error: {exc}", file=sys.stderr)
+        _report(f"ganaug {name}: error: {one_line(exc)}")
         return 2
     except ModuleNotFoundError as exc:
         advice = _missing_extra(exc)
         if advice is None:
             raise
-        print(f"ganaug {name}: error: this command {advice}", file=sys.stderr)
+        _report(f"ganaug {name}: error: this command {advice}")
         return 2
     except KeyboardInterrupt:
         print(f"ganaug {name}: interrupted", file=sys.stderr)

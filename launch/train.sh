@@ -8,6 +8,10 @@
 #
 # Arguments are config overrides (dotted key=value), passed to `ganaug train` as they are.
 # Running it again with the same RUN_DIR resumes from RUN_DIR/checkpoints/last.pt.
+#
+# torchrun runs as `python -m ganaug.launch`: the same torchrun (same flags, same PET_* variables),
+# but a user error (a typo in the config, unreadable data) ends in one `ganaug train: error: ...`
+# line, printed last, and exit status 2, instead of torchrun's traceback of the failed workers.
 set -euo pipefail
 
 # One worker per GPU. Without a GPU, one CPU worker: torchrun's "auto" would start one per CPU
@@ -21,8 +25,9 @@ if [[ -z "${NPROC:-}" ]]; then
 fi
 CONFIG=${CONFIG:-}             # a YAML config file; empty: the built-in defaults
 RUN_DIR=${RUN_DIR:-runs/train}
+PYTHON=${PYTHON:-python3}      # the Python that has ganaug[train] installed
 
 # exec: torchrun takes this shell's PID, so a SIGTERM or Ctrl-C sent to the script reaches
 # torchrun, which forwards it to the workers: they finish the step, save last.pt and exit.
-exec torchrun --standalone --nproc-per-node "$NPROC" \
+exec "$PYTHON" -m ganaug.launch --standalone --nproc-per-node "$NPROC" \
     -m ganaug train --run-dir "$RUN_DIR" ${CONFIG:+--config "$CONFIG"} "$@"

@@ -133,6 +133,12 @@ def launch(tmp_path):
         runner.close()
 
 
+def is_torchrun(proc: psutil.Process) -> bool:
+    """torchrun itself, or torchrun as the launchers start it (`python -m ganaug.launch`)."""
+    command = proc.cmdline()
+    return any(part.endswith("torchrun") for part in command) or "ganaug.launch" in command
+
+
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -233,8 +239,8 @@ def test_worker_killed_with_sigkill_is_restarted_and_the_run_resumes_from_last_p
                           f"log.every={every}"], env, "elastic")
     launch.wait_for(lambda: (run_dir / "checkpoints" / f"step_{every:07d}.pt").exists(), 120, "first checkpoint")
 
-    torchrun = psutil.Process(agent.pid)  # multinode.sh exec'd torchrun
-    assert any("torchrun" in part for part in torchrun.cmdline()), torchrun.cmdline()
+    torchrun = psutil.Process(agent.pid)  # multinode.sh exec'd torchrun (as python -m ganaug.launch)
+    assert is_torchrun(torchrun), torchrun.cmdline()
     workers = {int(p.environ()["RANK"]): p for p in torchrun.children()}
     assert sorted(workers) == [0, 1]
     victim = workers[0]  # the rank that writes checkpoints
@@ -263,7 +269,7 @@ def test_sigterm_to_the_launcher_saves_a_checkpoint_and_stops(launch, tmp_path):
     agent = launch.start([str(LAUNCH / "train.sh"), *SMALL, f"train.steps={steps}", f"ckpt.every={every}"],
                          env, "sigterm")
     launch.wait_for(lambda: (run_dir / "checkpoints" / f"step_{every:07d}.pt").exists(), 120, "first checkpoint")
-    assert any("torchrun" in part for part in psutil.Process(agent.pid).cmdline())
+    assert is_torchrun(psutil.Process(agent.pid))
     agent.send_signal(signal.SIGTERM)
     code = launch.wait(agent, timeout=90)
     print(f"SIGTERM to train.sh: {time.monotonic() - start:.1f} s")
@@ -278,6 +284,154 @@ def test_sigterm_to_the_launcher_saves_a_checkpoint_and_stops(launch, tmp_path):
     assert "forcefully exiting" not in log and "Unable to shutdown" not in log
     assert load(run_dir / "checkpoints" / "last.pt")["step"] == stopped[0]
     assert tagged_processes(launch.tag) == []
+
+
+# ------------------------------------------------------------------------------------------ user errors
+# Under every launcher torchrun runs as `python -m ganaug.launch`: a user error is one
+# `ganaug train: error: ...` line, the last line of stderr, and exit status 2; anything else keeps
+# torchrun's report.
+
+
+def run_launcher(command: list[str], env: dict, timeout: float = 150) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{command[0]} still running after {timeout:.0f} s\n{exc.stderr}")
+
+
+def assert_one_error_line_last(result: subprocess.CompletedProcess, fragment: str) -> str:
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("ganaug train: error: ")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert lines[-1] == errors[0], result.stderr[-3000:]
+    assert fragment in errors[0], errors[0]
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr[-3000:]
+    return result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_config_typo_under_train_sh_is_one_line_before_any_worker_starts(launch, tmp_path):
+    run_dir = tmp_path / "run"
+    env = launch.env(NPROC="2", RUN_DIR=str(run_dir), TMPDIR=str(tmp_path))
+    result = run_launcher([str(LAUNCH / "train.sh"), *SMALL, "train.stpes=3"], env)
+    stderr = assert_one_error_line_last(result, "unknown config key 'train.stpes' (did you mean train.steps?)")
+    assert "exitcode" not in stderr  # found by the launcher's own check: no worker was started
+    assert not run_dir.exists()
+    assert list(tmp_path.glob("ganaug-launch-*")) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_bad_data_found_by_two_workers_under_train_sh_is_one_line_printed_last(launch, tmp_path):
+    """The data source exists, so only the workers find it is bad: both fail with status 2, torchrun
+    reports them in its log lines, and the launcher prints the workers' line once, last."""
+    import numpy as np
+
+    bad = tmp_path / "float.npz"
+    np.savez(bad, images=np.zeros((40, 8, 8), np.float32))
+    env = launch.env(NPROC="2", RUN_DIR=str(tmp_path / "run"), TMPDIR=str(tmp_path))
+    result = run_launcher([str(LAUNCH / "train.sh"), *SMALL, f"data.source={bad}"], env)
+    stderr = assert_one_error_line_last(result, f"data.source: {bad}: 'images' must be uint8, got float32")
+    assert "failed (exitcode: 2)" in stderr  # torchrun's own log line: the workers ran and failed
+    assert list(tmp_path.glob("ganaug-launch-*")) == []  # the launcher's folder is removed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_user_error_under_multinode_sh_with_restarts_is_one_line_after_the_restarts(launch, tmp_path):
+    """torchrun restarts a failed group (MAX_RESTARTS): the workers of every attempt fail alike,
+    and the line is printed once, at the very end."""
+    missing = tmp_path / "nowhere"
+    missing.mkdir()  # a folder (so the launcher's check passes) in which the workers find no images
+    env = launch.env(NNODES="1", NPROC="1", RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
+                     RDZV_ID=f"test-{launch.tag[:8]}", RUN_DIR=str(tmp_path / "run"), MAX_RESTARTS="1")
+    result = run_launcher([str(LAUNCH / "multinode.sh"), *SMALL, f"data.source={missing}"], env)
+    stderr = assert_one_error_line_last(result, f"no images found in {missing}")
+    assert stderr.count("failed (exitcode: 2)") == 2  # the first attempt and the restarted one
+
+
+WORKER = """import sys
+from ganaug.errors import leave_for_launcher
+mode = sys.argv[1]
+if mode == "line-exit-2":
+    assert leave_for_launcher("ganaug train: error: the worker's line")
+sys.exit({"exit-3": 3, "exit-2": 2, "line-exit-2": 2}[mode])
+"""
+
+
+@pytest.mark.parametrize(("mode", "status", "user_error"), [
+    ("line-exit-2", 2, True),  # a ganaug user error: the line alone, exit 2
+    ("exit-2", 1, False),  # status 2 without a line is not known to be a user error
+    ("exit-3", 1, False),
+])
+def test_only_user_errors_left_by_the_workers_replace_torchruns_report(launch, tmp_path, mode, status, user_error):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = launch.env(TMPDIR=str(tmp_path))
+    result = run_launcher([sys.executable, "-m", "ganaug.launch", "--standalone", "--nproc-per-node", "2",
+                           str(script), mode], env, timeout=120)
+    assert result.returncode == status, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    if user_error:
+        assert lines[-1] == "ganaug train: error: the worker's line" and result.stderr.count("worker's line") == 1
+        assert "ChildFailedError" not in result.stderr
+    else:
+        assert "ChildFailedError" in result.stderr  # torchrun's report, as torchrun prints it
+        assert "ganaug train: error" not in result.stderr
+    assert list(tmp_path.glob("ganaug-launch-*")) == []
+
+
+def _failure(tmp_path: Path, pid: int, exitcode: int, line: str | None = None):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    if line is not None:
+        (tmp_path / str(pid)).write_text(line + "\n")
+    return ProcessFailure(local_rank=0, pid=pid, exitcode=exitcode, error_file="<N/A>")
+
+
+def test_error_lines_explain_a_failure_only_when_every_failed_worker_left_a_line_or_was_stopped(tmp_path):
+    from ganaug.launch import error_lines
+
+    stopped, killed = -int(signal.SIGTERM), -int(signal.SIGKILL)
+    user = {0: _failure(tmp_path, 10, stopped), 1: _failure(tmp_path, 11, 2, "ganaug train: error: b")}
+    assert error_lines(user, tmp_path) == (["ganaug train: error: b"], True)
+    both = {1: _failure(tmp_path, 21, 2, "ganaug train: error: one"), 0: _failure(tmp_path, 20, 2, "ganaug train: error: zero"),
+            2: _failure(tmp_path, 22, killed)}
+    assert error_lines(both, tmp_path) == (["ganaug train: error: zero", "ganaug train: error: one"], True)
+    crashed = {0: _failure(tmp_path, 30, -int(signal.SIGSEGV)), 1: _failure(tmp_path, 31, 2, "ganaug train: error: c")}
+    assert error_lines(crashed, tmp_path) == (["ganaug train: error: c"], False)
+    assert error_lines({0: _failure(tmp_path, 40, 2)}, tmp_path) == ([], False)  # no line: not a user error
+    assert error_lines({0: _failure(tmp_path, 50, stopped)}, tmp_path) == ([], False)
+
+
+def test_a_worker_leaves_its_line_only_for_the_launcher_that_started_it(tmp_path, monkeypatch, capsys):
+    from ganaug.cli import main
+    from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV
+
+    monkeypatch.setenv(ERROR_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(LAUNCHER_PID_ENV, str(os.getppid()))  # as if this process were its worker
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "train.stpes=3"]) == 2
+    with pytest.raises(SystemExit) as usage:
+        main(["train", "--run-dir"])
+    assert usage.value.code == 2
+    assert capsys.readouterr().err == ""  # left for the launcher, not printed
+    line = (tmp_path / str(os.getpid())).read_text()
+    assert line.startswith("ganaug train: error: argument --run-dir: expected one argument") and line.count("\n") == 1
+
+    monkeypatch.setenv(LAUNCHER_PID_ENV, str(os.getpid()))  # another process's launcher: print
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "train.stpes=3"]) == 2
+    assert capsys.readouterr().err.startswith("ganaug train: error: unknown config key 'train.stpes'")
+
+
+def test_the_launchers_own_check_passes_good_arguments_and_leaves_nothing(tmp_path):
+    from ganaug.cli import preflight
+
+    assert preflight(["train", "--run-dir", str(tmp_path / "run"), *SMALL]) == 0
+    assert preflight(["train", "--dry-run", "train.steps=3"]) == 0
+    assert preflight(["sample", "m.onnx", "--n", "3", "--out", str(tmp_path / "out")]) == 0  # no check of its own
+    assert list(tmp_path.iterdir()) == []  # it created nothing
 
 
 # ------------------------------------------------------------------------------------------ slurm.sbatch
@@ -567,6 +721,10 @@ def test_sample_array_shards_with_the_real_sampler_equal_one_unsharded_run(tmp_p
 # ------------------------------------------------------------------------------------------ Kubernetes
 
 
+# torchrun with one clean error line (ganaug/launch.py), as every training launcher starts it.
+TORCHRUN = ["python3", "-m", "ganaug.launch"]
+
+
 def manifest(name: str) -> dict:
     documents = [d for d in yaml.safe_load_all((LAUNCH / "k8s" / name).read_text()) if d is not None]
     assert len(documents) == 1
@@ -589,7 +747,7 @@ def test_pytorchjob_is_elastic_with_a_shared_run_dir_and_gpus():
     pod = worker["template"]["spec"]
     container = next(c for c in pod["containers"] if c["name"] == "pytorch")  # the operator's name
     assert pinned(container["image"])
-    assert container["command"] == ["torchrun"] and container["args"][:3] == ["-m", "ganaug", "train"]
+    assert container["command"] == TORCHRUN and container["args"][:3] == ["-m", "ganaug", "train"]
     # torchrun's rendezvous flags come from the operator (PET_*), not hard-coded next to them.
     assert not any(a.startswith(("--nnodes", "--rdzv", "--max-restarts")) for a in container["args"])
     gpus = container["resources"]["limits"]["nvidia.com/gpu"]
@@ -652,7 +810,7 @@ def test_trainjob_runs_the_same_torchrun_command_on_the_torch_distributed_runtim
     # Trainer refuses to see set by the job.
     v1 = next(c for c in manifest("pytorchjob.yaml")["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
               ["containers"] if c["name"] == "pytorch")
-    assert trainer["command"] == v1["command"] == ["torchrun"] and trainer["args"] == v1["args"]
+    assert trainer["command"] == v1["command"] == TORCHRUN and trainer["args"] == v1["args"]
     assert not any(a.startswith(("--nnodes", "--nproc", "--rdzv", "--master", "--node")) for a in trainer["args"])
     assert not {e["name"] for e in trainer.get("env", [])} & RESERVED_TORCH_ENV
     assert trainer["numNodes"] >= 2

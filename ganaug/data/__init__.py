@@ -58,10 +58,30 @@ def load_dataset(cfg: DataConfig, key: str = "data.source") -> ImageData:
     return data
 
 
-def _load(cfg: DataConfig) -> ImageData:
-    source = cfg.source
+def check_sources(cfg: DataConfig) -> None:
+    """What can be told of data.source and data.unlabelled without reading them: a name that is no
+    dataset and no existing path (a launcher checks this once, before it starts its workers)."""
+    for key, source in (("data.source", cfg.source), ("data.unlabelled", cfg.unlabelled)):
+        if key == "data.source" or source:
+            try:
+                _check_name(source)
+            except DataError as exc:
+                raise UserError(f"{key}: {exc}") from None
+
+
+def _check_name(source: str) -> None:
     if not source.strip():
         raise DataError("is empty; name a dataset (digits, mnist, fashion_mnist, cifar10), a folder or a .npz file")
+    if source == "digits" or source in TORCHVISION_SOURCES or Path(source).exists():
+        return
+    if Path(source).suffix.lower() == ".npz":
+        raise DataError(f"{Path(source)} does not exist")
+    raise DataError(f"{source!r} is not a known dataset name, a folder or a .npz file")
+
+
+def _load(cfg: DataConfig) -> ImageData:
+    source = cfg.source
+    _check_name(source)
     if source == "digits":
         from ganaug.data.digits import load_digits
 

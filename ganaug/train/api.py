@@ -41,6 +41,19 @@ def resolve_config(run_dir: Path | None, config_file: str | Path | None = None, 
     return load_config(config_file, list(overrides), base=saved)
 
 
+def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()) -> Config:
+    """The checks `run` makes that need neither the data nor the workers: the config, the run
+    directory's layout and the data sources' names. `python -m ganaug.launch` makes them once, before
+    it starts any worker, so that a typo is one line instead of one failed worker per process."""
+    from ganaug.data import check_sources
+
+    saved = checkpoint.saved_config(Path(run_dir) / "checkpoints")
+    cfg = load_config(config_file, list(overrides), base=saved)
+    RunDirectory(Path(run_dir), cfg.ckpt.keep).check(resuming=saved is not None, config_file=config_file)
+    check_sources(cfg.data)
+    return cfg
+
+
 def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None) -> TrainResult:
     """Train `cfg` in `run_dir`, resuming the checkpoint there if it has one (then `cfg` must describe
     the same model and data). `config_file`, if the config came from one, is never overwritten."""

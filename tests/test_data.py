@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import re
+import signal
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,11 +18,13 @@ import torch
 from PIL import Image
 
 from ganaug.config import DataConfig
-from ganaug.data import load_dataset
+from ganaug.data import ImageData, load_dataset
+from ganaug.data.convert import pil_to_array
 from ganaug.data.loader import ShardedBatches, epoch_shard
 from ganaug.errors import UserError
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def data_cfg(source, **kw) -> DataConfig:
@@ -251,3 +259,94 @@ def test_the_unlabelled_source_is_named_in_its_errors_and_loses_its_labels(tmp_p
     extra = load_unlabelled(data_cfg("digits", unlabelled="digits", channels=3), labelled)
     assert extra.labels is None and extra.class_names == [] and extra.channels == labelled.channels == 1
     assert load_unlabelled(data_cfg("digits"), labelled) is None
+
+
+# ------------------------------------------------------------------------------ streaming failures
+# A DataLoader worker's failure reaches the training process as one line (loader.py), not as
+# DataLoader's "Caught ... in DataLoader worker process 0 / Original Traceback" text.
+
+
+def streaming_folder(root, per_class: int = 6):
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8), "L").save(root / label / f"{i}.png")
+
+
+def test_an_unreadable_file_decoded_by_a_worker_is_one_line_naming_it(tmp_path):
+    streaming_folder(tmp_path)
+    bad = tmp_path / "cat" / "zz.png"
+    bad.write_bytes(b"not a png at all")
+    batches = ShardedBatches(load_dataset(data_cfg(tmp_path, in_memory=False, channels=1)), 13, 0, 1, 0, CPU,
+                             num_workers=1)  # one batch of all 13 images: the bad one is in it
+    with pytest.raises(UserError) as caught:
+        next(batches)
+    assert str(caught.value) == f"data: cannot read image {bad}: cannot identify image file '{bad}'"
+
+
+def test_a_batch_of_only_unreadable_files_is_one_line_even_when_skipping(tmp_path):
+    (tmp_path / "cat").mkdir()
+    for i in range(2):
+        (tmp_path / "cat" / f"{i}.png").write_bytes(b"junk")
+    data = ImageData(None, torch.zeros(2, dtype=torch.int64), ["cat"], 1, 8, files=sorted((tmp_path / "cat").iterdir()))
+    batches = ShardedBatches(data, 2, 0, 1, 0, CPU, num_workers=1, skip_bad=True)
+    with pytest.raises(UserError, match=r"^data: a whole batch of images was unreadable$"):
+        next(batches)
+
+
+def _die_in_workers(image, channels, resolution):
+    if torch.utils.data.get_worker_info() is not None:  # a worker, as the kernel's OOM killer finds it
+        os.kill(os.getpid(), signal.SIGKILL)
+    return pil_to_array(image, channels, resolution)
+
+
+def test_a_worker_killed_by_a_signal_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    from ganaug.data import folder
+
+    streaming_folder(tmp_path)
+    monkeypatch.setattr(folder, "pil_to_array", _die_in_workers)  # the forked worker inherits it
+    batches = ShardedBatches(load_dataset(data_cfg(tmp_path, in_memory=False, channels=1)), 4, 0, 1, 0, CPU,
+                             num_workers=2)
+    with pytest.raises(UserError) as caught:
+        next(batches)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.match(r"data: DataLoader worker \(pid\(?s?\)? [\d, ]+\) (is killed by signal: Killed|exited unexpectedly)",
+                    message), message
+    assert "set data.num_workers lower than 2 (0: decode in the training process)" in message
+
+
+def test_ganaug_train_with_a_killed_worker_ends_in_one_line_and_keeps_its_checkpoint(tmp_path):
+    """The whole command: a worker dies mid-run (here after the first checkpoint); the user sees one
+    line, exit status 2, and the checkpoint already written is intact and resumable."""
+    streaming_folder(tmp_path / "data", per_class=8)
+    script = f"""
+import os, signal, sys
+import torch
+from ganaug.cli import main
+from ganaug.data import folder
+real, calls = folder.pil_to_array, []
+def dying(image, channels, resolution):
+    calls.append(1)
+    if torch.utils.data.get_worker_info() is not None and os.path.exists({str(tmp_path / "run" / "checkpoints" / "last.pt")!r}):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(image, channels, resolution)
+folder.pil_to_array = dying
+sys.exit(main(sys.argv[1:]))
+"""
+    argv = ["train", "--run-dir", str(tmp_path / "run"), f"data.source={tmp_path / 'data'}", "data.in_memory=false",
+            "data.num_workers=1", "data.channels=1", "data.resolution=16", "model.g_channels=8", "model.d_channels=8",
+            "model.z_dim=16", "model.embed_dim=8", "train.batch_size=4", "train.steps=200", "ckpt.every=2",
+            "log.progress=false", "log.image_every=0", "train.threads=1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=240,
+                            env=env, cwd=ROOT)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ganaug train: error: ")]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(errors) == 1 and result.stderr.splitlines()[-1] == errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "DataLoader worker" in errors[0] and "run the same command again to resume" in errors[0]
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["step"] >= 2 and state["step"] % 2 == 0
+

@@ -153,4 +153,4 @@ class StreamingImages(torch.utils.data.Dataset):
                 raise
             log.warning("%s (skipped: data.skip_bad=true)", exc)
             return None
-        return torch.from_numpy(array), label
+        return torch.from_numpy(array.copy()), label  # a writable copy: PIL hands out read-only memory

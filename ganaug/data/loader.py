@@ -7,6 +7,11 @@ same batches an uninterrupted one would.
 
 In memory, the whole dataset is one uint8 tensor on the training device and a batch is one index
 operation: no per-sample Python on the hot path. Streaming decodes files in DataLoader workers.
+
+A file a worker cannot decode does not raise in the worker (DataLoader would wrap the error in its
+own multi-line text): the worker hands back a `_Failed` batch holding the one-line error, and the
+training process raises it. A worker that dies (killed by a signal, out of memory) is one line too,
+saying what to do.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ganaug.data import ImageData
-from ganaug.errors import UserError
+from ganaug.errors import UserError, one_line
 
 
 def epoch_shard(num_items: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
@@ -84,14 +89,25 @@ class ShardedBatches:
         shard = epoch_shard(len(self.data), self.seed, self.epoch, self.rank, self.world)
         shard = shard[self.batch * self.batch_size : self.batches_per_epoch * self.batch_size]
         loader = torch.utils.data.DataLoader(
-            StreamingImages(self.data, self.skip_bad), batch_sampler=_Batches(shard.tolist(), self.batch_size),
+            _Caught(StreamingImages(self.data, self.skip_bad)), batch_sampler=_Batches(shard.tolist(), self.batch_size),
             num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
         return iter(loader)
 
     def _next_streamed(self):
         if self._iterator is None:
             self._iterator = self._start_epoch_stream()
-        images, labels = next(self._iterator)
+        try:
+            batch = next(self._iterator)
+        except RuntimeError as exc:
+            self._iterator = None
+            died = worker_died(exc, self.num_workers)
+            if died is None:
+                raise
+            raise died from None
+        if isinstance(batch, _Failed):
+            self._iterator = None
+            raise UserError(batch.message)
+        images, labels = batch
         self._advance()
         images = images.to(self.device, non_blocking=True)
         labels = None if self.data.labels is None else labels.to(self.device, non_blocking=True)
@@ -112,11 +128,49 @@ class _Batches(torch.utils.data.Sampler):
             yield self.indices[start : start + self.batch_size]
 
 
+def worker_died(exc: BaseException, num_workers: int) -> UserError | None:
+    """The one-line error for a DataLoader worker that died (killed by a signal, out of memory); None
+    for any other error. torch raises RuntimeError('DataLoader worker (pid N) ...') in the training
+    process at its next fetch, or from its SIGCHLD handler wherever that process is at the time."""
+    if not isinstance(exc, RuntimeError) or not str(exc).startswith("DataLoader worker"):
+        return None
+    return UserError(f"data: {one_line(exc).rstrip('. ')} while streaming images from disk; a worker killed by "
+                     "the system is most often out of memory (or of shared memory, /dev/shm): set data.num_workers "
+                     f"lower than {num_workers} (0: decode in the training process) or give the job more memory, "
+                     "then run the same command again to resume from the last checkpoint")
+
+
+class _Failed:
+    """What a worker hands back instead of a batch it could not make: the one-line error."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class _Caught(torch.utils.data.Dataset):
+    """A dataset whose unreadable item is a _Failed, not an exception raised in a worker process."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except UserError as exc:
+            return _Failed(one_line(exc))
+
+
 def _collate(items):
     """Stack decoded items; a skipped bad file (None) is replaced by a repeat of a good one."""
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    if failed is not None:
+        return failed
     good = [item for item in items if item is not None]
     if not good:
-        raise UserError("data: a whole batch of images was unreadable")
+        return _Failed("data: a whole batch of images was unreadable")
     good += [good[i % len(good)] for i in range(len(items) - len(good))]
     images = torch.stack([image for image, _ in good])
     labels = torch.as_tensor([label for _, label in good], dtype=torch.int64)

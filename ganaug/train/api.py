@@ -58,6 +58,7 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None)
     """Train `cfg` in `run_dir`, resuming the checkpoint there if it has one (then `cfg` must describe
     the same model and data). `config_file`, if the config came from one, is never overwritten."""
     from ganaug.data import load_dataset, load_unlabelled
+    from ganaug.data.loader import worker_died
     from ganaug.models import ModelSpec
     from ganaug.train.trainer import Trainer
 
@@ -87,7 +88,13 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None)
                     del resume
                 if info.is_main:
                     run_dir.write_config(dump_yaml(cfg))
-                completed = trainer.fit()
+                try:
+                    completed = trainer.fit()
+                except RuntimeError as exc:  # a dead DataLoader worker, raised wherever the loop was
+                    died = worker_died(exc, cfg.data.num_workers)
+                    if died is None:
+                        raise
+                    raise died from None
             finally:
                 destroy_distributed()
     finally:

@@ -350,3 +350,42 @@ sys.exit(main(sys.argv[1:]))
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["step"] >= 2 and state["step"] % 2 == 0
 
+
+# ------------------------------------------------------------------------------ torchvision downloads
+
+
+def test_an_offline_download_is_one_line_and_restores_the_socket_timeout(tmp_path, monkeypatch):
+    import socket
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)  # whatever this machine's network does
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    before = socket.getdefaulttimeout()
+    for name in ("mnist", "cifar10"):
+        root = tmp_path / name
+        with pytest.raises(UserError) as caught:
+            load_dataset(DataConfig(source=name, root=str(root), download=True))
+        message = str(caught.value)
+        assert message.startswith(f"data.source: {name} is not under data.root='{root}' and downloading it failed (")
+        assert "Network is unreachable" in message and "\n" not in message
+        assert not [p for p in root.rglob("*") if p.is_file()]  # no half-downloaded file
+    assert socket.getdefaulttimeout() == before
+
+
+def test_a_dataset_already_in_data_root_is_not_downloaded_again(tmp_path, monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 12), ("t10k", 4)):
+        write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    data = load_dataset(DataConfig(source="mnist", root=str(tmp_path), download=True, resolution=8))
+    assert len(data) == 12

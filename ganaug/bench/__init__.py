@@ -69,6 +69,16 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _can_compile() -> bool:
+    """The torch.compile contender needs a C++ compiler on the CPU; without one it is left out."""
+    from ganaug.train.checks import compile_problem
+
+    problem = compile_problem(torch.device("cpu"))
+    if problem is not None:
+        log.warning("bench: torch.compile left out of the sampling table: %s", problem)
+    return problem is None
+
+
 def run_bench(out: Path | None = None, quick: bool = False) -> dict:
     """Measure, print the table, and write it as JSON to `out` (checked before the minutes of work)."""
     from ganaug.bench.ddp_speed import bench_ddp
@@ -94,7 +104,7 @@ def run_bench(out: Path | None = None, quick: bool = False) -> dict:
         log.info("bench: sampling")
         run = _train_run(work)
         results |= bench_sampling(run, work, n=1024 if quick else 4096, rounds=3 if quick else 5,
-                                  peaks=results, try_compile=not quick)
+                                  peaks=results, try_compile=not quick and _can_compile())
     results["seconds"] = time.perf_counter() - start
     print(format_table(results))
     if out is not None:

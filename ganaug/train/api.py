@@ -20,6 +20,7 @@ from ganaug.config import Config, dump_yaml, load_config
 from ganaug.errors import UserError
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
+from ganaug.train.checks import check_compile
 from ganaug.train.dist import cpu_threads, destroy_distributed, gather_objects, init_distributed, read_env
 from ganaug.train.rundir import RunDirectory
 
@@ -66,6 +67,8 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None)
     env = read_env()
     resume = run_dir.checkpoints.latest()
     run_dir.check(resuming=resume is not None, config_file=config_file)
+    if cfg.train.compile:
+        check_compile(env.device)
     threads = torch.get_num_threads()
     try:
         if not torch.cuda.is_available():

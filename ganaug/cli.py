@@ -77,10 +77,33 @@ def seed(text: str) -> int:
     return value
 
 
+def int_in(low: int, high: int, note: str = ""):
+    """A whole number in low..high: counts and seeds that reach torch, numpy or scikit-learn, whose
+    own limits would otherwise fail late with their own messages (e.g. `--split-seed 2^32`)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be positive" if low == 1 else f"{value} is below {low}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {high}{note}")
+        return value
+
+    return parse
+
+
+# scikit-learn's train_test_split takes numpy RandomState seeds, which stop at 2^32 - 1.
+split_seed = int_in(0, 2**32 - 1, " (2^32-1: the largest seed scikit-learn's split takes)")
+step_count = int_in(1, 10**9)  # the bound of train.steps
+
+
 def seed_list(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]: distinct seeds."""
     try:
-        values = [seed(part.strip()) for part in text.split(",") if part.strip()]
+        values = [split_seed(part.strip()) for part in text.split(",") if part.strip()]
     except argparse.ArgumentTypeError as exc:
         raise UserError(f"--split-seeds: {exc}") from None
     if not values or len(set(values)) != len(values):
@@ -226,10 +249,10 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--data", help="real data (sets data.source)")
     s.add_argument("--k", help="labelled images per class, comma-separated, 'all' for all (default 5,10,20,all)")
     s.add_argument("--seeds", type=positive_int, help="classifier seeds per arm (default 3)")
-    s.add_argument("--gan-steps", type=positive_int, help="GAN training steps per K")
+    s.add_argument("--gan-steps", type=step_count, help="GAN training steps per K")
     s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
     s.add_argument("--test-fraction", type=fraction, default=0.3, help="held-out share of the real data")
-    s.add_argument("--split-seed", type=seed, default=0, help="seed of the train/test split and K subsets")
+    s.add_argument("--split-seed", type=split_seed, default=0, help="seed of the train/test split and K subsets")
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
                    help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
@@ -240,7 +263,7 @@ def _add_evaluate(sub) -> None:
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
     s.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
-    s.add_argument("--classifier-steps", type=positive_int, default=400, help="classifier training steps (every arm)")
+    s.add_argument("--classifier-steps", type=step_count, default=400, help="classifier training steps (every arm)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=_run_study)
 

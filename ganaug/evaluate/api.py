@@ -7,7 +7,10 @@ goes to the log (stderr).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +52,48 @@ def check_data_source(source: str, flag: str) -> None:
                         "an image folder or a .npz file")
 
 
+def check_truncation(truncation: float) -> None:
+    """The sampler's rule (below its floor, redrawing latents would crawl), checked before any work."""
+    from ganaug.sampler.rng import MIN_TRUNCATION
+
+    if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
+        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still take: the kernel's MemAvailable, within a container's cgroup limit."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    if not found:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    return min(found) if found else None
+
+
+def check_fits(count: int, bytes_each: int, what: str, advice) -> None:
+    """Refuse a count whose memory (count x bytes_each) is beyond what this machine has available,
+    before the allocation: numpy and torch would fail with a traceback, or the kernel kill the process.
+    advice(largest count that fits) -> the way out."""
+    memory = available_memory()
+    if memory is None or count * bytes_each <= memory:
+        return
+    raise UserError(f"{what} needs about {count * bytes_each / 2**30:,.1f} GiB of memory and "
+                    f"{max(memory, 0) / 2**30:,.1f} GiB are available here; {advice(max(memory, 0) // bytes_each)}")
+
+
+# What one image costs `measure_model` at its peak: its pixels as uint8 twice and as float32 twice
+# (nearest neighbours in pixel space), its features (float32, then float64 for precision/recall, up to
+# 2048 of them for a torchvision network) and one float64 row of a 2048-row k-NN distance block.
+_METRIC_BYTES_PER_PIXEL = 10
+_METRIC_BYTES_FIXED = 12 * 2048 + 9 * 2048 + 16
+
+
 def use_all_cores(threads: int = 0) -> None:
     """One process does all the work here: every core by default, or `threads` (train.threads) on a
     machine shared with other jobs, where fewer threads than cores avoid waiting on descheduled ones."""
@@ -66,8 +111,7 @@ def measure_model(model: str, data_source: str, out: Path, data_root: str = "dat
                   max_real: int = 10000, features: str | None = None, seed: int = 0, truncation: float = 0.0) -> dict:
     """FD, KID, precision/recall, per-class FD and memorisation of an ONNX model against real data;
     writes out/metrics.json, metrics.md and figures, prints the table, returns the metrics."""
-    if truncation < 0:
-        raise UserError(f"--truncation must be 0 (off) or positive, got {truncation}")
+    check_truncation(truncation)
     check_data_source(data_source, "--data")
     check_writable(out)
     import torch
@@ -91,6 +135,10 @@ def measure_model(model: str, data_source: str, out: Path, data_root: str = "dat
     if len(real) > max_real:  # nearest neighbours and KID grow with the real set; keep them bounded
         keep = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:max_real]
         real, real_labels = real[keep], None if real_labels is None else real_labels[keep]
+    check_fits(n + len(real), math.prod(sampler.meta.image_shape) * _METRIC_BYTES_PER_PIXEL + _METRIC_BYTES_FIXED,
+               f"--n {n}: measuring {n} generated and {len(real)} real images of "
+               f"{'x'.join(map(str, sampler.meta.image_shape))}",
+               lambda fits: f"use --n {fits - len(real)} or less" if fits > len(real) else "lower --max-real too")
     log.info("generating %d images from %s", n, model)
     fake_nhwc, fake_labels = sampler.generate(n, seed=seed, truncation=truncation)
     fake = torch.from_numpy(fake_nhwc).permute(0, 3, 1, 2).contiguous()
@@ -148,8 +196,7 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
 
     preset = QUICK if quick else FULL
     k_values = parse_ks(ks) if ks is not None else preset["ks"]
-    if truncation < 0:
-        raise UserError(f"--truncation must be 0 (off) or positive, got {truncation}")
+    check_truncation(truncation)
     if test_fraction in (0.0, 1.0):
         raise UserError("--test-fraction must be strictly between 0 and 1")
     cfg = resolve_gan_config(config_file, list(overrides) + ([f"data.source={data}"] if data else []))
@@ -178,13 +225,13 @@ def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict
     if not split_seeds or len(split_seeds) == 1:
         if split_seeds:
             settings = dataclasses.replace(settings, split_seed=split_seeds[0])
-        summary = report.write_study_report(out, Study(out, settings).run(), elapsed_s=time.perf_counter() - start)
+        summary = report.write_study_report(out, _fits(Study(out, settings)).run(), elapsed_s=time.perf_counter() - start)
     else:
         summaries = []
         for split in split_seeds:
             folder = out / f"split{split}"
             log.info("split seed %d -> %s", split, folder)
-            results = Study(folder, dataclasses.replace(settings, split_seed=split)).run()
+            results = _fits(Study(folder, dataclasses.replace(settings, split_seed=split))).run()
             summaries.append(report.write_study_report(folder, results))
         summary = report.write_summary(out, report.combine(summaries), elapsed_s=time.perf_counter() - start)
     print(report.accuracy_table(summary))
@@ -192,3 +239,15 @@ def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict
     print(report.gains_table(summary))
     log.info("report: %s", out / "report.md")
     return summary
+
+
+def _fits(study):
+    """A synthetic set is read whole into memory (twice while its shards are joined), with a class
+    probability per image when it is filtered: refuse a --synthetic-per-class that cannot fit before
+    the first GAN is trained, not after."""
+    per_class, classes = study.settings.synthetic_per_class, len(study.class_names)
+    image_bytes = math.prod(study.data.images.shape[1:])
+    check_fits(per_class * classes, 2 * image_bytes + 4 * classes + 16,
+               f"--synthetic-per-class {per_class}: a synthetic set of {per_class} x {classes} classes",
+               lambda fits: f"use --synthetic-per-class {max(1, fits // classes)} or less")
+    return study

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -100,6 +101,16 @@ def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int) -> t
     """(train indices, test indices): each class split in the same proportion, seeded."""
     from sklearn.model_selection import train_test_split
 
+    counts = np.bincount(labels.numpy())
+    if counts[counts > 0].min() < 2:  # scikit-learn's own errors for these are tracebacks
+        raise UserError(f"class {int(np.flatnonzero(counts == 1)[0])} has a single image: the study holds out part "
+                        "of every class for testing and needs at least 2 images per class")
+    n_test = math.ceil(test_fraction * len(labels))
+    classes = int((counts > 0).sum())
+    if min(n_test, len(labels) - n_test) < classes:
+        raise UserError(f"--test-fraction {test_fraction} splits the {len(labels)} images into {len(labels) - n_test} "
+                        f"for training and {n_test} held out; each side needs at least one image of each of the "
+                        f"{classes} classes")
     index = np.arange(len(labels))
     train, test = train_test_split(index, test_size=test_fraction, stratify=labels.numpy(), random_state=seed)
     return torch.as_tensor(np.sort(train)), torch.as_tensor(np.sort(test))

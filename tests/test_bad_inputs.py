@@ -30,7 +30,7 @@ import sys
 import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class Case:
     check: Callable | None = None  # check(env): more assertions after the command
     may_change: tuple[str, ...] = ()  # files the command may rewrite with the same meaning (config.yaml)
     isolate: bool = False  # run in a subprocess with an 8 GiB address-space limit (inputs that exhaust memory)
+    environ: dict = field(default_factory=dict)  # with isolate: environment changes ({tmp} = tmp_path; None unsets)
 
 
 CASES: list[Case] = []
@@ -351,6 +352,66 @@ def _train_torchvision_not_downloaded(env):
     return env.train("data.source=mnist", f"data.root={env.tmp / 'root'}")
 
 
+# A proxy on a closed local port: no network, on any machine (nothing may download in a test).
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": None, "NO_PROXY": None}
+
+
+@case("train-torchvision-download-offline", "train", "data.source=mnist data.download=true without network access",
+      "mnist is not under data.root='{tmp}/root' and downloading it failed (", isolate=True, environ=OFFLINE,
+      found="one 'error' of six lines (torchvision's 'Error downloading ...: Tried https://..., got: <urlopen "
+            "error ...>' for each mirror), exit 2")
+def _train_torchvision_download_offline(env):
+    return env.train("data.source=mnist", f"data.root={env.tmp / 'root'}", "data.download=true")
+
+
+@case("train-torchvision-download-offline-cifar10", "train", "data.source=cifar10 data.download=true without network",
+      "cifar10 is not under data.root='{tmp}/root' and downloading it failed (", isolate=True, environ=OFFLINE,
+      found="URLError traceback from urllib (80 lines), exit 1")
+def _train_torchvision_download_offline_cifar10(env):
+    return env.train("data.source=cifar10", f"data.root={env.tmp / 'root'}", "data.download=true")
+
+
+def _mnist_files(root: Path, images: bytes, labels: bytes) -> None:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(images)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(labels)
+
+
+@case("train-torchvision-corrupt", "train", "MNIST files of random bytes in data.root",
+      "mnist under data.root='{tmp}/root' is unreadable (AssertionError", survives=("root",),
+      found="AssertionError traceback from torchvision's idx reader (a bare assert on the header), exit 1")
+def _train_torchvision_corrupt(env):
+    _mnist_files(env.tmp / "root", np.random.default_rng(5).bytes(1000), np.random.default_rng(6).bytes(100))
+    return env.train("data.source=mnist", f"data.root={env.tmp / 'root'}")
+
+
+@case("train-torchvision-truncated", "train", "an MNIST image file whose header promises 5 images and holds 3 bytes",
+      "mnist under data.root='{tmp}/root' is unreadable (RuntimeError: shape '[5, 28, 28]'", survives=("root",),
+      found="reported as a missing dataset: 'mnist not found under data.root=... (set data.download=true to fetch "
+            "it): shape '[5, 28, 28]' is invalid for input of size 3'")
+def _train_torchvision_truncated(env):
+    header = struct.pack(">IIII", 0x0803, 5, 28, 28)
+    _mnist_files(env.tmp / "root", header + b"abc", struct.pack(">II", 0x0801, 5) + bytes(5))
+    return env.train("data.source=mnist", f"data.root={env.tmp / 'root'}")
+
+
+@case("train-image-unreadable-streamed", "train",
+      "an image of random bytes streamed by a DataLoader worker (data.in_memory=false, data.num_workers=1)",
+      "data: cannot read image {tmp}/data/cat/zz.png: cannot identify image file", survives=("data",), isolate=True,
+      check=lambda env: _assert_streamed(env, 21),
+      found="the line went on with DataLoader's text, 'Caught UserError in DataLoader worker process 0. Original "
+            "Traceback (most recent call last): ...' (18 more lines), exit 2")
+def _train_image_unreadable_streamed(env):
+    env.class_folder(per_class=10)
+    (env.tmp / "data" / "cat" / "zz.png").write_bytes(np.random.default_rng(1).bytes(600))
+    # data.channels=1: no channel guess, which would read every file in this process first.
+    return env.train(env.source("data"), "data.in_memory=false", "data.num_workers=1", "data.channels=1",
+                     "train.steps=20")
+
+
 @case("train-npz-no-images", "train", ".npz without an 'images' array", "has no 'images' array (found: pictures)",
       survives=("d.npz",))
 def _train_npz_no_images(env):
@@ -603,6 +664,24 @@ def _train_config_file_not_mapping(env):
 def _train_config_file_wrong_type(env):
     (env.tmp / "float.yaml").write_text("train:\n  steps: 3.5\n")
     return [*env.train(), "--config", str(env.tmp / "float.yaml")]
+
+
+@case("train-compile-cxx-missing", "train", "train.compile=true with CXX naming a compiler that does not exist",
+      "train.compile=true: torch.compile cannot run here: it builds CPU kernels with a C++ compiler and found none",
+      isolate=True, environ={"CXX": "/nonexistent/g++"}, check=lambda env: _assert_no_run_dir(env),
+      found="InductorError traceback (90 lines) at the first compiled step, after the run directory was made, "
+            "exit 1")
+def _train_compile_cxx_missing(env):
+    return env.train("train.compile=true", "train.steps=2")
+
+
+@case("train-compile-no-compiler-on-path", "train", "train.compile=true with no compiler on PATH",
+      "train.compile=true: torch.compile cannot run here:", isolate=True,
+      environ={"PATH": "{tmp}/bin", "CXX": None, "CC": None}, check=lambda env: _assert_no_run_dir(env),
+      found="InductorError traceback (InvalidCxxCompiler) at the first compiled step, exit 1")
+def _train_compile_no_compiler_on_path(env):
+    (env.tmp / "bin").mkdir()
+    return env.train("train.compile=true", "train.steps=2")
 
 
 # ============================================================================== train: run dir, checkpoints
@@ -1066,6 +1145,11 @@ def _export_precision_unknown(env):
 @case("export-opset-unsupported", "export", "--opset 3", "--opset 3 is not supported")
 def _export_opset_unsupported(env):
     return env.export(env.run_copy(), "--opset", "3")
+
+
+@case("export-opset-huge", "export", "--opset 10**9", "--opset 1000000000 is not supported")
+def _export_opset_huge(env):
+    return env.export(env.run_copy(), "--opset", str(10**9))
 
 
 # ============================================================================== sample
@@ -1614,7 +1698,7 @@ def _evaluate_metrics_out_read_only(env):
 
 
 @case("evaluate-metrics-truncation-negative", "evaluate", "metrics --truncation -1",
-      "--truncation must be 0 (off) or positive, got -1.0")
+      "--truncation must be 0 (off) or at least 0.01, got -1.0")
 def _evaluate_metrics_truncation_negative(env):
     return [*env.metrics(), "--truncation", "-1"]
 
@@ -1756,6 +1840,102 @@ def _evaluate_study_other_settings(env):
     return env.study()
 
 
+@case("evaluate-metrics-max-real-zero", "evaluate", "metrics --max-real 0", "argument --max-real: 0 must be positive")
+def _evaluate_metrics_max_real_zero(env):
+    return [*env.metrics(), "--max-real", "0"]
+
+
+@case("evaluate-metrics-seed-past-int64", "evaluate", "metrics --seed 2^63",
+      "argument --seed: 9223372036854775808 is not in 0..2^63-1")
+def _evaluate_metrics_seed_past_int64(env):
+    return [*env.metrics(), "--seed", str(2**63)]
+
+
+@case("evaluate-metrics-n-past-memory", "evaluate", "metrics --n 10^10 (2.3 TiB of 16x16 images)",
+      "--n 10000000000: measuring 10000000000 generated and 1797 real images of 16x16x1 needs about", isolate=True,
+      found="numpy traceback ('Unable to allocate 2.33 TiB for an array with shape (10000000000, 16, 16, 1)'), "
+            "exit 1; a count that numpy can reserve but the machine cannot hold would be killed by the kernel instead")
+def _evaluate_metrics_n_past_memory(env):
+    return [*env.metrics(), "--n", str(10**10)]
+
+
+@case("evaluate-metrics-truncation-below-floor", "evaluate", "metrics --truncation 0.001 (the sampler's floor is 0.01)",
+      "--truncation must be 0 (off) or at least 0.01, got 0.001",
+      found="one line, but after the model and the data were loaded, and without the flag's name ('truncation must "
+            "be ...')")
+def _evaluate_metrics_truncation_below_floor(env):
+    return [*env.metrics(), "--truncation", "0.001"]
+
+
+@case("evaluate-study-truncation-below-floor", "evaluate", "study --truncation 0.001",
+      "--truncation must be 0 (off) or at least 0.01, got 0.001",
+      found="accepted until the first GAN had been trained and exported, then the sampler's line without the flag's "
+            "name")
+def _evaluate_study_truncation_below_floor(env):
+    return env.study("--truncation", "0.001")
+
+
+@case("evaluate-study-split-seed-past-2-32", "evaluate", "study --split-seed 2^32 (scikit-learn's split takes less)",
+      "argument --split-seed: 4294967296 is above the maximum 4294967295",
+      found="scikit-learn InvalidParameterError traceback ('random_state ... must be an int in the range [0, "
+            "4294967295]'), exit 1")
+def _evaluate_study_split_seed_past_2_32(env):
+    return env.study("--split-seed", str(2**32))
+
+
+@case("evaluate-study-split-seeds-past-2-32", "evaluate", "study --split-seeds 1,2^32",
+      "--split-seeds: 4294967296 is above the maximum 4294967295",
+      found="the whole study of split 1 ran (GAN trained, classifiers), then a scikit-learn traceback for the second "
+            "seed, exit 1")
+def _evaluate_study_split_seeds_past_2_32(env):
+    return env.study("--split-seeds", f"1,{2**32}")
+
+
+@case("evaluate-study-test-fraction-tiny", "evaluate", "study --test-fraction 1e-9 (one held-out image, ten classes)",
+      "--test-fraction 1e-09 splits the 1797 images into 1796 for training and 1 held out",
+      found="ValueError traceback from scikit-learn ('The test_size = 1 should be greater or equal to the number of "
+            "classes = 10'), exit 1")
+def _evaluate_study_test_fraction_tiny(env):
+    return env.study("--test-fraction", "1e-9")
+
+
+@case("evaluate-study-test-fraction-near-one", "evaluate", "study --test-fraction 0.9999999 (no training image)",
+      "splits the 1797 images into 0 for training and 1797 held out",
+      found="ValueError traceback from scikit-learn ('... the resulting train set will be empty'), exit 1")
+def _evaluate_study_test_fraction_near_one(env):
+    return env.study("--test-fraction", "0.9999999")
+
+
+@case("evaluate-study-class-of-one-image", "evaluate", "study --data whose class 2 has a single image",
+      "class 2 has a single image", survives=("d.npz",),
+      found="ValueError traceback from scikit-learn ('The least populated classes in y have only 1 member'), exit 1")
+def _evaluate_study_class_of_one_image(env):
+    env.npz("d.npz", images=np.zeros((21, 8, 8), np.uint8), labels=np.array([0] * 10 + [1] * 10 + [2]))
+    return env.study("--data", str(env.tmp / "d.npz"))
+
+
+@case("evaluate-study-gan-steps-huge", "evaluate", "study --gan-steps 10^10",
+      "argument --gan-steps: 10000000000 is above the maximum 1000000000",
+      found="one line naming train.steps instead of --gan-steps, after the data was split and written")
+def _evaluate_study_gan_steps_huge(env):
+    return env.study("--gan-steps", str(10**10))
+
+
+@case("evaluate-study-classifier-steps-huge", "evaluate", "study --classifier-steps 10^30",
+      "argument --classifier-steps: 1000000000000000000000000000000 is above the maximum 1000000000",
+      found="accepted: the study went on to train a GAN, then each classifier for 10^30 steps (it never ends)")
+def _evaluate_study_classifier_steps_huge(env):
+    return env.study("--classifier-steps", str(10**30))
+
+
+@case("evaluate-study-synthetic-past-memory", "evaluate", "study --synthetic-per-class 10^10 (10^11 images in memory)",
+      "--synthetic-per-class 10000000000: a synthetic set of 10000000000 x 10 classes needs about", isolate=True,
+      found="accepted: once the first GAN was trained the sampler set out to write 10^11 images (still running "
+            "after 4 minutes here), which the study would then read whole into memory")
+def _evaluate_study_synthetic_past_memory(env):
+    return env.study("--synthetic-per-class", str(10**10))
+
+
 # ============================================================================== helpers for the checks
 
 def _assert_trained(env: Env, steps: int, images_seen: int, channels: int | None = None) -> None:
@@ -1766,6 +1946,15 @@ def _assert_trained(env: Env, steps: int, images_seen: int, channels: int | None
         assert state["model"]["channels"] == channels
     # The log names how many images were kept.
     assert f"{images_seen} images" in env.stderr, env.stderr
+
+
+def _assert_streamed(env: Env, images: int) -> None:
+    """The error came from a DataLoader worker while training, not from a scan before it."""
+    assert f"streaming {images} images" in env.stderr and "INFO training dcgan" in env.stderr, env.stderr[-3000:]
+
+
+def _assert_no_run_dir(env: Env) -> None:
+    assert not (env.tmp / "run").exists(), "the run directory was made before the error"
 
 
 def _assert_no_code_ran(env: Env) -> None:
@@ -1815,16 +2004,22 @@ def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def run_isolated(argv: list[str]) -> tuple[int, str]:
+def run_isolated(argv: list[str], environ: dict | None = None) -> tuple[int, str]:
     """A fresh `python -m ganaug` with an 8 GiB address-space limit: runaway memory is a MemoryError, not an OOM.
 
     Importing torch alone maps about 3.2 GiB of address space (its CUDA build), hence 8 and not less.
+    `environ` changes its environment (a value of None unsets the variable).
     """
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for name, value in (environ or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     result = subprocess.run([sys.executable, "-m", "ganaug", *argv], capture_output=True, text=True, timeout=120,
                             env=env, cwd=ROOT, preexec_fn=limit)
     return result.returncode, result.stderr
@@ -1851,7 +2046,9 @@ def test_bad_input(item: Case, tmp_path, trained_run, capsys):
     for survivor in item.survives:
         assert survivor in before, f"survivor {survivor} does not exist before the command"
 
-    code, stderr = run_isolated(argv) if item.isolate else run_in_process(argv, capsys)
+    environ = {name: None if value is None else value.replace("{tmp}", str(tmp_path))
+               for name, value in item.environ.items()}
+    code, stderr = run_isolated(argv, environ) if item.isolate else run_in_process(argv, capsys)
     env.stderr = stderr
 
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -1957,6 +2154,7 @@ def test_the_cases_are_well_formed():
         assert item.id.startswith(item.command + "-"), item.id
         assert item.expect.strip(), item.id
         assert not (item.fails and item.found), f"{item.id}: open or fixed, not both"
+        assert item.isolate or not item.environ, f"{item.id}: an environment needs a process of its own (isolate)"
 
 
 def test_the_runner_catches_what_it_must():

@@ -7,7 +7,7 @@
 #
 #   docker build -f docker/train.Dockerfile -t ganaug-train:0.1.0 .
 #   docker run --rm --gpus all --ipc=host -v "$PWD/runs:/runs" ganaug-train:0.1.0 \
-#       torchrun --standalone --nproc-per-node gpu -m ganaug train --run-dir /runs/digits
+#       python3 -m ganaug.launch --standalone --nproc-per-node gpu -m ganaug train --run-dir /runs/digits
 ARG TORCH_VERSION=2.14.1
 ARG CUDA_FLAVOUR=cuda13.0-cudnn9-runtime
 FROM pytorch/pytorch:${TORCH_VERSION}-${CUDA_FLAVOUR}
@@ -30,6 +30,6 @@ RUN pip install --no-cache-dir '.[train,gpu]' \
     && python -c "import sys, torch; ok = torch.__version__.split('+')[0] == '${TORCH_VERSION}' and torch.version.cuda; sys.exit(0 if ok else 'torch ' + torch.__version__ + ' is not the base image build')"
 
 # Run directories and datasets are volumes (e.g. -v runs:/runs, data.root=/data); the container
-# command is the launcher: torchrun ... -m ganaug train ... (see docs/launch.md).
+# command is the launcher: python3 -m ganaug.launch ... -m ganaug train ... (torchrun; docs/launch.md).
 WORKDIR /workspace
 CMD ["ganaug", "--help"]

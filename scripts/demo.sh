@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on the embedded digits: train under torchrun (2 processes), export, sample, evaluate.
+# The main job on the embedded digits: train under torchrun (2 processes; as python -m ganaug.launch,
+# so a mistake is one line), export, sample, evaluate.
 # Re-running resumes training and sampling where they stopped.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ STUDY="$RUN_DIR/study"
 # Each process gets one of the cores; more threads would only fight over them.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-torchrun --standalone --nproc-per-node "$NPROC" -m ganaug train --run-dir "$RUN_DIR" --config configs/demo.yaml "$@"
+python -m ganaug.launch --standalone --nproc-per-node "$NPROC" -m ganaug train --run-dir "$RUN_DIR" --config configs/demo.yaml "$@"
 ganaug export "$RUN_DIR" --out "$MODEL" --force
 ganaug sample "$MODEL" --per-class 200 --out "$SAMPLES" --seed 0
 ganaug evaluate study --quick --out "$STUDY" --config configs/demo.yaml

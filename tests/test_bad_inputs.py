@@ -412,6 +412,28 @@ def _train_image_unreadable_streamed(env):
                      "train.steps=20")
 
 
+@case("train-npz-past-memory-at-resolution", "train", "100,000 8x8 images in an .npz at data.resolution=1024 (98 GiB)",
+      "data.source: holding 100000 images of 1x1024x1024 needs about 97.7 GiB of memory", survives=("d.npz",),
+      isolate=True,
+      found="RuntimeError traceback from torch's allocator in data/convert.py resize_batch (its chunks of 4096 images "
+            "are 16 GiB of floats at this resolution), exit 1; without a memory limit the kernel kills the process")
+def _train_npz_past_memory_at_resolution(env):
+    env.npz("d.npz", images=np.zeros((100_000, 8, 8), np.uint8))
+    return env.train(env.source("d.npz"), "data.resolution=1024")
+
+
+@case("train-folder-in-memory-past-memory", "train", "data.in_memory=true for 1,500 colour images at data.resolution=1024",
+      "holding 1500 images of 3x1024x1024 in memory needs about", survives=("data",), isolate=True,
+      found="numpy ArrayMemoryError traceback ('Unable to allocate 4.39 GiB') after every image was decoded and "
+            "upscaled, exit 1")
+def _train_folder_in_memory_past_memory(env):
+    root = env.tmp / "data" / "cat"
+    root.mkdir(parents=True)
+    for i in range(1500):
+        Image.new("RGB", (4, 4), (i % 256, 0, 0)).save(root / f"{i}.png")
+    return env.train(env.source("data"), "data.in_memory=true", "data.resolution=1024", "data.channels=3")
+
+
 @case("train-npz-no-images", "train", ".npz without an 'images' array", "has no 'images' array (found: pictures)",
       survives=("d.npz",))
 def _train_npz_no_images(env):

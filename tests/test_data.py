@@ -389,3 +389,27 @@ def test_a_dataset_already_in_data_root_is_not_downloaded_again(tmp_path, monkey
         write_idx(raw / f"{split}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
     data = load_dataset(DataConfig(source="mnist", root=str(tmp_path), download=True, resolution=8))
     assert len(data) == 12
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize("channels", [0, 1, 3])
+def test_images_are_converted_in_chunks_exactly_as_in_one_piece(monkeypatch, channels):
+    from ganaug.data import convert
+
+    images = torch.randint(0, 256, (37, 3 if channels == 1 else 1, 9, 7), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    whole = convert.match_channels(convert.resize_batch(images, 16), channels)
+    monkeypatch.setattr(convert, "CHUNK_BYTES", 4 * 3 * 16 * 16 * 5)  # five images a chunk
+    assert torch.equal(convert.to_model_images(images, 16, channels), whole)
+
+
+def test_a_dataset_beyond_the_memory_available_is_refused_before_it_is_allocated(monkeypatch):
+    from ganaug import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 10 * 2**20)  # 10 MiB
+    with pytest.raises(UserError, match=r"^data.source: holding 1797 images of 1x128x128 needs about 28 MiB of "
+                                        r"memory and 10 MiB are available here; .*at most 640 fit"):
+        load_dataset(DataConfig(resolution=128))
+    assert len(load_dataset(DataConfig(resolution=64))) == 1797  # 7 MiB: fits

@@ -53,6 +53,31 @@ def pil_to_array(image: Image.Image, channels: int, resolution: int) -> np.ndarr
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
+CHUNK_BYTES = 256 * 2**20  # the float copies made while converting: bounded, whatever N and the resolution
+
+
+def to_model_images(images: torch.Tensor, resolution: int, channels: int = 0) -> torch.Tensor:
+    """uint8 [N, c, h, w] -> uint8 [N, channels (0: c), resolution, resolution], the way `resize_batch`
+    and `match_channels` convert, in chunks of bounded memory written into one tensor. A result that
+    cannot fit in the memory available is a DataError before it is allocated."""
+    from ganaug.data import DataError
+    from ganaug.memory import check_fits
+
+    n, have = images.shape[:2]
+    out_channels = channels or have
+    check_fits(n, out_channels * resolution**2,
+               f"holding {n} images of {out_channels}x{resolution}x{resolution}",
+               lambda fits: f"lower data.resolution, use fewer images (at most {fits} fit), or stream an image "
+                            "folder from disk (data.in_memory=false)", error=DataError)
+    out = torch.empty((n, out_channels, resolution, resolution), dtype=torch.uint8)
+    side = max(resolution, *images.shape[2:])
+    step = max(1, CHUNK_BYTES // (4 * max(have, out_channels) * side * side))
+    for start in range(0, n, step):
+        part = match_channels(resize_batch(images[start : start + step], resolution), out_channels)
+        out[start : start + len(part)] = part
+    return out
+
+
 def resize_batch(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """uint8 [N, C, h, w] -> uint8 [N, C, resolution, resolution] (antialiased bilinear, center crop)."""
     h, w = images.shape[-2:]

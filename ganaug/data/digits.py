@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ganaug.data import ImageData
-from ganaug.data.convert import match_channels, resize_batch
+from ganaug.data.convert import to_model_images
 
 
 def load_digits(resolution: int, channels: int = 0) -> ImageData:
@@ -15,7 +15,6 @@ def load_digits(resolution: int, channels: int = 0) -> ImageData:
     bunch = sklearn_digits()  # ships inside scikit-learn: nothing is downloaded
     # Pixel values are 0..16 ink levels; scale to 0..255 grey.
     images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-    tensor = resize_batch(torch.from_numpy(images)[:, None], resolution)
-    tensor = match_channels(tensor, channels or 1)
+    tensor = to_model_images(torch.from_numpy(images)[:, None], resolution, channels or 1)
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)
     return ImageData(tensor, labels, [str(c) for c in bunch.target_names], tensor.shape[1], resolution)

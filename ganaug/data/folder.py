@@ -22,6 +22,7 @@ from ganaug.config import DataConfig
 from ganaug.data import DataError, ImageData
 from ganaug.data.convert import is_grey, pil_to_array
 from ganaug.errors import UserError
+from ganaug.memory import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,11 @@ def load_folder(root: Path, cfg: DataConfig) -> ImageData:
     if stream:
         log.info("data: streaming %d images from %s (%.0f MB decoded)", len(files), root, decoded_mb)
         return ImageData(None, label_tensor, names, channels, cfg.resolution, files=files)
+    # Decoded one by one, then stacked: two copies at the end.
+    check_fits(len(files), 2 * channels * cfg.resolution**2,
+               f"holding {len(files)} images of {channels}x{cfg.resolution}x{cfg.resolution} in memory",
+               lambda fits: "stream them from disk (data.in_memory=false) or lower data.resolution",
+               error=DataError)
     arrays, kept, bad = [], [], []
     for i, path in enumerate(files):
         try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ganaug.data import DataError, ImageData
-from ganaug.data.convert import array_to_nchw, match_channels, resize_batch
+from ganaug.data.convert import array_to_nchw, to_model_images
 
 MAX_CLASSES = 100_000  # ImageNet-21k has about 22,000
 
@@ -32,7 +32,7 @@ def load_npz(path: Path, resolution: int, channels: int = 0) -> ImageData:
                         f"got shape {list(images.shape)}")
     if images.shape[1] == 0 or images.shape[2] == 0:
         raise DataError(f"{path}: 'images' have no pixels (shape {list(images.shape)})")
-    tensor = match_channels(resize_batch(array_to_nchw(images), resolution), channels)
+    tensor = to_model_images(array_to_nchw(images), resolution, channels)
     labels, class_names = _labels(path, arrays, len(images))
     return ImageData(tensor, labels, class_names, tensor.shape[1], resolution)
 

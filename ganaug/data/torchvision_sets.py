@@ -20,7 +20,7 @@ import torch
 
 from ganaug.config import DataConfig
 from ganaug.data import DataError, ImageData
-from ganaug.data.convert import array_to_nchw, match_channels, resize_batch
+from ganaug.data.convert import array_to_nchw, to_model_images
 from ganaug.errors import one_line
 
 DOWNLOAD_TIMEOUT_S = 60  # per network operation: a connection or a read that stalls this long fails
@@ -50,7 +50,7 @@ def load_torchvision(name: str, cfg: DataConfig) -> ImageData:
         raise DataError(_unreadable(name, cfg.root, exc)) from None
     data = dataset.data
     images = array_to_nchw(data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data))
-    tensor = match_channels(resize_batch(images, cfg.resolution), cfg.channels)
+    tensor = to_model_images(images, cfg.resolution, cfg.channels)
     labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
     return ImageData(tensor, labels, list(dataset.classes), tensor.shape[1], cfg.resolution)
 

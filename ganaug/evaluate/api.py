@@ -7,15 +7,14 @@ goes to the log (stderr).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 from ganaug.errors import UserError
 from ganaug.files import ensure_writable_dir, write_atomic
+from ganaug.memory import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -58,33 +57,6 @@ def check_truncation(truncation: float) -> None:
 
     if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
         raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still take: the kernel's MemAvailable, within a container's cgroup limit."""
-    found = []
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo") as meminfo:
-            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    if not found:
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    return min(found) if found else None
-
-
-def check_fits(count: int, bytes_each: int, what: str, advice) -> None:
-    """Refuse a count whose memory (count x bytes_each) is beyond what this machine has available,
-    before the allocation: numpy and torch would fail with a traceback, or the kernel kill the process.
-    advice(largest count that fits) -> the way out."""
-    memory = available_memory()
-    if memory is None or count * bytes_each <= memory:
-        return
-    raise UserError(f"{what} needs about {count * bytes_each / 2**30:,.1f} GiB of memory and "
-                    f"{max(memory, 0) / 2**30:,.1f} GiB are available here; {advice(max(memory, 0) // bytes_each)}")
 
 
 # What one image costs `measure_model` at its peak: its pixels as uint8 twice and as float32 twice

@@ -25,7 +25,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV
+from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV, one_line
 
 # How torchrun stops the other workers once one has failed: SIGTERM, then SIGKILL after a grace period.
 STOPPED_BY_TORCHRUN = {-signal.SIGTERM, -signal.SIGKILL}
@@ -56,9 +56,17 @@ def error_lines(failures: dict, folder: Path) -> tuple[list[str], bool]:
 
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import get_args_parser, run
 
-    args = parse_args(argv)
+    parser = get_args_parser()
+    parser.prog = "python -m ganaug.launch"
+
+    def usage_error(message: str):  # torchrun's own arguments: one line too, not argparse's usage block
+        print(f"ganaug launch: error: {one_line(message)} (see python -m ganaug.launch --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = usage_error
+    args = parser.parse_args(argv)
     command = ganaug_arguments(args)
     if command is not None:
         from ganaug.cli import preflight

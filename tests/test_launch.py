@@ -425,6 +425,21 @@ def test_a_worker_leaves_its_line_only_for_the_launcher_that_started_it(tmp_path
     assert capsys.readouterr().err.startswith("ganaug train: error: unknown config key 'train.stpes'")
 
 
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["--nproc-per-node"], "argument --nproc-per-node/--nproc_per_node: expected one argument"),
+    (["--standalone"], "the following arguments are required: training_script"),
+    (["--no-such-flag", "-m", "ganaug", "train"], "unrecognized arguments: --no-such-flag"),
+])
+def test_torchruns_own_argument_mistakes_are_one_line_too(argv, fragment, capsys):
+    from ganaug.launch import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ganaug launch: error: ") and fragment in err, err
+
+
 def test_the_launchers_own_check_passes_good_arguments_and_leaves_nothing(tmp_path):
     from ganaug.cli import preflight
 

@@ -29,14 +29,26 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------- argument types
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+def whole_number(low: int, high: int | None = None, what: str = ""):
+    """An argparse type: a whole number in low..high (high None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be positive" if low == 1 else f"{value} is below {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {what or f'{low}..{high}'}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
+thread_count = whole_number(0, 1024, "0..1024 (0: one per physical core)")
+seed = whole_number(0, 2**63 - 1, "0..2^63-1")
 
 
 def finite_float(text: str) -> float:
@@ -53,26 +65,6 @@ def fraction(text: str) -> float:
     value = finite_float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return value
-
-
-def thread_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} is not in 0..1024 (0: one per physical core)")
-    return value
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is not in 0..2^63-1")
     return value
 
 

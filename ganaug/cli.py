@@ -153,7 +153,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--n", type=positive_int, help="number of images (class-balanced when conditional)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="png", choices=("png", "npz"))
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=int, default=0, help="latent seed: any integer (taken modulo 2^64)")
     p.add_argument("--classes", help="comma-separated class names to generate (default: all)")
     p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
     p.add_argument("--batch-size", type=positive_int, default=256)

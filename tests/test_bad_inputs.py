@@ -1370,11 +1370,6 @@ def _sample_threads_huge(env):
     return env.sample(env.model(), "--n", "3", "--threads", "100000")
 
 
-@case("sample-seed-past-int64", "sample", "--seed 2^64", "argument --seed: 18446744073709551616 is not in 0..2^63-1")
-def _sample_seed_past_int64(env):
-    return env.sample(env.model(), "--n", "3", "--seed", str(2**64))
-
-
 @case("sample-truncation-negative", "sample", "--truncation -0.5", "--truncation must be 0 (off) or at least")
 def _sample_truncation_negative(env):
     return env.sample(env.model(), "--n", "3", "--truncation", "-0.5")

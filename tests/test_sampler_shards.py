@@ -13,26 +13,12 @@ import time
 
 import pytest
 from onnx_models import make_model
+from sampling import sample, tree
 
-from ganaug.cli import main
 from ganaug.sampler.shards import Shard, parse_shard
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 fcntl = pytest.importorskip("fcntl")
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
-
-
-def tree(root) -> dict[str, bytes]:
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 def error_line(capsys) -> str:

@@ -11,15 +11,11 @@ import re
 import numpy as np
 import pytest
 from onnx_models import make_model
+from sampling import sample
 
 import ganaug.sampler.entry as entry
-from ganaug.cli import main
 from ganaug.sampler.space import disk_bytes, manifest_bytes_bound, npz_bytes_bound, png_bytes_bound
 from ganaug.sampler.writers import encode_png, write_npz
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
 
 
 def error_line(capsys) -> str:

@@ -214,6 +214,9 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
                    help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
+    s.add_argument("--semi-gan", choices=("unconditional", "pseudo"), default="unconditional",
+                   help="with --unlabelled, how the second GAN uses those images: all without labels, or the "
+                        "confident pseudo-labels as labels and the rest without")
     s.add_argument("--filter-confidence", type=fraction, default=0.0,
                    help="keep synthetic images the arm-(b) classifier gives their class with this probability (0: all)")
     s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
@@ -243,7 +246,7 @@ def _run_study(args) -> int:
                               synthetic_per_class=args.synthetic_per_class,
                               synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
                               classifier_steps=args.classifier_steps, unlabelled=args.unlabelled,
-                              filter_confidence=args.filter_confidence)
+                              filter_confidence=args.filter_confidence, semi_gan=args.semi_gan)
     run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)
     return 0
 

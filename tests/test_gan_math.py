@@ -555,6 +555,8 @@ def test_ada_raises_p_when_d_is_too_sure_of_the_reals_and_lowers_it_otherwise():
     assert ada.p == pytest.approx(0.1)
     ada.adjust(real_sign_mean=0.2, images=500)
     assert ada.p == pytest.approx(0.05)
+    ada.adjust(real_sign_mean=0.6, images=500)
+    assert ada.p == pytest.approx(0.05)  # on target: sign(r_t - target) = 0, p stays (StyleGAN2-ADA)
     ada.adjust(real_sign_mean=0.2, images=10**6)
     assert ada.p == 0.0  # clamped
     ada.adjust(real_sign_mean=1.0, images=10**6)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from conftest import error_line
+
 from ganaug.cli import main
 
 
@@ -20,3 +22,8 @@ def tree(root) -> dict[str, bytes]:
             with open(path, "rb") as f:
                 files[os.path.relpath(path, root)] = f.read()
     return files
+
+
+def sample_error(capsys) -> str:
+    """The one `ganaug sample: error: ...` line a failed run printed (no traceback)."""
+    return error_line(capsys.readouterr().err, "sample")

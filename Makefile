@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The exact torch build this project is tested with (local wheels on the CI machines; a CUDA build).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench lint mutation clean
 
 venv: $(STAMP)
 
@@ -37,5 +37,11 @@ lint: venv
 	$(BIN)/shellcheck -s bash launch/*.sbatch
 	$(BIN)/hadolint docker/*.Dockerfile
 
+# Mutation testing of the GAN maths (docs/reliability.md, "Mutation testing"); minutes, not part of `test`.
+mutation: venv
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+	$(BIN)/python scripts/hand_mutants.py
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache mutants

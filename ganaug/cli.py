@@ -30,14 +30,26 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------- argument types
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+def whole_number(low: int, high: int | None = None, what: str = ""):
+    """An argparse type: a whole number in low..high (high None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be positive" if low == 1 else f"{value} is below {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {what or f'{low}..{high}'}")
+        return value
+
+    return parse
+
+
+positive_int = whole_number(1)
+thread_count = whole_number(0, 1024, "0..1024 (0: one per physical core)")
+seed = whole_number(0, 2**63 - 1, "0..2^63-1")
 
 
 def finite_float(text: str) -> float:
@@ -57,47 +69,9 @@ def fraction(text: str) -> float:
     return value
 
 
-def thread_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} is not in 0..1024 (0: one per physical core)")
-    return value
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is not in 0..2^63-1")
-    return value
-
-
-def int_in(low: int, high: int, note: str = ""):
-    """A whole number in low..high: counts and seeds that reach torch, numpy or scikit-learn, whose
-    own limits would otherwise fail late with their own messages (e.g. `--split-seed 2^32`)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be positive" if low == 1 else f"{value} is below {low}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"{value} is above the maximum {high}{note}")
-        return value
-
-    return parse
-
-
 # scikit-learn's train_test_split takes numpy RandomState seeds, which stop at 2^32 - 1.
-split_seed = int_in(0, 2**32 - 1, " (2^32-1: the largest seed scikit-learn's split takes)")
-step_count = int_in(1, 10**9)  # the bound of train.steps
+split_seed = whole_number(0, 2**32 - 1, "0..2^32-1 (the seeds scikit-learn's split takes)")
+step_count = whole_number(1, 10**9, "1..10^9 (the bound of train.steps)")
 
 
 def seed_list(text: str) -> list[int]:
@@ -195,7 +169,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--n", type=positive_int, help="number of images (class-balanced when conditional)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="png", choices=("png", "npz"))
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=int, default=0, help="latent seed: any integer (taken modulo 2^64)")
     p.add_argument("--classes", help="comma-separated class names to generate (default: all)")
     p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -256,6 +230,9 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
                    help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
+    s.add_argument("--semi-gan", choices=("unconditional", "pseudo"), default="unconditional",
+                   help="with --unlabelled, how the second GAN uses those images: all without labels, or the "
+                        "confident pseudo-labels as labels and the rest without")
     s.add_argument("--filter-confidence", type=fraction, default=0.0,
                    help="keep synthetic images the arm-(b) classifier gives their class with this probability (0: all)")
     s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
@@ -285,7 +262,7 @@ def _run_study(args) -> int:
                               synthetic_per_class=args.synthetic_per_class,
                               synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
                               classifier_steps=args.classifier_steps, unlabelled=args.unlabelled,
-                              filter_confidence=args.filter_confidence)
+                              filter_confidence=args.filter_confidence, semi_gan=args.semi_gan)
     run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)
     return 0
 

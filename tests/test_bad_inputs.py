@@ -1476,11 +1476,6 @@ def _sample_threads_huge(env):
     return env.sample(env.model(), "--n", "3", "--threads", "100000")
 
 
-@case("sample-seed-past-int64", "sample", "--seed 2^64", "argument --seed: 18446744073709551616 is not in 0..2^63-1")
-def _sample_seed_past_int64(env):
-    return env.sample(env.model(), "--n", "3", "--seed", str(2**64))
-
-
 @case("sample-truncation-negative", "sample", "--truncation -0.5", "--truncation must be 0 (off) or at least")
 def _sample_truncation_negative(env):
     return env.sample(env.model(), "--n", "3", "--truncation", "-0.5")
@@ -1898,7 +1893,7 @@ def _evaluate_study_truncation_below_floor(env):
 
 
 @case("evaluate-study-split-seed-past-2-32", "evaluate", "study --split-seed 2^32 (scikit-learn's split takes less)",
-      "argument --split-seed: 4294967296 is above the maximum 4294967295",
+      "argument --split-seed: 4294967296 is not in 0..2^32-1",
       found="scikit-learn InvalidParameterError traceback ('random_state ... must be an int in the range [0, "
             "4294967295]'), exit 1")
 def _evaluate_study_split_seed_past_2_32(env):
@@ -1906,7 +1901,7 @@ def _evaluate_study_split_seed_past_2_32(env):
 
 
 @case("evaluate-study-split-seeds-past-2-32", "evaluate", "study --split-seeds 1,2^32",
-      "--split-seeds: 4294967296 is above the maximum 4294967295",
+      "--split-seeds: 4294967296 is not in 0..2^32-1",
       found="the whole study of split 1 ran (GAN trained, classifiers), then a scikit-learn traceback for the second "
             "seed, exit 1")
 def _evaluate_study_split_seeds_past_2_32(env):
@@ -1937,14 +1932,14 @@ def _evaluate_study_class_of_one_image(env):
 
 
 @case("evaluate-study-gan-steps-huge", "evaluate", "study --gan-steps 10^10",
-      "argument --gan-steps: 10000000000 is above the maximum 1000000000",
+      "argument --gan-steps: 10000000000 is not in 1..10^9",
       found="one line naming train.steps instead of --gan-steps, after the data was split and written")
 def _evaluate_study_gan_steps_huge(env):
     return env.study("--gan-steps", str(10**10))
 
 
 @case("evaluate-study-classifier-steps-huge", "evaluate", "study --classifier-steps 10^30",
-      "argument --classifier-steps: 1000000000000000000000000000000 is above the maximum 1000000000",
+      "argument --classifier-steps: 1000000000000000000000000000000 is not in 1..10^9",
       found="accepted: the study went on to train a GAN, then each classifier for 10^30 steps (it never ends)")
 def _evaluate_study_classifier_steps_huge(env):
     return env.study("--classifier-steps", str(10**30))

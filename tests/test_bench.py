@@ -71,3 +71,19 @@ def test_end_to_end_fractions_write_both_formats_and_compare_with_generation(tmp
     for round_ in range(2):  # every round writes a complete set of its own
         assert len(list((tmp_path / f"e2e_png_{round_}").glob("*/*.png"))) == BATCH
         assert len(list((tmp_path / f"e2e_npz_{round_}").glob("shard_*.npz"))) == 1
+
+
+def test_an_unwritable_out_is_refused_before_any_measurement(tmp_path, capsys, monkeypatch):
+    import ganaug.bench.peak as peak
+    from ganaug.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the benchmark started although --out cannot be written")
+
+    monkeypatch.setattr(peak, "bench_peaks", must_not_run)
+    (tmp_path / "notes.txt").write_text("precious")
+    assert main(["bench", "--out", str(tmp_path / "notes.txt" / "bench.json")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path)]) == 2  # a directory, not a file
+    assert "is a directory" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "precious"

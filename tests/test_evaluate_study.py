@@ -206,6 +206,13 @@ def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
     truth = study_.data.labels[unlabelled][unlabelled % 2 == 0]
     assert torch.equal(labels, truth % 3) and right == pytest.approx(float((truth < 3).float().mean()))
 
+    # a GAN that learns from pseudo-labels gets the labelled images and the sure ones, with the
+    # teacher's labels; the rest stay unlabelled
+    labelled_npz, rest_npz = study_.pseudo_labelled_npz(5)
+    with np.load(labelled_npz) as labelled, np.load(rest_npz) as rest:
+        assert len(labelled["labels"]) == 50 + len(kept) and len(rest["images"]) == len(unlabelled) - len(kept)
+        assert np.array_equal(labelled["labels"][50:], labels.numpy()) and "labels" not in rest.files
+
     fake = torch.zeros(6, 1, 16, 16, dtype=torch.uint8)
     fake[:, 0, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.uint8)
     fake[:, 0, 0, 1] = torch.tensor([255, 255, 255, 255, 0, 255], dtype=torch.uint8)

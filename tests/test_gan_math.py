@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,8 +16,8 @@ from torch import nn
 from ganaug.config import TrainConfig
 from ganaug.models.layers import projection_logits
 from ganaug.train import losses
-from ganaug.train.augment import AdaptiveAugment, color, cutout, cutout_mask, shift, translation
-from ganaug.train.ema import EMA, ema_beta, half_life_images
+from ganaug.train.augment import POLICIES, AdaptiveAugment, color, cutout, cutout_mask, shift, translation
+from ganaug.train.ema import EMA, ema_beta, half_life_images, recalibrate_batchnorm
 from ganaug.train.objective import NO_LABEL, GanObjective, RealBatch
 
 # ------------------------------------------------------------------------------ losses
@@ -60,6 +61,14 @@ def test_losses_run_in_float32_whatever_the_logits_dtype():
         losses.generator_loss("wgan", logits)
 
 
+def test_an_unknown_loss_is_named_by_either_network():
+    logits = torch.zeros(2)
+    with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
+        losses.discriminator_loss("wgan", logits, logits)
+    with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
+        losses.generator_loss("wgan", logits)
+
+
 # ------------------------------------------------------------------------------ regularisers
 
 
@@ -84,6 +93,13 @@ def test_r1_of_a_linear_discriminator_is_its_squared_weight_norm():
     assert penalty.item() == pytest.approx(D.head.weight.square().sum().item(), rel=1e-6)
     penalty.backward()  # create_graph: the penalty trains D (its gradient is 2w)
     assert torch.allclose(D.head.weight.grad, 2 * D.head.weight, atol=1e-6)
+
+
+def test_r1_sums_the_squared_gradient_over_all_channels_and_averages_over_images():
+    """D(x) = sum(x^2) has gradient 2x: R1 = mean_i 4 ||x_i||^2, every channel counted in full."""
+    images = torch.tensor([[[[1.0]], [[2.0]], [[0.0]]], [[[0.5]], [[-1.0]], [[3.0]]]], requires_grad=True)  # [2, 3, 1, 1]
+    penalty = losses.r1_penalty(images, images.square().sum(dim=(1, 2, 3)))
+    assert penalty.item() == pytest.approx((4 * (1 + 4 + 0) + 4 * (0.25 + 1 + 9)) / 2)
 
 
 def test_lecam_penalises_only_scores_beyond_the_other_sides_average():
@@ -179,6 +195,96 @@ def test_unconditional_models_take_unlabelled_images_as_more_real_ones():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_the_discriminator_reports_its_scores_and_each_enabled_term():
+    """Stats are TensorBoard tags (and d/real_sign drives ADA): names and values both matter. A
+    weight of 0 computes nothing; a weight below 1 still counts."""
+    torch.manual_seed(15)
+    D = LinearD()
+    real = RealBatch(torch.randn(6, 1, 4, 4), None)
+    fake = torch.randn(6, 1, 4, 4)
+    with torch.no_grad():
+        real_scores, fake_scores = D(real.images), D(fake)
+    assert 0 < (real_scores > 0).sum() < 6  # signs of both kinds, so d/real_sign is not trivially +-1
+
+    plain = objective()
+    loss, stats = plain.discriminator_loss(D, real, fake, None, step=1)
+    assert set(stats) == {"d/real_score", "d/fake_score", "d/real_sign", "loss/d"}
+    assert stats["d/real_score"].item() == pytest.approx(real_scores.mean().item(), rel=1e-6)
+    assert stats["d/fake_score"].item() == pytest.approx(fake_scores.mean().item(), rel=1e-6)
+    assert stats["d/real_sign"].item() == pytest.approx(real_scores.sign().mean().item())
+    assert stats["loss/d"].item() == loss.item()
+    assert plain.real_anchor == 0.0 and plain.fake_anchor == 0.0  # LeCam off: its averages stay put
+
+    full = objective(lecam_weight=0.5, consistency_weight=0.5, r1_gamma=0.1, r1_every=2)
+    loss_full, stats = full.discriminator_loss(D, real, fake, None, step=2)
+    assert set(stats) == {"d/real_score", "d/fake_score", "d/real_sign", "loss/d", "reg/lecam", "reg/consistency",
+                          "reg/r1"}
+    lecam = losses.lecam_penalty(real_scores, fake_scores, 0.0, 0.0).item()
+    r1 = D.head.weight.square().sum().item()
+    assert stats["reg/lecam"].item() == pytest.approx(lecam, rel=1e-6)
+    assert stats["reg/r1"].item() == pytest.approx(r1, rel=1e-6)
+    assert stats["reg/consistency"].item() == 0  # no augmentation: both passes see the same images
+    assert (loss_full - loss).item() == pytest.approx(0.5 * lecam + 0.1 / 2 * 2 * r1, rel=1e-5)
+    assert stats["loss/d"].item() == loss_full.item()
+
+
+def test_consistency_compares_two_augmentations_of_the_same_labelled_images():
+    torch.manual_seed(17)
+    D = LinearD(num_classes=3)
+    labels, fake_labels = torch.tensor([0, 1, 2, 1]), torch.tensor([2, 0, 1, 1])
+    real = RealBatch(torch.randn(4, 1, 4, 4), labels)
+    fake = torch.randn(4, 1, 4, 4)
+    # without augmentation both passes score the same images with the same labels: exactly zero
+    _, stats = objective(consistency_weight=1.0).discriminator_loss(D, real, fake, fake_labels, step=1)
+    assert stats["reg/consistency"].item() == 0
+
+    # with translation: the weighted mean squared difference of two translations' scores, drawn in turn
+    gan = GanObjective(TrainConfig(diffaug=["translation"], consistency_weight=0.5))
+    torch.manual_seed(18)
+    loss, stats = gan.discriminator_loss(D, real, fake, fake_labels, step=1)
+    images, all_labels = torch.cat([real.images, fake]), torch.cat([labels, fake_labels])
+    torch.manual_seed(18)
+    first, second = translation(images), translation(images)
+    with torch.no_grad():
+        scores, again = D(first, all_labels), D(second, all_labels)
+    term = (scores - again).square().mean().item()
+    assert term > 0.1
+    assert stats["reg/consistency"].item() == pytest.approx(term, rel=1e-5)
+    hinge = losses.discriminator_loss("hinge", scores[:4], scores[4:]).item()
+    assert loss.item() == pytest.approx(hinge + 0.5 * term, rel=1e-5)
+
+
+def test_the_generator_loss_is_the_conditional_one_unless_asked_and_reports_itself():
+    torch.manual_seed(16)
+    D = LinearD(num_classes=3)
+    fake, labels = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 1])
+    loss, stats = objective(unlabelled_weight=0.5).generator_loss(D, fake, labels)
+    with torch.no_grad():
+        expected = -D(fake, labels).mean().item()
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert set(stats) == {"loss/g"} and stats["loss/g"].item() == loss.item()
+
+
+def test_the_objective_takes_adaptive_augmentation_from_the_config():
+    gan = GanObjective(TrainConfig(diffaug=["translation"], ada_target=0.6, ada_kimg=10.0))
+    assert gan.augment.adaptive and gan.augment.p == 0.0
+    gan.augment.adjust(real_sign_mean=0.9, images=1000)
+    assert gan.augment.p == pytest.approx(0.1)  # 1000 images of 10 kimg
+
+
+def test_the_objective_makes_every_tensor_on_the_images_device():
+    """On the meta device (shapes, no data) a tensor made on the CPU by mistake is an error, as it
+    would be beside CUDA images."""
+    meta = torch.device("meta")
+    D = LinearD(num_classes=3).to(meta)
+    labels = torch.zeros(4, dtype=torch.int64, device=meta)
+    real = RealBatch(torch.empty(4, 1, 4, 4, device=meta), labels, unlabelled=torch.empty(3, 1, 4, 4, device=meta))
+    gan = GanObjective(TrainConfig(lecam_weight=0.5, consistency_weight=0.5))  # every DiffAugment policy
+    loss, _ = gan.discriminator_loss(D, real, torch.empty(4, 1, 4, 4, device=meta), labels, step=1)
+    g_loss, _ = gan.generator_loss(D, torch.empty(4, 1, 4, 4, device=meta), labels, semi_supervised=True)
+    assert loss.device == meta and g_loss.device == meta
+
+
 # ------------------------------------------------------------------------------ projection
 
 
@@ -242,6 +348,22 @@ def test_ema_ramp_up_limits_the_half_life_early_on():
     assert ema_beta(0.999, 0.05, 64, 10**8) == pytest.approx(0.999)  # ramp-up over
 
 
+def test_ema_ramp_up_counts_the_images_seen_and_is_off_by_default():
+    model = nn.Linear(1, 1, bias=False)
+    ramped, plain = EMA(model, decay=0.9, rampup=0.5), EMA(model, decay=0.9)
+    with torch.no_grad():
+        ramped.module.weight.zero_()
+        plain.module.weight.zero_()
+        model.weight.fill_(1.0)
+    # after 64 images the half-life is at most 32 images: beta = 0.5 ** (64 / 32)
+    ramped.update(model, batch_images=64, images_seen=64)
+    assert ramped.module.weight.item() == pytest.approx(1 - 0.25)
+    plain.update(model, batch_images=64, images_seen=64)
+    assert plain.module.weight.item() == pytest.approx(1 - 0.9)
+    # a half-life under one image still averages: 0.5 ** (1 / 0.5)
+    assert ema_beta(0.999, 0.05, 1, 10) == pytest.approx(0.25)
+
+
 def test_ema_copies_buffers_and_keeps_its_own_weights():
     model = nn.BatchNorm1d(2)
     ema = EMA(model, decay=0.5)
@@ -254,6 +376,44 @@ def test_ema_copies_buffers_and_keeps_its_own_weights():
     assert not ema.module.weight.requires_grad
 
 
+class TinyGenerator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.norm = nn.Linear(2, 3), nn.BatchNorm1d(3)
+
+    def forward(self, z, labels=None):
+        return self.norm(self.linear(z))
+
+
+def test_recalibrated_batchnorm_statistics_average_the_sample_batches():
+    torch.manual_seed(25)
+    G = TinyGenerator().eval()
+    G.norm.running_mean.fill_(7.0)
+    G.norm.running_var.fill_(7.0)
+    asked = []
+
+    def sample_inputs(i):
+        asked.append(i)
+        return torch.randn(5, 2, generator=torch.Generator().manual_seed(i)), None
+
+    recalibrate_batchnorm(G, sample_inputs)
+    assert asked == list(range(8))
+    with torch.no_grad():
+        features = [G.linear(torch.randn(5, 2, generator=torch.Generator().manual_seed(i))) for i in range(8)]
+    # cumulative averages of each batch's mean and (unbiased) variance, as if over one long run
+    assert torch.allclose(G.norm.running_mean, torch.stack([f.mean(0) for f in features]).mean(0), atol=1e-6)
+    assert torch.allclose(G.norm.running_var, torch.stack([f.var(0) for f in features]).mean(0), atol=1e-5)
+    assert G.norm.num_batches_tracked.item() == 8
+    assert G.norm.momentum == 0.1 and not G.training  # both restored
+    G.train()
+    recalibrate_batchnorm(G, sample_inputs, batches=2)
+    assert G.training
+    asked.clear()
+    plain = nn.Linear(2, 3).eval()
+    recalibrate_batchnorm(plain, sample_inputs)
+    assert asked == [] and not plain.training  # no BatchNorm: nothing drawn, nothing switched
+
+
 # ------------------------------------------------------------------------------ augmentation
 
 
@@ -263,6 +423,37 @@ def test_shift_moves_a_one_hot_pixel_and_drops_what_leaves_the_image():
     out = shift(image, torch.tensor([1, -3]), torch.tensor([2, 0]))
     assert out[0, 0, 3, 5] == 1.0 and out[0].sum() == 1.0  # moved down 1, right 2
     assert out[1].sum() == 0.0  # moved up 3: out of the image, zero filled
+
+
+def shifted_by_hand(images: torch.Tensor, dy: list[int], dx: list[int]) -> torch.Tensor:
+    out = np.zeros(images.shape, dtype=np.float32)
+    source = images.numpy()
+    _, _, h, w = images.shape
+    for i in range(len(images)):
+        for y in range(h):
+            for x in range(w):
+                if 0 <= y - dy[i] < h and 0 <= x - dx[i] < w:
+                    out[i, :, y, x] = source[i, :, y - dy[i], x - dx[i]]
+    return torch.from_numpy(out)
+
+
+def test_shift_matches_a_shift_by_hand_for_every_offset_in_and_beyond_the_image():
+    h, w = 5, 7
+    offsets = torch.tensor([(dy, dx) for dy in range(-h - 1, h + 2) for dx in range(-w - 1, w + 2)])
+    images = torch.randn(len(offsets), 2, h, w, generator=torch.Generator().manual_seed(26))
+    out = shift(images, offsets[:, 0], offsets[:, 1])
+    assert torch.equal(out, shifted_by_hand(images, offsets[:, 0].tolist(), offsets[:, 1].tolist()))
+
+
+def test_translation_draws_each_offset_up_to_an_eighth_of_the_side_rounded():
+    """12 x 20 images: up to 2 rows (1.5 rounded up) and 3 columns (2.5 rounded up) either way."""
+    images = torch.randn(64, 1, 12, 20, generator=torch.Generator().manual_seed(27))
+    torch.manual_seed(28)
+    out = translation(images)
+    torch.manual_seed(28)
+    dy, dx = torch.randint(-2, 3, (64,)).tolist(), torch.randint(-3, 4, (64,)).tolist()  # in this order
+    assert set(dy) == set(range(-2, 3)) and set(dx) == set(range(-3, 4))  # every offset occurs
+    assert torch.equal(out, shifted_by_hand(images, dy, dx))
 
 
 def test_translation_shifts_each_image_by_at_most_an_eighth():
@@ -280,6 +471,7 @@ def test_translation_keeps_the_memory_format():
     x = torch.randn(2, 3, 8, 8)
     assert translation(x).is_contiguous()
     assert translation(x.contiguous(memory_format=torch.channels_last)).is_contiguous(memory_format=torch.channels_last)
+    assert translation(x.transpose(2, 3)).is_contiguous()  # a view in neither layout comes back contiguous
 
 
 def test_cutout_zeroes_one_square_of_half_the_side():
@@ -291,6 +483,20 @@ def test_cutout_zeroes_one_square_of_half_the_side():
     assert zeroed.max() == 16 and zeroed.min() >= 4  # a 4x4 square whose centre is in the image
 
 
+def test_cutout_draws_the_squares_corner_so_that_its_centre_is_anywhere_in_the_image():
+    """8 x 12 images: a 4 x 6 hole whose top is drawn from -2..5 and left from -3..8."""
+    images = torch.randn(64, 2, 8, 12, generator=torch.Generator().manual_seed(29))
+    torch.manual_seed(30)
+    out = cutout(images)
+    torch.manual_seed(30)
+    top, left = torch.randint(-2, 6, (64,)).tolist(), torch.randint(-3, 9, (64,)).tolist()
+    assert set(top) == set(range(-2, 6)) and set(left) == set(range(-3, 9))
+    expected = images.clone()
+    for i in range(64):
+        expected[i, :, max(top[i], 0): top[i] + 4, max(left[i], 0): left[i] + 6] = 0
+    assert torch.equal(out, expected)
+
+
 def test_color_shifts_brightness_of_a_flat_grey_image_by_the_drawn_amount():
     image = torch.full((3, 1, 4, 4), 0.25)
     torch.manual_seed(10)
@@ -298,6 +504,35 @@ def test_color_shifts_brightness_of_a_flat_grey_image_by_the_drawn_amount():
     torch.manual_seed(10)
     brightness = torch.rand(3, 1, 1, 1) - 0.5  # the first draw; saturation and contrast leave flat grey alone
     assert torch.allclose(out, image + brightness, atol=1e-6)
+
+
+def test_color_adjusts_brightness_saturation_and_contrast_by_the_drawn_amounts():
+    images = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(19)) * 2 - 1
+    torch.manual_seed(20)
+    out = color(images)
+    torch.manual_seed(20)
+    brightness, saturation, contrast = (torch.rand(2, 1, 1, 1).double().numpy() for _ in range(3))  # drawn in turn
+    x = images.double().numpy() + (brightness - 0.5)  # brightness: -0.5 .. 0.5
+    grey = x.mean(axis=1, keepdims=True)  # each pixel's mean over the channels
+    x = (x - grey) * (2 * saturation) + grey  # saturation: x0 .. x2 away from that grey
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    x = (x - mean) * (contrast + 0.5) + mean  # contrast: x0.5 .. x1.5 away from the image's mean
+    assert np.allclose(out.numpy(), x, atol=1e-5)
+
+
+def test_augmentations_keep_the_images_dtype():
+    images = torch.randn(2, 3, 8, 8).to(torch.bfloat16)
+    for name, function in POLICIES.items():
+        assert function(images).dtype == torch.bfloat16, name
+
+
+def test_augmentation_makes_every_tensor_on_the_images_device():
+    """On the meta device a random draw or index made on the CPU by mistake is an error, as it would
+    be beside CUDA images."""
+    images = torch.empty(2, 3, 8, 8, device="meta")
+    for p in (1.0, 0.5):
+        for name in POLICIES:
+            assert AdaptiveAugment([name], p=p)(images).device.type == "meta", (name, p)
 
 
 @pytest.mark.parametrize("policy", ["translation", "cutout", "color"])
@@ -320,6 +555,8 @@ def test_ada_raises_p_when_d_is_too_sure_of_the_reals_and_lowers_it_otherwise():
     assert ada.p == pytest.approx(0.1)
     ada.adjust(real_sign_mean=0.2, images=500)
     assert ada.p == pytest.approx(0.05)
+    ada.adjust(real_sign_mean=0.6, images=500)
+    assert ada.p == pytest.approx(0.05)  # on target: sign(r_t - target) = 0, p stays (StyleGAN2-ADA)
     ada.adjust(real_sign_mean=0.2, images=10**6)
     assert ada.p == 0.0  # clamped
     ada.adjust(real_sign_mean=1.0, images=10**6)
@@ -337,6 +574,23 @@ def test_augmentation_probability_chooses_per_image():
     changed = (out != images).flatten(1).any(1).float().mean().item()
     assert 0.4 < changed < 0.6
     assert (AdaptiveAugment(["cutout"], p=1.0)(images) != images).flatten(1).any(1).all()
+
+
+def test_p_zero_costs_nothing_and_p_one_is_plain_diffaugment():
+    images = torch.randn(4, 3, 8, 8)
+    state = torch.get_rng_state()
+    assert AdaptiveAugment(["color", "translation", "cutout"], p=0.0)(images) is images
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn
+    torch.manual_seed(23)
+    out = AdaptiveAugment(["color", "translation", "cutout"])(images)
+    torch.manual_seed(23)
+    assert torch.equal(out, cutout(translation(color(images))))  # the policies in order, no choice drawn
+
+
+def test_ada_speed_defaults_to_the_configs():
+    ada = AdaptiveAugment(["translation"], target=0.6)
+    ada.adjust(real_sign_mean=1.0, images=1000)
+    assert ada.p == pytest.approx(1 / TrainConfig().ada_kimg) == pytest.approx(0.05)
 
 
 def test_the_objectives_state_round_trips():

@@ -14,27 +14,12 @@ import numpy as np
 import pytest
 from onnx_models import make_model
 from PIL import Image
+from sampling import sample, tree
 
 import ganaug.sampler.writers as writers
-from ganaug.cli import main
 from ganaug.sampler import Sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
-
-
-def tree(root) -> dict[str, bytes]:
-    """Every file under root (relative path -> bytes)."""
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 def read_manifest(out) -> list[dict]:

@@ -171,8 +171,10 @@ def test_count_is_required_and_positive(model, tmp_path, capsys):
 
 
 def test_other_bad_numbers(model, tmp_path, capsys):
-    assert sample(model, tmp_path / "out", "--n", 3, "--threads", -1) == 2
-    assert "--threads must be 0" in error_line(capsys)
+    with pytest.raises(SystemExit) as exit_info:  # a usage mistake: argparse's one line
+        sample(model, tmp_path / "out", "--n", 3, "--threads", -1)
+    assert exit_info.value.code == 2
+    assert "argument --threads: -1 is not in 0..1024" in error_line(capsys)
     assert sample(model, tmp_path / "out", "--n", 3, "--truncation", -0.5) == 2
     assert "--truncation must be 0 (off) or at least" in error_line(capsys)
 

@@ -9,27 +9,13 @@ import os
 import numpy as np
 import pytest
 from onnx_models import make_model
+from sampling import sample, tree
 
-from ganaug.cli import main
 from ganaug.sampler.space import png_bytes_bound
 from ganaug.sampler.verify import PngCheck, npz_is_whole
 from ganaug.sampler.writers import encode_png, write_npz
 
 SHAPE = (8, 8, 1)
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
-
-
-def tree(root) -> dict[str, bytes]:
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
 
 
 @pytest.fixture(scope="module")

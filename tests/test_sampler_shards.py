@@ -13,32 +13,12 @@ import time
 
 import pytest
 from onnx_models import make_model
+from sampling import sample, sample_error, tree
 
-from ganaug.cli import main
 from ganaug.sampler.shards import Shard, parse_shard
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 fcntl = pytest.importorskip("fcntl")
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
-
-
-def tree(root) -> dict[str, bytes]:
-    files = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                files[os.path.relpath(path, root)] = f.read()
-    return files
-
-
-def error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +46,7 @@ def test_parse_shard():
 ])
 def test_a_bad_shard_is_one_line_before_anything_is_read(model, tmp_path, capsys, text, message):
     assert sample(model, tmp_path / "out", "--n", 3, f"--shard={text}") == 2
-    assert message in error_line(capsys)
+    assert message in sample_error(capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -124,9 +104,9 @@ def test_shards_of_different_settings_are_refused_by_name(model, tmp_path, capsy
     assert sample(model, out, "--n", 10, "--seed", 1, "--shard", "0/2") == 0
     before = tree(out)
     assert sample(model, out, "--n", 10, "--seed", 2, "--shard", "1/2") == 2
-    assert "holds samples made with other settings (seed 1 there, 2 now)" in error_line(capsys)
+    assert "holds samples made with other settings (seed 1 there, 2 now)" in sample_error(capsys)
     assert sample(model, out, "--n", 12, "--seed", 1, "--shard", "1/2") == 2
-    assert "n 10 there, 12 now" in error_line(capsys)
+    assert "n 10 there, 12 now" in sample_error(capsys)
     assert tree(out) == before
 
 
@@ -152,11 +132,11 @@ def test_the_same_shard_twice_is_refused_other_shards_run_alongside(model, tmp_p
     assert sample(model, out, "--n", 20, "--shard", "1/2") == 0  # the set exists, shard 1 is done
     with HeldClaim(out, "0/2"):
         assert sample(model, out, "--n", 20, "--shard", "0/2") == 2
-        assert f"another `ganaug sample --shard 0/2` is writing to {out}" in error_line(capsys)
+        assert f"another `ganaug sample --shard 0/2` is writing to {out}" in sample_error(capsys)
         assert sample(model, out, "--n", 20) == 2
-        assert "runs at the same time on one --out must use the same --shard COUNT (2)" in error_line(capsys)
+        assert "runs at the same time on one --out must use the same --shard COUNT (2)" in sample_error(capsys)
         assert sample(model, out, "--n", 20, "--shard", "1/3") == 2
-        assert "same --shard COUNT (2)" in error_line(capsys)
+        assert "same --shard COUNT (2)" in sample_error(capsys)
         assert sample(model, out, "--n", 20, "--shard", "1/2") == 0  # another shard: allowed
         assert _incomplete(out)
     assert sample(model, out, "--n", 20, "--shard", "0/2") == 0
@@ -169,7 +149,7 @@ def test_overwrite_waits_for_no_one_but_refuses_while_a_shard_writes(model, tmp_
     before = tree(out)
     with HeldClaim(out, "0/2"):
         assert sample(model, out, "--n", 20, "--seed", 5, "--overwrite", "--shard", "1/2") == 2
-        assert f"cannot --overwrite {out} while `ganaug sample --shard 0/2` is writing to it" in error_line(capsys)
+        assert f"cannot --overwrite {out} while `ganaug sample --shard 0/2` is writing to it" in sample_error(capsys)
     assert {k: v for k, v in tree(out).items() if not k.endswith(".lock")} == before
     assert sample(model, out, "--n", 20, "--seed", 5, "--overwrite") == 0
 
@@ -178,7 +158,7 @@ def test_a_second_unsharded_run_is_refused(model, tmp_path, capsys):
     out = tmp_path / "out"
     with HeldClaim(out, "0/1"):
         assert sample(model, out, "--n", 3) == 2
-        assert f"another `ganaug sample` is writing to {out}" in error_line(capsys)
+        assert f"another `ganaug sample` is writing to {out}" in sample_error(capsys)
         assert sorted(os.listdir(out)) == [".shard-0-of-1.lock"]
     assert sample(model, out, "--n", 3) == 0
     assert sorted(os.listdir(out)) == ["0_b", "1_a", "2_c", "manifest.csv", "sample_info.json"]

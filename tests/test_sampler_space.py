@@ -11,21 +11,11 @@ import re
 import numpy as np
 import pytest
 from onnx_models import make_model
+from sampling import sample, sample_error
 
 import ganaug.sampler.entry as entry
-from ganaug.cli import main
 from ganaug.sampler.space import disk_bytes, manifest_bytes_bound, npz_bytes_bound, png_bytes_bound
 from ganaug.sampler.writers import encode_png, write_npz
-
-
-def sample(model, out, *args) -> int:
-    return main(["sample", str(model), "--out", str(out), "--no-progress", *map(str, args)])
-
-
-def error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +81,7 @@ def test_a_run_that_cannot_fit_is_refused_before_it_writes(model, tmp_path, caps
     fake_fs(free_bytes=10 << 20)
     out = tmp_path / "out"
     assert sample(model, out, "--n", 3000) == 2
-    line = error_line(capsys)
+    line = sample_error(capsys)
     # 3,000 files of 4 KiB blocks, plus one temporary per writer thread (their number is the machine's).
     assert re.fullmatch(
         f"ganaug sample: error: not enough free space for --out {re.escape(str(out))}: 3,000 PNGs \\(142 bytes each "
@@ -114,7 +104,7 @@ def test_a_resume_needs_room_only_for_what_is_missing(model, tmp_path, capsys, f
 def test_too_few_inodes_are_refused(model, tmp_path, capsys, fake_fs):
     fake_fs(free_bytes=1 << 40, free_files=100)
     assert sample(model, tmp_path / "out", "--n", 500) == 2
-    line = error_line(capsys)
+    line = sample_error(capsys)
     assert "not enough free inodes for --out" in line
     assert re.search(r"need up to 5\d\d new files and its file system can take 100 more", line)
 
@@ -122,13 +112,13 @@ def test_too_few_inodes_are_refused(model, tmp_path, capsys, fake_fs):
 def test_npz_runs_are_checked_too(model, tmp_path, capsys, fake_fs):
     fake_fs(free_bytes=1 << 20)
     assert sample(model, tmp_path / "out", "--n", 100_000, "--format", "npz") == 2
-    assert "10 .npz files (707.1 KiB each at most), manifest.csv and sample_info.json need up to 11.0 MiB" in error_line(capsys)
+    assert "10 .npz files (707.1 KiB each at most), manifest.csv and sample_info.json need up to 11.0 MiB" in sample_error(capsys)
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused(model, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(entry, "_physical_memory", lambda: 64 * 1024)  # 64 KiB: 32 KiB for images in flight
     assert sample(model, tmp_path / "out", "--n", 1000, "--batch-size", 256) == 2
-    line = error_line(capsys)
+    line = sample_error(capsys)
     assert "--batch-size 256: 768 images of 64 bytes in flight (48.0 KiB) do not fit" in line
     assert "use --batch-size 170 or less" in line
     assert not (tmp_path / "out").exists()

@@ -134,17 +134,6 @@ def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSetting
 
 
 @torch.no_grad()
-def predict(model: SmallCNN, images_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted class indices, int64 [N]."""
-    device = next(model.parameters()).device
-    out = []
-    for chunk in images_u8.split(batch_size):
-        with autocast(device):
-            out.append(model(to_input(chunk.to(device))).float().argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
-
-
-@torch.no_grad()
 def predict_proba(model: SmallCNN, images_u8: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Class probabilities, float32 [N, classes]."""
     device = next(model.parameters()).device
@@ -153,6 +142,11 @@ def predict_proba(model: SmallCNN, images_u8: torch.Tensor, batch_size: int = 10
         with autocast(device):
             out.append(model(to_input(chunk.to(device))).float().softmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.head.out_features)
+
+
+def predict(model: SmallCNN, images_u8: torch.Tensor) -> torch.Tensor:
+    """Predicted class indices, int64 [N]."""
+    return predict_proba(model, images_u8).argmax(1)
 
 
 def accuracy(model: SmallCNN, images_u8: torch.Tensor, labels: torch.Tensor) -> float:

@@ -189,7 +189,8 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
            f"{p['filter_confidence']}. " if p.get("filter_confidence") else "")
         + ("Arms (f)-(h): the rest of the train split as unlabelled images; self-training keeps those the "
            f"arm-(b) classifier labels with confidence >= {p.get('pseudo_label_confidence')}; the semi-synthetic "
-           "images come from a GAN trained on the labelled and the unlabelled images. " if p.get("unlabelled") else "")
+           "images come from a GAN trained on the labelled and the unlabelled images "
+           f"({p.get('semi_gan')}). " if p.get("unlabelled") else "")
         + "Protocol: docs/evaluation.md.",
         "",
         "## Held-out accuracy (%), mean ± 95% t-interval over seeds",

@@ -80,6 +80,10 @@ class StudySettings:
     unlabelled: bool = False  # the rest of the train split, without labels: a second GAN and three more arms
     filter_confidence: float = 0.0  # keep synthetic images the teacher gives their class this probability; 0: all
     pseudo_label_confidence: float = 0.9  # self-training keeps unlabelled images the teacher is this sure of
+    # How the semi-supervised GAN uses the unlabelled images: all of them without labels
+    # ("unconditional"), or the teacher's confident pseudo-labels as labelled data and the rest without
+    # labels ("pseudo").
+    semi_gan: str = "unconditional"
 
     def fingerprint(self) -> dict:
         """The settings a resumed study must share with the first run (logging, checkpoint cadence
@@ -263,6 +267,21 @@ class Study:
             write_atomic(path, lambda f: np.savez(f, images=self.data.images[index].permute(0, 2, 3, 1).numpy()))
         return path
 
+    def pseudo_labelled_npz(self, k: int | None) -> tuple[Path, Path]:
+        """For a GAN that learns from pseudo-labels: the K labelled images plus the unlabelled ones the
+        seed-0 teacher is sure of (with its labels), and the rest of the unlabelled images."""
+        labelled, rest = self.out / "data" / f"k{k_name(k)}_pseudo.npz", self.out / "data" / f"k{k_name(k)}_rest.npz"
+        if not (labelled.is_file() and rest.is_file()):
+            index = self.unlabelled_index(k)
+            images = self.data.images[index]
+            confidence, labels = predict_proba(self.teacher(k, 0), images).max(1)
+            sure = confidence >= self.settings.pseudo_label_confidence
+            subset = self.subset(k)
+            write_labelled_npz(labelled, torch.cat([self.data.images[subset], images[sure]]),
+                               torch.cat([self.data.labels[subset], labels[sure]]), self.class_names)
+            write_atomic(rest, lambda f: np.savez(f, images=images[~sure].permute(0, 2, 3, 1).numpy()))
+        return labelled, rest
+
     def unlabelled_index(self, k: int | None) -> torch.Tensor:
         labelled = set(self.subset(k).tolist())
         return torch.as_tensor([i for i in self.train_index.tolist() if i not in labelled], dtype=torch.int64)
@@ -291,7 +310,11 @@ class Study:
         log.info("%s: training the GAN on %d labelled images (%s), %d steps", what, n_images, npz,
                  self.settings.gan_steps)
         start = time.perf_counter()
-        data = {"source": str(npz), "unlabelled": str(self.unlabelled_npz(k)) if semi else ""}
+        data = {"source": str(npz), "unlabelled": ""}
+        if semi and self.settings.semi_gan == "pseudo":
+            data = dict(zip(("source", "unlabelled"), map(str, self.pseudo_labelled_npz(k)), strict=True))
+        elif semi:
+            data["unlabelled"] = str(self.unlabelled_npz(k))
         cfg = with_overrides(self.cfg, data=data, train={"steps": self.settings.gan_steps, "batch_size": batch_size})
         result = train.run(cfg, run_dir)
         if not result.completed:  # a signal stopped the GAN gracefully (saved): stop the study too
@@ -454,7 +477,7 @@ class Study:
                 "truncation": s.truncation, "classifier": {**asdict(s.classifier),
                                                            "widths": list(s.classifier.widths)},
                 "gan_config": s.gan_config, "unlabelled": s.unlabelled, "filter_confidence": s.filter_confidence,
-                "pseudo_label_confidence": s.pseudo_label_confidence,
+                "pseudo_label_confidence": s.pseudo_label_confidence, "semi_gan": s.semi_gan,
             },
             "gan": {name: {**self.state.get(f"gan/k{name}"), "metrics": self.state.get(f"metrics/k{name}")}
                     for name in self._gan_names()},

@@ -23,16 +23,7 @@ def _check_arguments(args) -> None:
         raise UserError("say how many images: --n N (in total) or --per-class K")
     if args.n is not None and args.per_class is not None:
         raise UserError("--n and --per-class exclude each other; give one of them")
-    for flag, value in (
-        ("--n", args.n),
-        ("--per-class", args.per_class),
-        ("--batch-size", args.batch_size),
-        ("--shard-size", args.shard_size),
-    ):
-        if value is not None and value <= 0:
-            raise UserError(f"{flag} must be positive, got {value}")
-    if args.threads < 0:
-        raise UserError(f"--threads must be 0 (one per physical core) or positive, got {args.threads}")
+    # Counts, sizes and thread numbers arrive checked by the command line's argument types.
     if args.truncation < 0 or 0 < args.truncation < MIN_TRUNCATION:
         raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {args.truncation}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):

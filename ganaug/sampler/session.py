@@ -168,11 +168,9 @@ def _provider_options(provider: str, cache_dir: str | None) -> dict:
     return {}
 
 
-# Measured on an AVX512-VNNI CPU with the default int8 generator (resize + conv): onnxruntime's
-# NHWC rewrite of QLinearConv makes each uint8 nearest-neighbour Resize about 7x slower than in
-# NCHW, and the NCHWc blocking of the float last layer adds reorders; without both, int8
-# generation ran 1.20x faster (3,780 against 3,150 images/s, batch 256, medians of 6 rounds).
-# Float graphs keep them: there NCHWc is worth 1.5x.
+# In int8 graphs, onnxruntime's NHWC rewrite of QLinearConv makes each uint8 nearest-neighbour
+# Resize much slower than in NCHW, and the NCHWc blocking of the float last layer adds reorders:
+# int8 generation is faster without both (docs/performance.md). Float graphs keep them.
 QUANTIZED_GRAPH_SKIPS = ["NhwcTransformer", "NchwcTransformer"]
 
 

@@ -23,8 +23,8 @@ from ganaug.files import write_atomic, write_bytes
 # The PNG bytes are a function of the pixels alone, fixed by these settings (recorded in
 # sample_info.json, so a resumed run never mixes encodings): no scanline filter; zlib level 1, or
 # stored (level 0) when the pixels fit in one 4 KiB filesystem block. Below a block, compression
-# saves no disk (a file takes a whole block) and its CPU is most of a PNG's cost: 35 us of zlib
-# against 2 us stored for a 32x32 grey image, whose noise-like pixels compress by 2% (measured).
+# saves no disk (a file takes a whole block) and its CPU is most of a small PNG's cost
+# (docs/performance.md has the figures).
 PNG_COMPRESS_LEVEL = 1
 PNG_STORED_BELOW = 4096
 PNG_ENCODING = f"filter0-zlib{PNG_COMPRESS_LEVEL}-stored-below-{PNG_STORED_BELOW}"
@@ -41,8 +41,8 @@ def encode_png(image: np.ndarray) -> bytes:
     """uint8 [H, W, C] (C = 1, 3 or 4) -> PNG bytes; same pixels, same bytes.
 
     Written out rather than through PIL: on the small images a GAN makes, PIL's per-image
-    overhead (55 to 130 us for 32x32, measured) is many times what the encoding needs (a few us
-    stored), and the sampler writes one file per image. The subset of the format used is the
+    overhead is many times what the encoding needs (docs/performance.md), and the sampler writes
+    one file per image. The subset of the format used is the
     simplest one: 8-bit samples, one IDAT chunk, filter type 0 on every scanline (see
     PNG_ENCODING for the compression).
     """

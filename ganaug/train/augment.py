@@ -97,11 +97,13 @@ class AdaptiveAugment:
 
     def adjust(self, real_sign_mean: float, images: int) -> None:
         """ADA's update after `images` real images (all ranks) with mean sign of D's logits r_t:
-        p moves by images / (speed_kimg * 1000) toward less augmentation when r_t < target, more when above."""
+        p moves by sign(r_t - target) * images / (speed_kimg * 1000): toward less augmentation when
+        r_t < target, more when above, not at all when on target."""
         if not self.adaptive:
             return
         step = images / (self.speed_kimg * 1000)
-        direction = 1.0 if real_sign_mean > self.target else -1.0
+        # r_t is a mean of signs, so it can equal the target exactly (0.5 over 16 images)
+        direction = float(real_sign_mean > self.target) - float(real_sign_mean < self.target)
         self.p = min(1.0, max(0.0, self.p + direction * step))
 
     def state_dict(self) -> dict:

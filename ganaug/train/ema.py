@@ -39,16 +39,16 @@ class EMA:
         self.decay, self.rampup = decay, rampup
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, model: nn.Module, batch_images: int, images_seen: int) -> None:
         """Average in `model` after a step of `batch_images` images, `images_seen` before it."""
         beta = ema_beta(self.decay, self.rampup, batch_images, images_seen)
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - beta)
-        for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        # A with-block, not a decorator: mutmut does not mutate decorated functions (docs/reliability.md).
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - beta)
+            for mine, theirs in zip(self.module.buffers(), model.buffers()):
+                mine.copy_(theirs)
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(generator: nn.Module, sample_inputs, batches: int = 8) -> None:
     """Re-estimate BatchNorm statistics for these weights ("standing statistics", Brock et al., 2019).
 
@@ -65,8 +65,9 @@ def recalibrate_batchnorm(generator: nn.Module, sample_inputs, batches: int = 8)
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
     generator.train()
-    for i in range(batches):
-        generator(*sample_inputs(i))
+    with torch.no_grad():
+        for i in range(batches):
+            generator(*sample_inputs(i))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     generator.train(was_training)

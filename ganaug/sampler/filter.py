@@ -96,10 +96,7 @@ class ImageFilter:
         sha256 = hashlib.sha256(data).hexdigest()
         session, actual = create_session(data, sha256, source, provider=provider, threads=threads,
                                          cache_dir=cache_dir_from_env() if cache_dir is None else cache_dir)
-        inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
-        outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
-        _check_input(inputs, meta.image_shape, source)
-        output_kind = _check_output(outputs, meta.num_classes, source)
+        output_kind = check_classifier_graph(session, meta.image_shape, meta.num_classes, source)
         _check_metadata(dict(session.get_modelmeta().custom_metadata_map), meta, source)
         image_filter = cls(session, meta, min_confidence, sha256, output_kind, actual, source)
         image_filter.probe()
@@ -163,6 +160,13 @@ class ImageFilter:
     def describe(self) -> dict:
         return {"file": os.path.basename(self.source), "sha256": self.sha256, "output": self.output_kind,
                 "min_confidence": self.min_confidence}
+
+
+def check_classifier_graph(session: ort.InferenceSession, image_shape: tuple[int, int, int], num_classes: int,
+                           source: str) -> str:
+    """The classifier's declared inputs and outputs against the contract; returns the output's kind."""
+    _check_input([TensorSpec.from_node_arg(arg) for arg in session.get_inputs()], image_shape, source)
+    return _check_output([TensorSpec.from_node_arg(arg) for arg in session.get_outputs()], num_classes, source)
 
 
 def _check_input(inputs: list[TensorSpec], image_shape: tuple[int, int, int], source: str) -> None:

@@ -103,10 +103,11 @@ class ImageFilter:
         return image_filter
 
     def probe(self) -> None:
-        """A batch of 2 black images: N is dynamic, and the output is float32 [2, num_classes]."""
+        """A batch of 2 black images, before anything is written: N is dynamic, the output is float32
+        [2, num_classes], finite (and in [0, 1] for probabilities)."""
         images = np.zeros((2, *self.meta.image_shape), np.uint8)
         try:
-            self._run(images)
+            self.probabilities(images)
         except _RunFailed as exc:
             raise UserError(f"{self.source}: the classifier fails on a batch of 2 uint8 images of "
                             f"{list(self.meta.image_shape)} (H, W, C): {exc.reason}") from None

@@ -68,6 +68,17 @@ def test_other_settings_in_the_same_out_dir_are_refused(tmp_path):
         Study(tmp_path, settings(synthetic_fraction=0.25))
 
 
+def test_a_study_filtered_before_the_sampler_filtered_is_not_resumed(tmp_path):
+    Study(tmp_path, settings(filter_confidence=0.9)).state.record("gan/k5", {"steps": 4})
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["settings"]["filter_path"] == study.FILTER_PATH
+    del state["settings"]["filter_path"]  # as a study of an earlier version recorded it
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match="other settings.*filter_path"):
+        Study(tmp_path, settings(filter_confidence=0.9))
+    assert "filter_path" not in settings().fingerprint()  # unfiltered studies resume as before
+
+
 def test_mean_and_95_percent_t_interval():
     summary = mean_interval([0.80, 0.82, 0.84])
     assert summary["mean"] == pytest.approx(0.82)

@@ -61,6 +61,8 @@ STUDY_GAN_DEFAULTS = {
     "log": {"image_every": 500},
 }
 METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
+# How the synthetic sets are filtered: by the sampler, with the teacher exported to ONNX.
+FILTER_PATH = "ganaug sample --filter"
 QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
@@ -101,6 +103,10 @@ class StudySettings:
         gan["train"].pop("threads", None)
         gan["data"].pop("num_workers", None)
         values["gan_config"] = gan
+        if self.filter_confidence > 0:
+            # The filter became `ganaug sample --filter` (an fp32 ONNX teacher) where it was a bf16 torch
+            # teacher: the kept sets differ, so a study filtered the old way is not resumed the new way.
+            values["filter_path"] = FILTER_PATH
         return values
 
 

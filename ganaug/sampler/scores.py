@@ -77,14 +77,6 @@ class ScoreRecords:
         self._cache: collections.OrderedDict[tuple[Shard, int], np.ndarray | None] = collections.OrderedDict()
         self.rescan()
 
-    def make_directory(self) -> None:
-        if os.path.islink(self.directory):
-            raise UserError(f"{self.directory} is a symbolic link; refusing to write through it")
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create {self.directory}: {exc.strerror or exc}") from None
-
     def rescan(self) -> None:
         """Take stock of the records on disk (other processes may have written more since)."""
         self._present, self._cache = {}, collections.OrderedDict()

@@ -180,6 +180,10 @@ def _add_sample(sub) -> None:
                    help="write part INDEX of COUNT of the set (processes 0 .. COUNT-1 into one --out; see docs)")
     p.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation trick: redraw latent values beyond this magnitude (0 disables)")
+    p.add_argument("--filter", metavar="CLASSIFIER.onnx",
+                   help="keep only the images this classifier gives their class with --min-confidence (see docs)")
+    p.add_argument("--min-confidence", type=finite_float, metavar="TAU",
+                   help="with --filter: the probability of its class an image needs to be kept, in (0, 1]")
     p.add_argument("--overwrite", action="store_true", help="replace output made with another model or seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_sample)

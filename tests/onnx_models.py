@@ -154,3 +154,71 @@ def reference_images(path, z: np.ndarray, labels: np.ndarray | None) -> np.ndarr
     shape = json.loads({p.key: p.value for p in model.metadata_props}["ganaug.image_shape"])
     pixels = np.round(np.clip((np.tanh(h) + 1.0) * 127.5, 0, 255)).astype(np.uint8)
     return pixels.reshape(len(z), *shape)
+
+
+def make_classifier(
+    path,
+    num_classes: int = 3,
+    shape: tuple[int, int, int] = (8, 8, 1),
+    output: str = "logits",
+    seed: int = 1,
+    scale: float = 0.5,
+    batch: int | str = "N",
+    input_shape: list | None = None,
+    metadata: dict | None = None,
+    generator=None,
+) -> str:
+    """Write a classifier ONNX model of the filter contract to `path` and return the path.
+
+    uint8 images [N, H, W, C] -> [-1, 1] -> one linear layer -> `logits` float32 [N, num_classes]
+    (output="probabilities": a Softmax after it). batch and input_shape break the
+    contract on purpose (a static batch, an undeclared or other image shape).
+    generator: a make_model generator whose label embedding becomes the weights, so the classifier
+    mostly agrees with the conditioning labels (a realistic filter: most images kept, some not).
+    """
+    height, width, channels = shape
+    pixels = height * width * channels
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((pixels, num_classes))
+    if generator is not None:
+        embedding = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(generator)).graph.initializer}["E"]
+        weights = embedding[:num_classes].T
+    weights = (weights * scale / np.sqrt(pixels)).astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(weights, "W"),
+        numpy_helper.from_array(rng.standard_normal(num_classes).astype(np.float32) * 0.1, "b"),
+        numpy_helper.from_array(np.array([-1, pixels], np.int64), "flat"),
+        numpy_helper.from_array(np.array(127.5, np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["images"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["flat_f"]),
+        helper.make_node("Div", ["flat_f", "half"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "one"], ["x"]),
+        helper.make_node("MatMul", ["x", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["logits" if output == "logits" else "l"]),
+    ]
+    initializers.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    if output != "logits":
+        nodes.append(helper.make_node("Softmax", ["l"], [output], axis=1))
+    inputs = [helper.make_tensor_value_info("images", TensorProto.UINT8,
+                                           input_shape or [batch, height, width, channels])]
+    outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, num_classes])]
+    graph = helper.make_graph(nodes, "ganaug_test_classifier", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def reference_probabilities(path, images: np.ndarray) -> np.ndarray:
+    """make_classifier's probabilities computed with numpy from its own weights, float64 [N, classes]."""
+    model = onnx.load(str(path))
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    x = images.reshape(len(images), -1).astype(np.float64) / 127.5 - 1.0
+    logits = x @ weights["W"].astype(np.float64) + weights["b"].astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)

@@ -38,7 +38,7 @@ import pytest
 import torch
 from conftest import TINY
 from onnx import TensorProto, helper
-from onnx_models import make_model
+from onnx_models import make_classifier, make_model
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +157,10 @@ class Env:
     def model(self, name: str = "g.onnx", **kw) -> str:
         kw.setdefault("class_names", CLASSES)
         return make_model(self.tmp / name, **kw)
+
+    def classifier(self, name: str = "c.onnx", **kw) -> str:
+        """A classifier for --filter, of the contract unless kw breaks it (onnx_models.make_classifier)."""
+        return make_classifier(self.tmp / name, **kw)
 
     def sample(self, model, *args: str, out: str | Path = "out") -> list[str]:
         out = out if isinstance(out, Path) else self.tmp / out
@@ -1642,6 +1646,131 @@ def _sample_shard_other_settings(env):
     model = env.model()
     assert _quiet_main(env.sample(model, "--n", "6", "--seed", "1", "--shard", "0/2")) == 0
     return env.sample(model, "--n", "6", "--seed", "2", "--shard", "1/2")
+
+
+@case("sample-filter-class-count", "sample", "--filter with a classifier of 4 classes for a 3-class generator",
+      "the classifier has 4 classes but the generator has 3", survives=("g.onnx", "c.onnx"))
+def _sample_filter_class_count(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(num_classes=4), "--min-confidence", "0.9")
+
+
+@case("sample-filter-image-shape", "sample", "--filter with a classifier of 8x8 RGB images for a generator of 8x8 grey",
+      "classifier input 'images' has size 3 on axis 3 but the generator's images are [8, 8, 1]",
+      survives=("g.onnx", "c.onnx"))
+def _sample_filter_image_shape(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(shape=(8, 8, 3)), "--min-confidence", "0.9")
+
+
+@case("sample-filter-image-shape-undeclared", "sample",
+      "--filter with a classifier of 4x4 images whose input sizes are not declared",
+      "the classifier fails on a batch of 2 uint8 images of [8, 8, 1] (H, W, C): the classifier returned float32 [8, 3]",
+      survives=("g.onnx", "c.onnx"))
+def _sample_filter_image_shape_undeclared(env):
+    classifier = env.classifier(shape=(4, 4, 1), input_shape=["N", "H", "W", "C"])
+    return env.sample(env.model(), "--n", "3", "--filter", classifier, "--min-confidence", "0.9")
+
+
+@case("sample-filter-static-batch", "sample", "--filter with a classifier whose batch size is fixed to 1",
+      "classifier input 'images' has a fixed batch size of 1; the contract is a dynamic N", survives=("g.onnx", "c.onnx"))
+def _sample_filter_static_batch(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(batch=1), "--min-confidence", "0.9")
+
+
+@case("sample-filter-output-name", "sample", "--filter with a classifier whose output is named 'scores'",
+      "the classifier's output is named 'scores'; name it 'logits' (the sampler applies the softmax) or 'probabilities'",
+      survives=("g.onnx", "c.onnx"))
+def _sample_filter_output_name(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(output="scores"), "--min-confidence", "0.9")
+
+
+@case("sample-filter-is-a-generator", "sample", "--filter naming a generator instead of a classifier",
+      "the classifier must have one input, uint8 [N, 8, 8, 1] (N, H, W, C: the generator's images); it has 2: 'z', "
+      "'labels'", survives=("g.onnx",))
+def _sample_filter_is_a_generator(env):
+    model = env.model()
+    return env.sample(model, "--n", "3", "--filter", model, "--min-confidence", "0.9")
+
+
+@case("sample-filter-classes-reordered", "sample", "--filter with a classifier whose metadata lists the classes in "
+      "another order", "the classifier's class names ['fox', 'dog', 'cat'] are not the generator's ['cat', 'dog', "
+      "'fox'] (same classes in another order?)", survives=("g.onnx", "c.onnx"))
+def _sample_filter_classes_reordered(env):
+    classifier = env.classifier(metadata={"ganaug.class_names": json.dumps(CLASSES[::-1])})
+    return env.sample(env.model(), "--n", "3", "--filter", classifier, "--min-confidence", "0.9")
+
+
+@case("sample-filter-external-data", "sample", "--filter with a classifier whose weight W keeps its data in the "
+      "external file .ssh/id_rsa", "tensor 'W' keeps its data in an external file ('.ssh/id_rsa')",
+      survives=("g.onnx", "c.onnx"))
+def _sample_filter_external_data(env):
+    from onnx import TensorProto as Tensor
+    from onnx.external_data_helper import set_external_data
+
+    def externalise(model):
+        weight = next(t for t in model.graph.initializer if t.name == "W")
+        set_external_data(weight, ".ssh/id_rsa", offset=0, length=len(weight.raw_data))
+        weight.ClearField("raw_data")
+        weight.data_location = Tensor.EXTERNAL
+
+    classifier = _edit_model(env.classifier(), externalise)
+    return env.sample(env.model(), "--n", "3", "--filter", classifier, "--min-confidence", "0.9")
+
+
+@case("sample-filter-nan-output", "sample", "--filter with a classifier whose weights are NaN",
+      "the classifier returned NaN or infinite logits for 2 of 2 images", survives=("g.onnx", "c.onnx"))
+def _sample_filter_nan_output(env):
+    from onnx import numpy_helper
+
+    def poison(model):
+        weight = next(t for t in model.graph.initializer if t.name == "W")
+        weight.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(weight).shape, np.nan, np.float32), "W"))
+
+    classifier = _edit_model(env.classifier(), poison)
+    return env.sample(env.model(), "--n", "3", "--filter", classifier, "--min-confidence", "0.9")
+
+
+@case("sample-filter-missing", "sample", "--filter naming a file that does not exist",
+      "classifier file {tmp}/nope.onnx does not exist", survives=("g.onnx",))
+def _sample_filter_missing(env):
+    return env.sample(env.model(), "--n", "3", "--filter", str(env.tmp / "nope.onnx"), "--min-confidence", "0.9")
+
+
+@case("sample-filter-without-min-confidence", "sample", "--filter without --min-confidence",
+      "--filter needs --min-confidence TAU")
+def _sample_filter_without_min_confidence(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier())
+
+
+@case("sample-min-confidence-without-filter", "sample", "--min-confidence without --filter",
+      "--min-confidence needs --filter CLASSIFIER.onnx")
+def _sample_min_confidence_without_filter(env):
+    return env.sample(env.model(), "--n", "3", "--min-confidence", "0.9")
+
+
+@case("sample-min-confidence-zero", "sample", "--min-confidence 0 (it would keep every image)",
+      "--min-confidence must be in (0, 1] (a probability above 0), got 0.0")
+def _sample_min_confidence_zero(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(), "--min-confidence", "0")
+
+
+@case("sample-min-confidence-above-one", "sample", "--min-confidence 1.5",
+      "--min-confidence must be in (0, 1] (a probability above 0), got 1.5")
+def _sample_min_confidence_above_one(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(), "--min-confidence", "1.5")
+
+
+@case("sample-min-confidence-nan", "sample", "--min-confidence nan", "argument --min-confidence: 'nan' is not a finite number")
+def _sample_min_confidence_nan(env):
+    return env.sample(env.model(), "--n", "3", "--filter", env.classifier(), "--min-confidence", "nan")
+
+
+@case("sample-filter-other-tau-on-resume", "sample", "--out holding a set filtered with --min-confidence 0.5, "
+      "re-run with 0.8", "holds samples made with other settings (filter.min_confidence 0.5 there, 0.8 now)",
+      survives=("out",))
+def _sample_filter_other_tau_on_resume(env):
+    model, classifier = env.model(), env.classifier()
+    assert _quiet_main(env.sample(model, "--n", "6", "--filter", classifier, "--min-confidence", "0.5")) == 0
+    return env.sample(model, "--n", "6", "--filter", classifier, "--min-confidence", "0.8")
 
 
 # ============================================================================== evaluate

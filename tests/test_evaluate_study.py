@@ -10,12 +10,14 @@ import pytest
 import torch
 import yaml
 from conftest import TINY
+from onnx_models import make_model
 
 from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.evaluate import features, study
 from ganaug.evaluate.report import mean_interval, verdict
 from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, resolve_gan_config
+from ganaug.sampler import Sampler
 
 TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-steps", "15",
               "--synthetic-per-class", "12", *TINY]
@@ -64,6 +66,17 @@ def test_other_settings_in_the_same_out_dir_are_refused(tmp_path):
     Study(tmp_path, settings(ks=(5, 10, 20)))  # more K values or seeds: the same study, more units
     with pytest.raises(UserError, match="other settings.*synthetic_fraction"):
         Study(tmp_path, settings(synthetic_fraction=0.25))
+
+
+def test_a_study_filtered_before_the_sampler_filtered_is_not_resumed(tmp_path):
+    Study(tmp_path, settings(filter_confidence=0.9)).state.record("gan/k5", {"steps": 4})
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["settings"]["filter_path"] == study.FILTER_PATH
+    del state["settings"]["filter_path"]  # as a study of an earlier version recorded it
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match="other settings.*filter_path"):
+        Study(tmp_path, settings(filter_confidence=0.9))
+    assert "filter_path" not in settings().fingerprint()  # unfiltered studies resume as before
 
 
 def test_mean_and_95_percent_t_interval():
@@ -174,22 +187,22 @@ def test_metrics_of_the_studys_model_against_the_digits(tiny_study, tmp_path, ca
 
 
 class _PixelTeacher(torch.nn.Module):
-    """A 'classifier' whose answer is written in the image: class = first pixel % 3, confidence from
-    the second pixel (0 -> a uniform guess, 255 -> sure)."""
+    """A 'classifier' of the 10 digits whose answer is written in the image: class = first pixel % 3,
+    confidence from the second pixel (0 -> a uniform guess, 255 -> sure). Exportable to ONNX."""
 
     def __init__(self):
         super().__init__()
-        self.head = torch.nn.Linear(1, 3)
+        self.head = torch.nn.Linear(1, 10)
 
     def forward(self, x):
         u8 = ((x + 1) * 127.5).round().long()
         label, sure = u8[:, 0, 0, 0] % 3, u8[:, 0, 0, 1].float() / 255
-        return torch.nn.functional.one_hot(label, 3).float() * 20 * sure[:, None]
+        return (torch.arange(10) == label[:, None]).float() * 20 * sure[:, None]
 
 
 def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
     study_ = Study(tmp_path / "study", settings(ks=(5,), unlabelled=True, filter_confidence=0.9,
-                                                pseudo_label_confidence=0.9))
+                                                pseudo_label_confidence=0.9, synthetic_per_class=30))
     npz = np.load(study_.unlabelled_npz(5))
     assert set(npz.files) == {"images"}  # no labels: that is what makes them unlabelled
     unlabelled = study_.unlabelled_index(5)
@@ -213,15 +226,23 @@ def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
         assert len(labelled["labels"]) == 50 + len(kept) and len(rest["images"]) == len(unlabelled) - len(kept)
         assert np.array_equal(labelled["labels"][50:], labels.numpy()) and "labels" not in rest.files
 
-    fake = torch.zeros(6, 1, 16, 16, dtype=torch.uint8)
-    fake[:, 0, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2], dtype=torch.uint8)
-    fake[:, 0, 0, 1] = torch.tensor([255, 255, 255, 255, 0, 255], dtype=torch.uint8)
-    fake_labels = torch.tensor([0, 1, 1, 0, 1, 2])
-    monkeypatch.setattr(study_, "synthetic", lambda model, seed: (fake, fake_labels))
-    images, labels, share = study_.filtered(5, tmp_path / "g.onnx", seed=0)
-    # kept: sure and agreeing with the conditioning label; dropped: image 2 (the teacher says 2, not 1), image 4 (unsure)
-    assert labels.tolist() == [0, 1, 0, 2] and share == pytest.approx(4 / 6)
-    assert torch.equal(images, fake[[0, 1, 3, 5]])
+    # The filter is the sampler's (`ganaug sample --filter`), with the teacher exported to ONNX: a
+    # generator of 300 digits, each kept iff the teacher's probability of its label is >= 0.9.
+    (tmp_path / "gan").mkdir()
+    generator = make_model(tmp_path / "gan" / "generator.onnx", class_names=study_.class_names, shape=(16, 16, 1),
+                           seed=2)  # a generator whose images include all three cases below
+    images, labels, share = study_.filtered(5, Path(generator), seed=0)
+    assert (tmp_path / "study" / "teachers" / "k5_seed0.onnx").is_file()
+    fake, fake_labels = Sampler.load(generator).generate(300, seed=0)  # the unfiltered set, brute force
+    said, sure = fake[:, 0, 0, 0] % 3, fake[:, 0, 1, 0] / 255  # NHWC: the pixels the teacher reads
+    agree = torch.from_numpy(said == fake_labels)
+    p_label = torch.where(agree, torch.exp(torch.from_numpy(20 * sure)) / (torch.exp(torch.from_numpy(20 * sure)) + 9),
+                          1 / (torch.exp(torch.from_numpy(20 * sure)) + 9))
+    keep = p_label >= 0.9
+    # kept: sure and agreeing with the conditioning label; dropped: the teacher says another class, or is unsure
+    assert keep.any() and (~agree).any() and (agree & ~keep).any()
+    assert labels.tolist() == fake_labels[keep.numpy()].tolist() and share == pytest.approx(float(keep.float().mean()))
+    assert torch.equal(images, torch.from_numpy(fake[keep.numpy()]).permute(0, 3, 1, 2))
 
 
 def test_split_studies_pool_into_paired_units():

@@ -86,6 +86,13 @@ class SyntheticFolder(Dataset):
             rows = list(csv.DictReader(f))
         self.paths = [row["path"] for row in rows]
         self.indices = np.array([int(row["index"]) for row in rows], dtype=np.int64)
+        # Where each image sits in its .npz file: rows are in index order, and so are a file's images
+        # (all of its range, or only those a filter kept).
+        self.positions: list[int] = []
+        in_file: dict[str, int] = {}
+        for path in self.paths:
+            self.positions.append(in_file.get(path, 0))
+            in_file[path] = self.positions[-1] + 1
         self.targets = [int(row["label"]) for row in rows]
         self._shards: dict[str, np.ndarray] = {}
 
@@ -101,7 +108,7 @@ class SyntheticFolder(Dataset):
         shard = self._shards.get(path)
         if shard is None:
             shard = self._shards[path] = _open_npy_member(path, "images.npy")
-        return np.asarray(shard[self.indices[item] % self.shard_size])
+        return np.asarray(shard[self.positions[item]])
 
     def __getitem__(self, item: int):
         return _as_item(self._image(item), self.targets[item], self.transform)

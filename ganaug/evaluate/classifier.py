@@ -8,13 +8,18 @@ real images is never drowned by thousands of synthetic ones.
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganaug.errors import UserError
 from ganaug.train.precision import Precision
 
 
@@ -151,3 +156,89 @@ def predict(model: SmallCNN, images_u8: torch.Tensor) -> torch.Tensor:
 
 def accuracy(model: SmallCNN, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predict(model, images_u8) == labels).float().mean())
+
+
+# ------------------------------------------------------------------------------ the filter's classifier
+
+VERIFY_BATCHES = (1, 7, 64)  # the batch axis is dynamic: an odd size and a larger one
+MAX_LOGIT_ERROR = 1e-3  # fp32 against fp32: kernels differ (oneDNN vs MLAS), the arithmetic does not
+MAX_PROBABILITY_ERROR = 1e-4
+
+
+class _ImageClassifier(nn.Module):
+    """The sampler's filter contract around a classifier of float [N, C, H, W] in [-1, 1]: uint8 images
+    [N, H, W, C] in (the generator's output, the very pixels written), `logits` [N, classes] out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # = to_input, in the graph
+        return self.model(x).float()
+
+
+def export_classifier_onnx(model: nn.Module, path: str | Path, image_shape: tuple[int, int, int],
+                           class_names: list[str] | None = None) -> Path:
+    """Write a classifier as an ONNX model for `ganaug sample --filter` (docs/sampler.md, "Filtering").
+
+    model: any module mapping float [N, C, H, W] in [-1, 1] (to_input's scaling) to logits [N, classes],
+    such as the study's SmallCNN; image_shape: (H, W, C) of the generator's images; class_names, in the
+    generator's order, are written into the model so the sampler can check them. The graph takes uint8
+    [N, H, W, C] (the scaling is inside it) and outputs `logits` float32 [N, classes], N dynamic. It is
+    checked against the contract and against PyTorch in onnxruntime before the file is written,
+    atomically (an existing file is replaced)."""
+    import onnx
+
+    from ganaug.export.onnx_export import DEFAULT_OPSET
+    from ganaug.files import write_atomic
+    from ganaug.sampler.filter import check_classifier_graph
+    from ganaug.sampler.session import cpu_session
+
+    height, width, channels = image_shape
+    wrapper = _ImageClassifier(copy.deepcopy(model).float().cpu()).eval()
+    example = torch.zeros(2, height, width, channels, dtype=torch.uint8)  # torch.export specialises 0 and 1
+    with torch.no_grad():
+        num_classes = wrapper(example).shape[1]
+    if class_names is not None and len(class_names) != num_classes:
+        raise UserError(f"the classifier has {num_classes} classes but {len(class_names)} class names were given")
+    program = torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=DEFAULT_OPSET,
+                                input_names=["images"], output_names=["logits"],
+                                dynamic_shapes={"images": {0: "N"}}, external_data=False, optimize=True,
+                                verbose=False)
+    proto = program.model_proto
+    metadata = {"ganaug.schema": "1", "ganaug.kind": "classifier", "ganaug.num_classes": str(num_classes),
+                "ganaug.image_shape": json.dumps(list(image_shape))}
+    if class_names is not None:
+        metadata["ganaug.class_names"] = json.dumps(list(class_names), ensure_ascii=False)
+    onnx.helper.set_model_props(proto, metadata)
+    proto.doc_string = ("ganaug classifier for `ganaug sample --filter`: input images uint8 [N, H, W, C], "
+                        "output logits float32 [N, classes]")
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    session = cpu_session(data)
+    check_classifier_graph(session, image_shape, num_classes, str(path))
+    _verify_classifier(wrapper, session, image_shape, str(path))
+    write_atomic(path, data, fsync=True)
+    return Path(path)
+
+
+def _verify_classifier(wrapper: nn.Module, session, image_shape: tuple[int, int, int], source: str) -> None:
+    """onnxruntime against PyTorch (fp32) on random images at several batch sizes."""
+    generator = np.random.default_rng(1_000_003)
+    for batch in VERIFY_BATCHES:
+        images = generator.integers(0, 256, (batch, *image_shape), dtype=np.uint8)
+        onnx_logits = session.run(["logits"], {session.get_inputs()[0].name: images})[0]
+        with torch.no_grad():
+            torch_logits = wrapper(torch.from_numpy(images)).numpy()
+        logit_error = float(np.abs(onnx_logits - torch_logits).max())
+        probability_error = float(np.abs(_softmax(onnx_logits) - _softmax(torch_logits)).max())
+        if logit_error > MAX_LOGIT_ERROR or probability_error > MAX_PROBABILITY_ERROR:
+            raise UserError(f"{source}: the exported classifier differs from PyTorch on a batch of {batch} "
+                            f"(logits by up to {logit_error:.3g}, probabilities by {probability_error:.3g}); "
+                            "nothing was written")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    values = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return np.exp(values) / np.exp(values).sum(axis=1, keepdims=True)

@@ -31,10 +31,17 @@ import torch
 from ganaug import train
 from ganaug.config import Config, config_from_dict, dump_yaml
 from ganaug.errors import UserError
-from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, predict_proba, train_classifier
+from ganaug.evaluate.classifier import (
+    TrainingSet,
+    TrainSettings,
+    accuracy,
+    export_classifier_onnx,
+    predict_proba,
+    train_classifier,
+)
 from ganaug.export import export_model
 from ganaug.files import write_atomic
-from ganaug.sampler import Sampler, SampleRequest, write_samples
+from ganaug.sampler import ImageFilter, Sampler, SampleRequest, write_samples
 from ganaug.train import with_overrides
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ STUDY_GAN_DEFAULTS = {
     "log": {"image_every": 500},
 }
 METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
+# How the synthetic sets are filtered: by the sampler, with the teacher exported to ONNX.
+FILTER_PATH = "ganaug sample --filter"
 QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
@@ -95,6 +104,10 @@ class StudySettings:
         gan["train"].pop("threads", None)
         gan["data"].pop("num_workers", None)
         values["gan_config"] = gan
+        if self.filter_confidence > 0:
+            # The filter became `ganaug sample --filter` (an fp32 ONNX teacher) where it was a bf16 torch
+            # teacher: the kept sets differ, so a study filtered the old way is not resumed the new way.
+            values["filter_path"] = FILTER_PATH
         return values
 
 
@@ -326,16 +339,25 @@ class Study:
         self._progress(f"{what}: GAN trained and exported ({steps} steps)")
         return model
 
-    def synthetic(self, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The synthetic set of a model for a seed, written by the sampler (which resumes itself)."""
-        folder = model.parent / f"samples_seed{seed}"
+    @staticmethod
+    def sample_folder(model: Path, seed: int, filtered: bool = False) -> Path:
+        return model.parent / f"samples_seed{seed}{'_filtered' if filtered else ''}"
+
+    def synthetic(self, model: Path, seed: int, teacher: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthetic set of a model for a seed, written by the sampler (which resumes itself); with a
+        teacher (an ONNX classifier), only the images it gives their class with `filter_confidence`:
+        `ganaug sample --filter TEACHER --min-confidence filter_confidence`, what a user gets."""
+        folder = self.sample_folder(model, seed, filtered=teacher is not None)
         info = folder / "sample_info.json"
         if not (info.is_file() and json.loads(info.read_text()).get("complete")):
             sampler = Sampler.load(model)
             classes = tuple(range(sampler.meta.num_classes))
+            image_filter = None if teacher is None else ImageFilter.load(
+                teacher, sampler.meta, self.settings.filter_confidence)
             write_samples(sampler, SampleRequest(
                 out_dir=str(folder), n=self.settings.synthetic_per_class * len(classes), classes=classes, seed=seed,
-                format="npz", truncation=self.settings.truncation, overwrite=True, progress=False))
+                format="npz", truncation=self.settings.truncation, overwrite=True, progress=False),
+                filter=image_filter)
         return read_synthetic(folder)
 
     def gan_metrics(self, k: int | None, model: Path, semi: bool = False) -> None:
@@ -380,6 +402,16 @@ class Study:
                                                           seed=seed, augment=True, device=self.device)}
         return self._teachers[(k, seed)]
 
+    def teacher_onnx(self, k: int | None, seed: int) -> Path:
+        """The teacher of (K, seed) as an ONNX classifier of the sampler's filter contract
+        (OUT/teachers/k<K>_seed<S>.onnx), exported once and reused."""
+        path = self.out / "teachers" / f"k{k_name(k)}_seed{seed}.onnx"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            channels, height, width = self.data.images.shape[1:]
+            export_classifier_onnx(self.teacher(k, seed), path, (height, width, channels), self.class_names)
+        return path
+
     def pseudo_labelled(self, k: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The unlabelled images the teacher is sure of, with its labels (classic self-training), and
         the share of those labels that are right (the study knows the truth; a user would not)."""
@@ -393,13 +425,14 @@ class Study:
 
     def filtered(self, k: int | None, model: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The synthetic set, less the images the teacher does not give their class with
-        `filter_confidence` (all of them when 0); and the share kept."""
-        images, labels = self.synthetic(model, seed)
+        `filter_confidence` (all of them when 0); and the share kept. The sampler filters, with the
+        teacher exported to ONNX: the study measures the set `ganaug sample --filter` gives a user."""
         if self.settings.filter_confidence <= 0:
+            images, labels = self.synthetic(model, seed)
             return images, labels, 1.0
-        probabilities = predict_proba(self.teacher(k, seed), images)
-        keep = probabilities.gather(1, labels.view(-1, 1)).squeeze(1) >= self.settings.filter_confidence
-        return images[keep], labels[keep], float(keep.float().mean())
+        images, labels = self.synthetic(model, seed, teacher=self.teacher_onnx(k, seed))
+        info = json.loads((self.sample_folder(model, seed, filtered=True) / "sample_info.json").read_text())
+        return images, labels, info["filter"]["images_kept"] / info["images"]
 
     def arm(self, k: int | None, arm: str, seed: int, models: dict[str, Path]) -> None:
         key = f"result/k{k_name(k)}/{arm}/seed{seed}"

@@ -5,9 +5,12 @@
     images, labels = sampler.generate(64, seed=0)    # uint8 [64, H, W, C], int64 [64]
     sampler.meta.class_names, sampler.meta.image_shape, sampler.meta.sha256
 
-`ganaug sample` (entry.py) writes whole sample sets; see docs/sampler.md.
+`ganaug sample` (entry.py) writes whole sample sets, optionally filtered by a classifier
+(`write_samples(sampler, request, filter=ImageFilter.load("classifier.onnx", sampler.meta, 0.9))`);
+see docs/sampler.md.
 """
 
+from ganaug.sampler.filter import ImageFilter
 from ganaug.sampler.job import SampleRequest, SampleResult, write_samples
 from ganaug.sampler.meta import ModelMeta
 from ganaug.sampler.rng import BLOCK_SIZE, LatentSource
@@ -17,6 +20,7 @@ from ganaug.sampler.shards import Shard
 __all__ = [
     "BLOCK_SIZE",
     "Batch",
+    "ImageFilter",
     "LatentSource",
     "ModelMeta",
     "SampleRequest",

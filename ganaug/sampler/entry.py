@@ -7,6 +7,7 @@ import math
 import os
 
 from ganaug.errors import UserError
+from ganaug.sampler.filter import ImageFilter, check_min_confidence
 from ganaug.sampler.job import SampleRequest, write_samples
 from ganaug.sampler.labels import parse_class_list, select_classes
 from ganaug.sampler.rng import MIN_TRUNCATION
@@ -29,6 +30,13 @@ def _check_arguments(args) -> None:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} exists and is not a directory")
     parse_shard(args.shard)
+    if args.filter is None and args.min_confidence is not None:
+        raise UserError("--min-confidence needs --filter CLASSIFIER.onnx (the classifier whose confidence it is)")
+    if args.filter is not None and args.min_confidence is None:
+        raise UserError("--filter needs --min-confidence TAU: the probability of its class an image needs to be "
+                        "kept (e.g. 0.9)")
+    if args.min_confidence is not None:
+        check_min_confidence(args.min_confidence)
 
 
 def _physical_memory() -> int | None:
@@ -64,6 +72,10 @@ def _check_memory(args, n: int, image_shape: tuple[int, ...]) -> None:
 def main(args) -> int:
     _check_arguments(args)
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
+    image_filter = None
+    if args.filter is not None:
+        image_filter = ImageFilter.load(args.filter, sampler.meta, args.min_confidence, provider=args.provider,
+                                        threads=args.threads)
     classes = select_classes(sampler.meta, parse_class_list(args.classes))
     n = args.n if args.n is not None else args.per_class * len(classes)
     _check_memory(args, n, sampler.meta.image_shape)
@@ -77,6 +89,8 @@ def main(args) -> int:
     }
     if args.format == "npz":
         arguments["shard_size"] = args.shard_size
+    if image_filter is not None:  # absent without a filter: unfiltered sets keep their sample_info.json
+        arguments |= {"filter": args.filter, "min_confidence": args.min_confidence}
     request = SampleRequest(
         out_dir=args.out,
         n=n,
@@ -91,6 +105,6 @@ def main(args) -> int:
         arguments=arguments,
         shard=parse_shard(args.shard),
     )
-    result = write_samples(sampler, request)
+    result = write_samples(sampler, request, filter=image_filter)
     log.info("%s", result.summary())
     return 0

@@ -18,6 +18,7 @@ from ganaug.errors import UserError
 from ganaug.files import is_temporary
 from ganaug.sampler import safejson
 from ganaug.sampler.locks import Claim, is_coordination_file
+from ganaug.sampler.scores import remove_records
 from ganaug.sampler.shards import Shard
 from ganaug.sampler.writers import write_file_atomic
 
@@ -70,11 +71,21 @@ def write_info(path: str, info: dict) -> None:
     write_file_atomic(os.path.join(path, INFO_NAME), data, fsync=True)
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{key} {old.get(key)!r} there, {new.get(key)!r} now" for key in keys if old.get(key) != new.get(key)
-    ]
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'seed 1 there, 2 now'; settings that are dicts on both sides (the filter) by their own keys."""
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differences.append(f"{prefix}{key} {_shown(a)} there, {_shown(b)} now")
+    return differences
 
 
 def _is_plain_name(name) -> bool:
@@ -88,7 +99,7 @@ def _is_plain_name(name) -> bool:
 
 
 def remove_previous_output(path: str, old_info: dict | None, keep: Claim) -> None:
-    """Delete what an earlier run wrote (its images, shards, manifest, markers, info), nothing else;
+    """Delete what an earlier run wrote (its images, shards, manifest, markers, scores, info), nothing else;
     `keep` is this run's own claim. Only with no other run writing to `path`."""
     for class_dir in (old_info or {}).get("class_dirs", []):
         if not _is_plain_name(class_dir):
@@ -112,6 +123,7 @@ def remove_previous_output(path: str, old_info: dict | None, keep: Claim) -> Non
             or is_coordination_file(entry.name)
         ):
             os.unlink(entry.path)
+    remove_records(path)  # a filtered set's scores (DIR/.scores)
     # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
     info_path = os.path.join(path, INFO_NAME)
     if os.path.isfile(info_path) and not os.path.islink(info_path):

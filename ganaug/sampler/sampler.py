@@ -33,19 +33,19 @@ class Batch(NamedTuple):
     labels: np.ndarray  # int64 [B]: model class indices
 
 
-def read_model_file(path) -> bytes:
+def read_model_file(path, what: str = "model") -> bytes:
     """The model's bytes, with a clear error for a missing, empty or unreadable file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise UserError(f"model file {path} does not exist") from None
+        raise UserError(f"{what} file {path} does not exist") from None
     except IsADirectoryError:
-        raise UserError(f"model path {path} is a directory, not an .onnx file") from None
+        raise UserError(f"{what} path {path} is a directory, not an .onnx file") from None
     except OSError as exc:
-        raise UserError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+        raise UserError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     if not data:
-        raise UserError(f"model file {path} is empty")
+        raise UserError(f"{what} file {path} is empty")
     return data
 
 

@@ -28,16 +28,24 @@ def png_bytes_bound(image_shape: tuple[int, int, int]) -> int:
     return 8 + (12 + 13) + (12 + deflated) + 12  # signature, IHDR, IDAT, IEND
 
 
-def npz_bytes_bound(count: int, image_shape: tuple[int, int, int]) -> int:
-    """No .npz shard of `count` images is longer."""
-    return count * (math.prod(image_shape) + 8) + _NPZ_OVERHEAD
+def npz_bytes_bound(count: int, image_shape: tuple[int, int, int], extra_bytes_per_image: int = 0) -> int:
+    """No .npz shard of `count` images is longer (extra_bytes_per_image: arrays beyond images and labels,
+    each with its own headers)."""
+    overhead = _NPZ_OVERHEAD * (2 if extra_bytes_per_image else 1)
+    return count * (math.prod(image_shape) + 8 + extra_bytes_per_image) + overhead
 
 
-def manifest_bytes_bound(n: int, classes: list[tuple[int, int, int, str]], seed: int) -> int:
+# A filtered manifest's `score`: a comma and the shortest float32 text, at most 13 characters
+# ("1.1754942e-38"); 16 leaves room.
+SCORE_BYTES = 16
+
+
+def manifest_bytes_bound(n: int, classes: list[tuple[int, int, int, str]], seed: int, score_column: bool = False) -> int:
     """manifest.csv of n rows; classes: (rows, label, longest path in bytes, class name) per selected class."""
     digits = len(str(max(n - 1, 0)))
+    score = SCORE_BYTES if score_column else 0
     return 64 + sum(  # the header, then each row; a quoted name doubles its quotes at worst
-        rows * (path_bytes + (2 * len(name.encode()) + 2) + len(str(label)) + digits + len(str(seed)) + 5)
+        rows * (path_bytes + (2 * len(name.encode()) + 2) + len(str(label)) + digits + len(str(seed)) + 5 + score)
         for rows, label, path_bytes, name in classes
     )
 

@@ -10,9 +10,10 @@ cut short; a disk can also hand back zeros. A resume must rewrite such a file, n
   whose length field spans it and whose CRC matches: a truncated, zero-filled or overwritten file
   fails. The pixels are not decoded (the CRC covers their bytes).
 - .npz: a readable zip (its directory sits at the end, so a truncated file fails) holding exactly
-  images.npy and labels.npy, each a stored .npy of the expected dtype and shape whose size matches its
-  header, and labels equal to the expected labels. The image bytes are not read: shards are fsynced
-  before they are renamed into place, unlike PNGs.
+  images.npy and labels.npy (and, filtered, indices.npy and scores.npy), each a stored .npy of the
+  expected dtype and shape whose size matches its header, and labels equal to the expected labels
+  (filtered: those of its indices, which lie in the file's range, with scores the filter keeps). The
+  image bytes are not read: shards are fsynced before they are renamed into place, unlike PNGs.
 
 docs/sampler.md gives the measured cost.
 """
@@ -26,6 +27,7 @@ import zlib
 
 import numpy as np
 
+from ganaug.sampler.labels import labels_for
 from ganaug.sampler.writers import encode_png
 
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
@@ -77,35 +79,64 @@ def _read(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def npz_is_whole(path: str, image_shape: tuple[int, int, int], labels: np.ndarray) -> bool:
-    """True when `path` is a whole shard of len(labels) images of image_shape with these labels."""
+def _npz_arrays(path: str, expected: dict[str, tuple[tuple, np.dtype]], read: tuple[str, ...]) -> dict | None:
+    """The arrays `read` of an .npz file whose members are exactly `expected` (name -> (shape, dtype)),
+    each stored, of that dtype and shape, its size matching its header; None when it is not so. A
+    shape may start with None: the same count for every member that says so, read from the file."""
     if os.path.islink(path) or not os.path.isfile(path):
-        return False
-    expected = {"images.npy": ((len(labels), *image_shape), np.dtype(np.uint8)),
-                "labels.npy": ((len(labels),), np.dtype(np.int64))}
+        return None
+    arrays, count = {}, None
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}
-            if sorted(members) != sorted(expected):
-                return False
+            if sorted(members) != sorted(f"{name}.npy" for name in expected):
+                return None
             for name, (shape, dtype) in expected.items():
-                info = members[name]
+                info = members[f"{name}.npy"]
                 if info.compress_type != zipfile.ZIP_STORED:
-                    return False
+                    return None
                 with archive.open(info) as member:
                     if np.lib.format.read_magic(member) != (2, 0):  # what writers.write_npz writes
-                        return False
-                    header = np.lib.format.read_array_header_2_0(member)  # (shape, fortran order, dtype)
+                        return None
+                    stored_shape, fortran_order, stored_dtype = np.lib.format.read_array_header_2_0(member)
+                    if shape[0] is None and len(stored_shape) == len(shape):
+                        count = stored_shape[0] if count is None else count
+                        shape = (count, *shape[1:])
                     header_size = member.tell()
-                    if header != (shape, False, dtype) or info.file_size != header_size + dtype.itemsize * int(
-                        np.prod(shape)
-                    ):
-                        return False
-                    if name == "labels.npy":
-                        stored = np.frombuffer(member.read(labels.nbytes), dtype=dtype)
-                        if not np.array_equal(stored, labels):
-                            return False
+                    if (stored_shape, fortran_order, stored_dtype) != (shape, False, dtype) or (
+                            info.file_size != header_size + dtype.itemsize * int(np.prod(shape))):
+                        return None
+                    if name in read:
+                        nbytes = dtype.itemsize * int(np.prod(shape))
+                        arrays[name] = np.frombuffer(member.read(nbytes), dtype=dtype).reshape(shape)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile):
-        return False
-    return True
+        return None
+    return arrays
 
+
+def npz_is_whole(path: str, image_shape: tuple[int, int, int], labels: np.ndarray) -> bool:
+    """True when `path` is a whole shard of len(labels) images of image_shape with these labels."""
+    arrays = _npz_arrays(path, {"images": ((len(labels), *image_shape), np.dtype(np.uint8)),
+                                "labels": ((len(labels),), np.dtype(np.int64))}, read=("labels",))
+    return arrays is not None and np.array_equal(arrays["labels"], labels)
+
+
+def filtered_npz_kept(path: str, image_shape: tuple[int, int, int], lo: int, hi: int, classes: tuple[int, ...],
+                      threshold: np.float32) -> int | None:
+    """How many images a whole filtered shard of images lo .. hi-1 keeps; None when the file is not one:
+    images, labels, indices and scores of one count, indices ascending inside [lo, hi), each label that
+    of its index, each score in [threshold, 1]."""
+    arrays = _npz_arrays(path, {"images": ((None, *image_shape), np.dtype(np.uint8)),
+                                "labels": ((None,), np.dtype(np.int64)),
+                                "indices": ((None,), np.dtype(np.int64)),
+                                "scores": ((None,), np.dtype(np.float32))}, read=("labels", "indices", "scores"))
+    if arrays is None:
+        return None
+    indices, scores = arrays["indices"], arrays["scores"]
+    if len(indices) > hi - lo or (len(indices) and (indices[0] < lo or indices[-1] >= hi)):
+        return None
+    if (np.diff(indices) <= 0).any() or not np.array_equal(arrays["labels"], labels_for(indices, classes)):
+        return None
+    if not (np.isfinite(scores).all() and (scores >= threshold).all() and (scores <= 1).all()):
+        return None
+    return len(indices)

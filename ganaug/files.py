@@ -16,6 +16,7 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -95,19 +96,36 @@ def write_atomic(path: str | os.PathLike, data: bytes | memoryview | str | Calla
         raise
 
 
-def clean_temporaries(directory: str | os.PathLike) -> int:
-    """Remove the temporaries a killed writer left in `directory`; return how many."""
+def clean_temporaries(directory: str | os.PathLike, older_than_s: float = 0.0) -> int:
+    """Remove the temporaries a killed writer left in `directory`; return how many.
+
+    In a folder ganaug owns (a run's checkpoints, a sample set, both locked) every temporary is
+    stale. In a folder it shares with others (`export --out`), pass `older_than_s`: only temporaries
+    untouched that long go, so another writer's file in flight is left alone.
+    """
     removed = 0
+    cutoff = time.time() - older_than_s
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return 0
     for entry in entries:
-        if is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed += 1
+        if not (is_temporary(entry.name) and entry.is_file(follow_symlinks=False)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if older_than_s and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            os.unlink(entry.path)
+            removed += 1
     return removed
+
+
+def sync_filesystems() -> None:
+    """Flush every file written so far to disk: one call instead of an fsync per file, for sets of
+    many small files (PNGs) that must be durable before they are recorded as done."""
+    sync = getattr(os, "sync", None)  # absent on Windows, where there is no cheap equivalent
+    if sync is not None:
+        sync()
 
 
 def check_regular_target(path: str | os.PathLike, flag: str | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import zipfile
 from pathlib import Path
 
@@ -200,6 +201,16 @@ def test_output_file_replaces_only_on_commit(tmp_path):
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["g.onnx"]  # checked, untouched
     output.commit(b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["g.onnx"]  # no temporary file left
+
+
+def test_commit_removes_a_killed_exports_temporaries_but_not_one_in_flight(tmp_path):
+    stale, in_flight = tmp_path / ".ganaug-0123456789abcdef-42-0.tmp", tmp_path / ".ganaug-fedcba9876543210-43-0.tmp"
+    for path in (stale, in_flight):
+        path.write_bytes(b"half a model")
+    hour_ago = time.time() - 3600
+    os.utime(stale, (hour_ago, hour_ago))
+    OutputFile(tmp_path / "g.onnx").commit(b"new")
+    assert sorted(os.listdir(tmp_path)) == sorted(["g.onnx", in_flight.name])
 
 
 def test_out_that_is_a_device_node_is_refused_even_with_force(capsys, checkpoint, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from onnx_models import make_model
 from sampling import sample, tree
 
+from ganaug.sampler import job
 from ganaug.sampler.space import png_bytes_bound
 from ganaug.sampler.verify import PngCheck, npz_is_whole
 from ganaug.sampler.writers import encode_png, write_npz
@@ -96,6 +97,21 @@ def test_a_complete_set_is_verified_again_when_rerun(model, tmp_path):
     (out / "dog" / "dog_00000004.png").write_bytes(b"")  # a power cut after "complete": the file was never flushed
     assert sample(model, out, "--n", 9) == 0
     assert tree(out) == before
+
+
+def test_pngs_are_flushed_to_disk_before_the_set_is_recorded_complete(model, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    seen = []
+
+    def sync():
+        info = out / "sample_info.json"
+        seen.append((len(list(out.glob("*/*.png"))), info.exists() and json.loads(info.read_text())["complete"]))
+
+    monkeypatch.setattr(job, "sync_filesystems", sync)
+    assert sample(model, out, "--n", 9) == 0
+    assert seen == [(9, False)]  # once, with every PNG written and nothing recorded done yet
+    assert sample(model, out, "--n", 9, "--format", "npz", "--overwrite") == 0
+    assert len(seen) == 1  # .npz shards are fsynced one by one instead
 
 
 def test_npz_check_accepts_whole_files_only(tmp_path):

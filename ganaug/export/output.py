@@ -12,7 +12,11 @@ import os
 from pathlib import Path
 
 from ganaug.errors import UserError
-from ganaug.files import check_regular_target, temporary_beside, write_atomic
+from ganaug.files import check_regular_target, clean_temporaries, temporary_beside, write_atomic
+
+# --out's folder is the user's and may hold other writers' temporaries in flight: only ones
+# untouched this long are a killed export's leftovers (a model is written in well under a minute).
+STALE_TEMPORARY_S = 600
 
 
 class OutputFile:
@@ -41,3 +45,4 @@ class OutputFile:
     def commit(self, data: bytes) -> None:
         """Write the model, durable before it replaces an older file."""
         write_atomic(self.path, data, fsync=True)  # checks again: the path may have changed meanwhile
+        clean_temporaries(self.path.parent, older_than_s=STALE_TEMPORARY_S)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ganaug import __version__
 from ganaug.errors import UserError
-from ganaug.files import clean_temporaries
+from ganaug.files import clean_temporaries, sync_filesystems
 from ganaug.sampler.filter import ImageFilter, format_score
 from ganaug.sampler.labels import counts_per_class, labels_for
 from ganaug.sampler.locks import (
@@ -387,6 +387,10 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
         started = time.monotonic()
         with Progress(part.images, enabled=request.progress) as progress:
             counts = _write_part(sampler, part, layout, resuming, progress, workers, image_filter)
+        if request.format == "png":
+            # A shard is recorded done, and a set complete, only once its PNGs are on disk: a resume
+            # trusts a complete set without reading it again. (Shards of .npz are fsynced one by one.)
+            sync_filesystems()
         with state_lock(request.out_dir):
             missing = _finish(sampler, request, layout, identity, claim, image_filter)
             claim.release()

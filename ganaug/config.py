@@ -64,8 +64,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Arch = option("dcgan", "dcgan (resize+conv G) | dcgan_tconv (transposed-conv G) | resnet | "
-                                 "article28 (the DCGAN article's 28x28 nets)")
+    arch: Arch = option("dcgan", "dcgan (resize+conv G) | dcgan_tconv (transposed-conv G) | resnet (residual G "
+                                 "with class-conditional BatchNorm, residual D) | article28 (the DCGAN article's 28x28 nets)")
     z_dim: int = option(100, "latent size", min=1, max=4096)
     conditional: bool | None = option(None, "condition on labels; auto: when the data has labels")
     g_channels: int = option(32, "generator width: channels of its last hidden layer", min=4, max=4096)

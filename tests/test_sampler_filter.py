@@ -175,7 +175,7 @@ def test_an_unfiltered_set_keeps_its_format(model, tmp_path):
     assert not (tmp_path / "out" / ".scores").exists()
 
 
-def test_a_class_the_filter_keeps_nothing_of_gets_no_directory(model, tmp_path, capsys):
+def test_a_class_the_filter_keeps_nothing_of_gets_no_directory_or_an_empty_shard(model, tmp_path, capsys):
     # A classifier that is always sure of class 0: classes 1 and 2 keep nothing.
     sure = make_classifier(tmp_path / "sure.onnx", scale=0.0, generator=model)
     import onnx
@@ -190,6 +190,14 @@ def test_a_class_the_filter_keeps_nothing_of_gets_no_directory(model, tmp_path, 
     err = capsys.readouterr().err
     assert "WARNING the filter kept no image of class 'dog'" in err and "class 'fox'" in err
     assert "wrote 4 images (8 rejected by the filter)" in err
+    # In .npz shards, a shard that keeps nothing is an empty shard a reader takes (it once crashed).
+    out = tmp_path / "npz"
+    assert filtered(model, out, sure, "--n", 8, "--classes", "dog,fox", "--format", "npz", tau=0.5) == 0
+    with np.load(out / "shard_00000.npz") as npz:
+        assert npz["images"].shape == (0, 8, 8, 1) and npz["labels"].shape == npz["scores"].shape == (0,)
+    assert read_manifest(out) == []
+    assert sample(model, out, "--filter", sure, "--min-confidence", 0.5, "--n", 8, "--classes", "dog,fox",
+                  "--format", "npz") == 0  # the empty shard counts as whole on a re-run
 
 
 # ------------------------------------------------------------------------------ resume

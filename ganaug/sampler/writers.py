@@ -80,7 +80,8 @@ def write_npz(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> N
                         header, np.lib.format.header_data_from_array_1_0(array)
                     )
                     write_bytes(member, header.getvalue())
-                    write_bytes(member, memoryview(array).cast("B"))
+                    # As flat bytes; reshape first, as a memoryview of an empty array cannot be cast.
+                    write_bytes(member, memoryview(array.reshape(-1).view(np.uint8)))
 
     write_atomic(path, fill, fsync=fsync)
 

@@ -234,11 +234,12 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
                    help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
-    s.add_argument("--semi-gan", choices=("unconditional", "pseudo"), default="unconditional",
+    s.add_argument("--semi-gan", choices=("unconditional", "pseudo"),
                    help="with --unlabelled, how the second GAN uses those images: all without labels, or the "
-                        "confident pseudo-labels as labels and the rest without")
-    s.add_argument("--filter-confidence", type=fraction, default=0.0,
-                   help="keep synthetic images the arm-(b) classifier gives their class with this probability (0: all)")
+                        "confident pseudo-labels as labels and the rest without (default pseudo)")
+    s.add_argument("--filter-confidence", type=fraction,
+                   help="keep synthetic images the arm-(b) classifier gives their class with this probability "
+                        "(default 0.9; 0: all)")
     s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
     s.add_argument("--synthetic-fraction", type=fraction, default=0.5,
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")

@@ -24,8 +24,10 @@ TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-step
 
 
 def settings(ks=(5, 20), **changes) -> StudySettings:
+    """A tiny study; unfiltered unless a test asks (a 4-step GAN's images rarely pass a 0.9 filter)."""
     cfg = resolve_gan_config(None, TINY)
-    return StudySettings(ks=list(ks), seeds=1, gan_steps=4, gan_config=cfg.to_dict(), **changes)
+    return StudySettings(ks=list(ks), seeds=1, gan_steps=4, gan_config=cfg.to_dict(),
+                         **({"filter_confidence": 0.0} | changes))
 
 
 # ------------------------------------------------------------------------------ the protocol
@@ -127,6 +129,9 @@ def test_a_tiny_study_writes_the_report_json_markdown_and_figures(tiny_study, ca
     assert report["gan"]["5"]["steps"] == 4 and report["gan"]["5"]["images"] == 50
     markdown = (out / "report.md").read_text()
     assert "(a) real" in markdown and "(e) synthetic only" in markdown and "figures/accuracy_vs_k.png" in markdown
+    # The command's defaults are the measured ones: the mixed arms' synthetic images went through the filter.
+    assert "kept only where the arm-(b) classifier gives their class at least 0.9" in markdown
+    assert (out / "gan_k5" / "samples_seed0_filtered" / "sample_info.json").is_file()
     for figure in ("accuracy_vs_k.png", "samples_k5.png", "nearest_k5.png"):
         assert (out / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

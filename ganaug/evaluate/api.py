@@ -160,10 +160,11 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
                    seeds: int | None = None, gan_steps: int | None = None, quick: bool = False,
                    test_fraction: float = 0.3, split_seed: int = 0, synthetic_per_class: int = 2000,
                    synthetic_fraction: float = 0.5, truncation: float = 0.0, classifier_steps: int = 400,
-                   unlabelled: bool = False, filter_confidence: float = 0.0, pseudo_label_confidence: float = 0.9,
-                   semi_gan: str = "unconditional"):
+                   unlabelled: bool = False, filter_confidence: float | None = None,
+                   pseudo_label_confidence: float | None = None, semi_gan: str | None = None):
     """The study's settings from what a user gives: the preset (--quick or the full protocol), then
-    the explicit values; the GAN config is the study's defaults < the config file < overrides."""
+    the explicit values (None: StudySettings' default); the GAN config is the study's defaults < the
+    config file < overrides."""
     from ganaug.evaluate.classifier import TrainSettings
     from ganaug.evaluate.study import FULL, QUICK, StudySettings, resolve_gan_config
 
@@ -178,7 +179,8 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
         gan_config=cfg.to_dict(), test_fraction=test_fraction, split_seed=split_seed,
         synthetic_per_class=synthetic_per_class, synthetic_fraction=synthetic_fraction,
         truncation=truncation, classifier=TrainSettings(steps=classifier_steps), unlabelled=unlabelled,
-        filter_confidence=filter_confidence, pseudo_label_confidence=pseudo_label_confidence, semi_gan=semi_gan)
+        **{name: value for name, value in (("filter_confidence", filter_confidence), ("semi_gan", semi_gan),
+                                           ("pseudo_label_confidence", pseudo_label_confidence)) if value is not None})
 
 
 def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict:

@@ -41,6 +41,7 @@ from ganaug.evaluate.classifier import (
 )
 from ganaug.export import export_model
 from ganaug.files import write_atomic
+from ganaug.nested import changed_leaves
 from ganaug.sampler import ImageFilter, Sampler, SampleRequest, write_samples
 from ganaug.train import with_overrides
 
@@ -191,7 +192,7 @@ class StudyState:
                 raise UserError(f"{path} is not a study state (expected an object with settings and units); "
                                 "move it aside to start the study afresh")
             if saved.get("settings") != settings:
-                changed = sorted(_changed_keys(saved.get("settings") or {}, settings))
+                changed = [key for key, _, _ in changed_leaves(saved.get("settings") or {}, settings)]
                 raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
                                 "use another --out, or the same settings to resume it")
             self.units = saved.get("units", {})
@@ -211,17 +212,6 @@ class StudyState:
     def record(self, key: str, value) -> None:
         self.units[key] = value
         self._write()
-
-
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 # ------------------------------------------------------------------------------ the study

@@ -16,6 +16,7 @@ import re
 
 from ganaug.errors import UserError
 from ganaug.files import is_temporary
+from ganaug.nested import changed_leaves
 from ganaug.sampler import safejson
 from ganaug.sampler.locks import Claim, is_coordination_file
 from ganaug.sampler.scores import remove_records
@@ -76,16 +77,9 @@ def _shown(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def _differences(old: dict, new: dict) -> list[str]:
     """'seed 1 there, 2 now'; settings that are dicts on both sides (the filter) by their own keys."""
-    differences = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differences += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            differences.append(f"{prefix}{key} {_shown(a)} there, {_shown(b)} now")
-    return differences
+    return [f"{key} {_shown(a)} there, {_shown(b)} now" for key, a, b in changed_leaves(old, new)]
 
 
 def _is_plain_name(name) -> bool:

@@ -70,6 +70,18 @@ def test_other_settings_in_the_same_out_dir_are_refused(tmp_path):
         Study(tmp_path, settings(synthetic_fraction=0.25))
 
 
+def test_settings_of_the_unlabelled_arms_matter_only_with_them(tmp_path):
+    Study(tmp_path / "labelled", settings(semi_gan="unconditional")).state.record("gan/k5", {"steps": 4})
+    Study(tmp_path / "labelled", settings(semi_gan="pseudo"))  # no unlabelled arms: the same study
+    state = json.loads((tmp_path / "labelled" / "state.json").read_text())
+    state["settings"]["semi_gan"] = "unconditional"  # as a study of the previous version recorded it
+    (tmp_path / "labelled" / "state.json").write_text(json.dumps(state))
+    Study(tmp_path / "labelled", settings(semi_gan="pseudo"))
+    Study(tmp_path / "semi", settings(unlabelled=True, semi_gan="unconditional")).state.record("gan/k5", {"steps": 4})
+    with pytest.raises(UserError, match=r"other settings \(semi_gan\)"):
+        Study(tmp_path / "semi", settings(unlabelled=True, semi_gan="pseudo"))
+
+
 def test_a_study_filtered_before_the_sampler_filtered_is_not_resumed(tmp_path):
     Study(tmp_path, settings(filter_confidence=0.9)).state.record("gan/k5", {"steps": 4})
     state = json.loads((tmp_path / "state.json").read_text())

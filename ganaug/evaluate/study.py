@@ -65,6 +65,7 @@ STUDY_GAN_DEFAULTS = {
 METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
 # How the synthetic sets are filtered: by the sampler, with the teacher exported to ONNX.
 FILTER_PATH = "ganaug sample --filter"
+UNLABELLED_SETTINGS = ("semi_gan", "pseudo_label_confidence")
 QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
@@ -111,7 +112,15 @@ class StudySettings:
             # The filter became `ganaug sample --filter` (an fp32 ONNX teacher) where it was a bf16 torch
             # teacher: the kept sets differ, so a study filtered the old way is not resumed the new way.
             values["filter_path"] = FILTER_PATH
-        return values
+        return decisive(values)
+
+
+def decisive(fingerprint: dict) -> dict:
+    """A fingerprint less the settings that decide nothing in it: those of the unlabelled arms in a
+    study without them (so a changed default of theirs does not refuse a study, old or new)."""
+    if fingerprint.get("unlabelled"):
+        return fingerprint
+    return {key: value for key, value in fingerprint.items() if key not in UNLABELLED_SETTINGS}
 
 
 # ------------------------------------------------------------------------------ data protocol
@@ -191,8 +200,9 @@ class StudyState:
             if not (isinstance(saved, dict) and isinstance(saved.get("units", {}), dict)):
                 raise UserError(f"{path} is not a study state (expected an object with settings and units); "
                                 "move it aside to start the study afresh")
-            if saved.get("settings") != settings:
-                changed = [key for key, _, _ in changed_leaves(saved.get("settings") or {}, settings)]
+            saved_settings = decisive(saved.get("settings") or {})
+            if saved_settings != settings:
+                changed = [key for key, _, _ in changed_leaves(saved_settings, settings)]
                 raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
                                 "use another --out, or the same settings to resume it")
             self.units = saved.get("units", {})

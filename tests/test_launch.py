@@ -431,7 +431,7 @@ def test_a_worker_leaves_its_line_only_for_the_launcher_that_started_it(tmp_path
     (["--no-such-flag", "-m", "ganaug", "train"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_torchruns_own_argument_mistakes_are_one_line_too(argv, fragment, capsys):
-    from ganaug.launch import main
+    from ganaug.launch.__main__ import main
 
     with pytest.raises(SystemExit) as stopped:
         main(argv)
@@ -736,7 +736,7 @@ def test_sample_array_shards_with_the_real_sampler_equal_one_unsharded_run(tmp_p
 # ------------------------------------------------------------------------------------------ Kubernetes
 
 
-# torchrun with one clean error line (ganaug/launch.py), as every training launcher starts it.
+# torchrun with one clean error line (ganaug/launch/), as every training launcher starts it.
 TORCHRUN = ["python3", "-m", "ganaug.launch"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ganaug"
-CLI_USERS_ALLOWED = {"ganaug/cli.py", "ganaug/__main__.py", "ganaug/launch.py"}  # the entry points
+CLI_USERS_ALLOWED = {"ganaug/cli.py", "ganaug/__main__.py", "ganaug/launch/__main__.py"}  # the entry points
 
 
 def imported_modules(path: Path) -> set[str]:

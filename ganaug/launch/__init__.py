@@ -1,4 +1,4 @@
-"""`python -m ganaug.launch`: torchrun, with a user error as one clean line at the end.
+"""torchrun, with a user error as one clean line at the end (`python -m ganaug.launch`, __main__.py).
 
     python -m ganaug.launch --standalone --nproc-per-node 2 -m ganaug train --run-dir runs/a ...
 
@@ -7,7 +7,8 @@ Plain torchrun reports a worker that exits with a ganaug error (status 2) as a f
 the worker's one line is buried under torchrun's traceback and failure table. Here:
 
 - Before any worker starts, `ganaug train`'s arguments, config, run directory and data source names
-  are checked once (`ganaug.cli.preflight`): a typo is one line, without N workers importing torch.
+  are checked once (__main__.py, with `ganaug.cli.preflight`): a typo is one line, without N
+  workers importing torch.
 - Each worker started by this process leaves its error line in a folder of this process's (see
   ganaug.errors) instead of printing it. When torchrun reports failed workers and every failure is
   such an error (or a worker torchrun itself stopped with SIGTERM or SIGKILL after that), the line of
@@ -25,7 +26,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV, one_line
+from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV
 
 # How torchrun stops the other workers once one has failed: SIGTERM, then SIGKILL after a grace period.
 STOPPED_BY_TORCHRUN = {-signal.SIGTERM, -signal.SIGKILL}
@@ -54,26 +55,12 @@ def error_lines(failures: dict, folder: Path) -> tuple[list[str], bool]:
     return lines, explained and bool(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_torchrun(args) -> int:
+    """Run torchrun's own code on its parsed arguments; a failure that only ganaug errors explain is
+    the lowest failed rank's line, printed last, and status 2."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.run import run
 
-    parser = get_args_parser()
-    parser.prog = "python -m ganaug.launch"
-
-    def usage_error(message: str):  # torchrun's own arguments: one line too, not argparse's usage block
-        print(f"ganaug launch: error: {one_line(message)} (see python -m ganaug.launch --help)", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = usage_error
-    args = parser.parse_args(argv)
-    command = ganaug_arguments(args)
-    if command is not None:
-        from ganaug.cli import preflight
-
-        status = preflight(command)
-        if status:
-            return status
     folder = Path(tempfile.mkdtemp(prefix="ganaug-launch-"))
     os.environ[ERROR_DIR_ENV] = str(folder)  # torchrun passes this environment on to the workers
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
@@ -91,7 +78,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,16 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from onnx_models import make_model
 from PIL import Image
-from sampling import sample, tree
+from sampling import kill_once_written, sample, tree
 
 import ganaug.sampler.writers as writers
 from ganaug.sampler import Sampler
@@ -250,14 +248,7 @@ def test_resume_after_sigkill_is_byte_identical(model, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        written = sum(len(files) for _, _, files in os.walk(out)) if out.exists() else 0
-        if written >= 100:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=30) == -signal.SIGKILL
+    kill_once_written(process, out, timeout_s=60)
     assert not (out / "manifest.csv").exists()
     assert sample(model, out, "--n", "600", "--batch-size", "64") == 0
     assert tree(out) == tree(reference)

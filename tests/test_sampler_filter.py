@@ -7,16 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from onnx_models import make_classifier, make_model, reference_probabilities
 from PIL import Image
-from sampling import sample, sample_error, tree
+from sampling import kill_once_written, sample, sample_error, tree
 
 import ganaug.sampler.filter as filter_module
 import ganaug.sampler.scores as scores_module
@@ -278,14 +276,7 @@ def test_resume_after_sigkill_is_byte_identical(model, classifier, tmp_path):
          "--min-confidence", str(TAU), "--batch-size", "16", "--threads", "1", "--no-progress"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        written = sum(len(files) for _, _, files in os.walk(out)) if out.exists() else 0
-        if written >= 100:
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait(timeout=30) == -signal.SIGKILL
+    kill_once_written(process, out, timeout_s=120)
     assert not (out / "manifest.csv").exists() and os.listdir(out / ".scores")
     assert filtered(model, out, classifier, "--n", n, "--batch-size", 64) == 0
     assert tree(out) == tree(reference)

@@ -170,6 +170,12 @@ def check_classifier_graph(session: ort.InferenceSession, image_shape: tuple[int
     return _check_output([TensorSpec.from_node_arg(arg) for arg in session.get_outputs()], num_classes, source)
 
 
+def _check_dynamic_batch(spec: TensorSpec, role: str, source: str) -> None:
+    if _static(spec.shape[0]) is not None:
+        raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; the "
+                        "contract is a dynamic N (export with a dynamic batch axis)")
+
+
 def _check_input(inputs: list[TensorSpec], image_shape: tuple[int, int, int], source: str) -> None:
     contract = f"uint8 [N, {', '.join(map(str, image_shape))}] (N, H, W, C: the generator's images)"
     if len(inputs) != 1:
@@ -179,9 +185,7 @@ def _check_input(inputs: list[TensorSpec], image_shape: tuple[int, int, int], so
     if spec.type != "tensor(uint8)" or len(spec.shape) != 4:
         raise UserError(f"{source}: classifier input {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
                         f"the contract is {contract}, scaled inside the graph")
-    if _static(spec.shape[0]) is not None:
-        raise UserError(f"{source}: classifier input {spec.name!r} has a fixed batch size of {spec.shape[0]}; the "
-                        "contract is a dynamic N (export with a dynamic batch axis)")
+    _check_dynamic_batch(spec, "input", source)
     for axis, (dim, expected) in enumerate(zip(spec.shape[1:], image_shape, strict=True), start=1):
         if _static(dim) not in (None, expected):
             raise UserError(f"{source}: classifier input {spec.name!r} has size {dim} on axis {axis} but the "
@@ -200,9 +204,7 @@ def _check_output(outputs: list[TensorSpec], num_classes: int, source: str) -> s
     if spec.type != "tensor(float)" or len(spec.shape) != 2:
         raise UserError(f"{source}: classifier output {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
                         f"the contract is {contract}")
-    if _static(spec.shape[0]) is not None:
-        raise UserError(f"{source}: classifier output {spec.name!r} has a fixed batch size of {spec.shape[0]}; the "
-                        "contract is a dynamic N (export with a dynamic batch axis)")
+    _check_dynamic_batch(spec, "output", source)
     if _static(spec.shape[1]) not in (None, num_classes):
         raise UserError(f"{source}: the classifier has {spec.shape[1]} classes but the generator has {num_classes}")
     return spec.name

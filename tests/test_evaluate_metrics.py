@@ -18,6 +18,8 @@ from ganaug.evaluate.metrics import (
     per_class_fd,
     precision_recall,
     quality_metrics,
+    variety_ratio,
+    within_class_spread,
 )
 
 
@@ -137,6 +139,28 @@ def test_per_class_fd_catches_a_generator_that_swaps_two_classes(digits_features
     assert frechet_distance(real_f, fake_f) == pytest.approx(frechet_distance(real_f, extractor(data.images[b])))
 
 
+def test_within_class_spread_is_the_trace_of_each_class_covariance():
+    points = torch.tensor([[0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [5.0, 9.0], [7.0, 7.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    spread = within_class_spread(points, labels, 4)
+    # class 0: both points 1 from their centroid; class 1: both 2 away; a class of one or none: nan
+    assert spread[:2] == pytest.approx([1.0, 4.0]) and math.isnan(spread[2]) and math.isnan(spread[3])
+
+
+def test_variety_ratio_sees_a_generator_that_shrinks_each_class_toward_its_mean():
+    real = modes(200, list(range(10)), seed=0)
+    labels = torch.arange(10).repeat_interleave(200)
+    centres = torch.stack([real[labels == c].mean(0) for c in range(10)])
+    half = centres[labels] + 0.5 * (real - centres[labels])  # every image halfway to its class mean
+    mean, per_class = variety_ratio(real, labels, half, labels, 10)
+    assert mean == pytest.approx(0.25) and per_class == pytest.approx([0.25] * 10)  # spread is squared
+    honest, _ = variety_ratio(real, labels, modes(200, list(range(10)), seed=1), labels, 10)
+    assert honest == pytest.approx(1.0, abs=0.15)
+    # recall sees only part of it: a quarter of the variety still reaches most real points
+    precision, recall = precision_recall(real, half)
+    assert precision > 0.95 and recall > 0.6
+
+
 def test_quality_metrics_report_on_real_digits(digits_features):
     data, a, b, extractor = digits_features
     names = data.class_names
@@ -144,7 +168,10 @@ def test_quality_metrics_report_on_real_digits(digits_features):
     fake_y[data.labels[b] == 3], fake_y[data.labels[b] == 8] = 8, 3
     result, memo = quality_metrics(extractor, data.images[a], data.labels[a], data.images[b], fake_y, names)
     assert set(result) >= {"fd", "kid_mean", "kid_std", "precision", "recall", "per_class_fd",
-                           "class_agreement", "class_agreement_real", "memorisation", "feature_dim"}
+                           "class_agreement", "class_agreement_real", "memorisation", "feature_dim",
+                           "variety", "per_class_variety", "pixel_variety"}
+    # Two random halves of one dataset vary alike; the swap of 3 and 8 makes those two classes differ.
+    assert 0.8 < result["pixel_variety"] < 1.25 and 0.8 < result["per_class_variety"]["0"] < 1.25
     assert result["feature_dim"] == extractor.num_features
     assert result["precision"] > 0.5 and result["recall"] > 0.5  # two halves of one dataset
     # The feature net's own classifier sees that the "8"s are 3s.

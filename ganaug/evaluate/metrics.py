@@ -104,6 +104,29 @@ def per_class_fd(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tens
     return [frechet_distance(real[real_labels == c], fake[fake_labels == c]) for c in range(num_classes)]
 
 
+def within_class_spread(points: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Per class: the mean squared distance of its points to their centroid (the trace of the class's
+    covariance; nan where a class has < 2 points). How much one class's images vary."""
+    spreads = []
+    for c in range(num_classes):
+        members = points[labels == c].double()
+        spreads.append(float((members - members.mean(0)).square().sum(1).mean()) if len(members) >= 2 else math.nan)
+    return spreads
+
+
+def variety_ratio(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor,
+                  num_classes: int) -> tuple[float, list[float]]:
+    """How much the generated images of a class vary, relative to the real images of that class:
+    within_class_spread(fake) / within_class_spread(real), per class and its mean over classes. 1 is
+    the real data's variety; a generator that draws a few typical images per class scores well below 1
+    however good each image is (and recall sees it only partly: a few images can sit near many reals)."""
+    real_spread = within_class_spread(real, real_labels, num_classes)
+    fake_spread = within_class_spread(fake, fake_labels, num_classes)
+    ratios = [f / r if r > 0 else math.nan for f, r in zip(fake_spread, real_spread, strict=True)]
+    finite = [r for r in ratios if not math.isnan(r)]
+    return (sum(finite) / len(finite) if finite else math.nan), ratios
+
+
 def nearest_neighbours(queries_u8: torch.Tensor, references_u8: torch.Tensor, exclude_self: bool = False,
                        chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """For each query image, the nearest reference image in pixel space and the RMS pixel distance
@@ -194,6 +217,12 @@ def quality_metrics(extractor: nn.Module, real_u8: torch.Tensor, real_labels: to
     if conditional:
         per_class = per_class_fd(real_f, real_labels, fake_f, fake_labels, len(class_names))
         result["per_class_fd"] = dict(zip(class_names, _finite(per_class), strict=True))
+        # Variety in the feature space and in pixel space (where a feature net cannot smooth it over).
+        result["variety"], per_class_variety = variety_ratio(real_f, real_labels, fake_f, fake_labels,
+                                                             len(class_names))
+        result["per_class_variety"] = dict(zip(class_names, _finite(per_class_variety), strict=True))
+        result["pixel_variety"], _ = variety_ratio(real_u8.flatten(1).float().div(255), real_labels,
+                                                   fake_u8.flatten(1).float().div(255), fake_labels, len(class_names))
         classify = getattr(extractor, "classify", None)  # the domain net is a classifier too
         if classify is not None and extractor.spec.num_classes == len(class_names):
             fake_agree = class_agreement(classify(fake_u8), fake_labels, len(class_names))

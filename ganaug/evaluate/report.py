@@ -146,7 +146,7 @@ def _number(value, digits: int = 3) -> str:
 
 
 def quality_table(gans: dict, markdown: bool = True) -> str:
-    header = ["K", "GAN steps", "FD", "KID", "precision", "recall", "class agreement",
+    header = ["K", "GAN steps", "FD", "KID", "precision", "recall", "variety (pixels)", "class agreement",
               "NN distance / held-out", "near copies"]
     rows = []
     for k, gan in gans.items():
@@ -156,7 +156,8 @@ def quality_table(gans: dict, markdown: bool = True) -> str:
                           if agreement else None)
         memo = m.get("memorisation", {})
         rows.append([k, str(gan.get("steps", "-")), _number(m.get("fd"), 2), _number(m.get("kid_mean"), 4),
-                     _number(m.get("precision"), 2), _number(m.get("recall"), 2), _number(mean_agreement, 2),
+                     _number(m.get("precision"), 2), _number(m.get("recall"), 2),
+                     f"{_number(m.get('variety'), 2)} ({_number(m.get('pixel_variety'), 2)})", _number(mean_agreement, 2),
                      _number(memo.get("median_ratio"), 2), _number(memo.get("near_copy_fraction"), 2)])
     return _table(header, rows, markdown)
 
@@ -206,7 +207,9 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         "## GAN quality",
         "",
         "FD and KID in the feature space of a small classifier trained on the real training split; "
-        "precision/recall with k=3; class agreement = share of generated images that classifier assigns "
+        "precision/recall with k=3; variety = how much the generated images of a class vary around their "
+        "mean, over the same for the real images of the class (1: as much as the real data; in brackets, "
+        "in pixel space); class agreement = share of generated images that classifier assigns "
         "to the class they were generated for. Memorisation: median pixel distance from a synthetic "
         "image to its nearest training image, divided by the same for held-out real images (below 1: "
         "closer to the training images than new real images are); near copies = share of synthetic "
@@ -255,6 +258,8 @@ def metrics_table(metrics: dict, markdown: bool = False) -> str:
         ["KID", f"{_number(metrics['kid_mean'], 5)} ± {_number(metrics['kid_std'], 5)}"],
         ["precision", _number(metrics["precision"], 3)],
         ["recall", _number(metrics["recall"], 3)],
+        *([["variety, features (pixels)", f"{_number(metrics['variety'], 3)} ({_number(metrics['pixel_variety'], 3)})"]]
+          if "variety" in metrics else []),
         ["NN distance / baseline (median)", _number(memo["median_ratio"], 3)],
         ["near copies", _number(memo["near_copy_fraction"], 3)],
         ["images (real / generated)", f"{metrics['n_real']} / {metrics['n_fake']}"],

@@ -103,6 +103,8 @@ class TrainConfig:
                                  min=0, max=1e6)
     consistency_weight: float = option(0.0, "consistency regularisation of D under augmentation (bCR); 0 disables",
                                        min=0, max=1e6)
+    diversity_weight: float = option(0.0, "mode-seeking term on G (MSGAN, Mao et al. 2019): two latents of one "
+                                          "class must give different images; 0 disables", min=0, max=1e6)
     unlabelled_weight: float = option(1.0, "weight of the unconditional term on data.unlabelled images",
                                       min=0, max=1e6)
     seed: int = option(0, "random seed (each rank derives its own)", min=0, max=MAX_SEED)

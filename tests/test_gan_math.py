@@ -265,6 +265,42 @@ def test_the_generator_loss_is_the_conditional_one_unless_asked_and_reports_itse
     assert set(stats) == {"loss/g"} and stats["loss/g"].item() == loss.item()
 
 
+def test_mode_seeking_is_latent_over_image_distance_of_the_batch_halves():
+    images = torch.zeros(4, 1, 2, 2)
+    images[2:] += 0.5  # each pair (0, 2), (1, 3) differs by 0.5 per pixel
+    latents = torch.zeros(4, 3)
+    latents[2:] += 2.0  # ... and by 2 per latent value
+    # 1 / (image distance / latent distance + eps) = 1 / (0.5 / 2 + 1e-5)
+    assert losses.mode_seeking_penalty(images, latents).item() == pytest.approx(1 / (0.25 + 1e-5), rel=1e-6)
+    odd = torch.cat([images, torch.full((1, 1, 2, 2), 9.0)])  # an unpaired last image counts for nothing
+    assert losses.mode_seeking_penalty(odd, torch.cat([latents, torch.zeros(1, 3)])).item() == pytest.approx(
+        1 / (0.25 + 1e-5), rel=1e-6)
+
+
+def test_mode_seeking_pushes_the_images_of_a_pair_apart():
+    images = torch.tensor([[0.1], [0.2], [0.3], [0.4]]).view(4, 1, 1, 1).requires_grad_(True)
+    losses.mode_seeking_penalty(images, torch.randn(4, 5)).backward()
+    # the first half is below its partner: lowering it and raising the partner both lower the penalty
+    assert (images.grad[:2] > 0).all() and (images.grad[2:] < 0).all()
+
+
+def test_mode_seeking_pairs_classes_and_adds_its_weighted_term_to_gs_loss():
+    torch.manual_seed(17)
+    gan = objective(diversity_weight=0.5)
+    labels = torch.tensor([3, 1, 0, 2, 2])
+    paired = gan.paired_labels(labels)
+    assert paired.tolist() == [3, 1, 3, 1, 2]  # pairs (0, 2) and (1, 3) share a class; the odd one is kept
+    assert objective().paired_labels(labels) is labels and gan.paired_labels(None) is None
+    D = LinearD(num_classes=4)
+    fake, latents = torch.randn(5, 1, 4, 4), torch.randn(5, 8)
+    loss, stats = gan.generator_loss(D, fake, paired, latents=latents)
+    with torch.no_grad():
+        adversarial = -D(fake, paired).mean().item()
+    term = losses.mode_seeking_penalty(fake, latents).item()
+    assert stats["reg/mode_seeking"].item() == pytest.approx(term)
+    assert loss.item() == pytest.approx(adversarial + 0.5 * term, rel=1e-5)
+
+
 def test_the_objective_takes_adaptive_augmentation_from_the_config():
     gan = GanObjective(TrainConfig(diffaug=["translation"], ada_target=0.6, ada_kimg=10.0))
     assert gan.augment.adaptive and gan.augment.p == 0.0

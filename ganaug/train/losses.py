@@ -49,3 +49,13 @@ def consistency_penalty(logits: torch.Tensor, logits_again: torch.Tensor) -> tor
     """Consistency regularisation (bCR, Zhao et al., 2020): D should score two augmentations of the
     same images alike."""
     return (logits.float() - logits_again.float()).square().mean()
+
+
+def mode_seeking_penalty(images: torch.Tensor, latents: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mode seeking (MSGAN, Mao et al., 2019): the first half of the batch is paired with the second
+    half, each pair of one class and two latents; the penalty falls as the images of a pair move
+    apart relative to their latents, so G cannot map many latents to one image of a class."""
+    half = len(images) // 2
+    image_distance = (images[:half].float() - images[half: 2 * half].float()).abs().mean()
+    latent_distance = (latents[:half].float() - latents[half: 2 * half].float()).abs().mean()
+    return 1.0 / (image_distance / latent_distance + eps)

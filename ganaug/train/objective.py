@@ -36,6 +36,7 @@ class GanObjective:
         self.r1_gamma, self.r1_every = cfg.r1_gamma, cfg.r1_every
         self.lecam_weight, self.consistency_weight = cfg.lecam_weight, cfg.consistency_weight
         self.unlabelled_weight = cfg.unlabelled_weight
+        self.diversity_weight = cfg.diversity_weight
         self.augment = AdaptiveAugment(cfg.diffaug, target=cfg.ada_target, speed_kimg=cfg.ada_kimg)
         self.autocast = autocast or contextlib.nullcontext
         self.real_anchor = self.fake_anchor = 0.0  # LeCam's moving averages of D's real and fake scores
@@ -106,14 +107,29 @@ class GanObjective:
 
     # ---------------------------------------------------------------------------------- (2) G
 
+    def paired_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels to generate: the real batch's, with the second half repeating the first when the
+        mode-seeking term needs pairs of one class (the class mix stays the data's in expectation)."""
+        if self.diversity_weight <= 0 or labels is None:
+            return labels
+        half = len(labels) // 2
+        return torch.cat([labels[:half], labels[:half], labels[2 * half:]])
+
     def generator_loss(self, D, fake: torch.Tensor, fake_labels: torch.Tensor | None,
-                       semi_supervised: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """G's loss through D (whose weights the trainer has frozen)."""
+                       semi_supervised: bool = False, latents: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's loss through D (whose weights the trainer has frozen); latents: those of `fake`, for the
+        mode-seeking term (fake_labels from paired_labels)."""
         scores, unconditional = self._scores(D, fake.float(), fake_labels)
         loss = losses.generator_loss(self.kind, scores)
+        stats = {}
         if semi_supervised:
             loss = loss + self.unlabelled_weight * losses.generator_loss(self.kind, unconditional)
-        return loss, {"loss/g": loss.detach()}
+        if self.diversity_weight > 0 and latents is not None and len(fake) >= 2:
+            term = losses.mode_seeking_penalty(fake, latents)
+            loss = loss + self.diversity_weight * term
+            stats["reg/mode_seeking"] = term.detach()
+        return loss, {**stats, "loss/g": loss.detach()}
 
     # ---------------------------------------------------------------------------------- state
 

@@ -188,8 +188,9 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         real = self._next_real()
         batch = real.images.shape[0]
-        # Generated images get the real batch's labels: the class mix of the data.
-        fake_labels = real.labels
+        # Generated images get the real batch's labels: the class mix of the data (with the mode-seeking
+        # term, the second half repeats the first half's, so that each pair of latents shares a class).
+        fake_labels = self.objective.paired_labels(real.labels)
         # One generator forward per step (as the DCGAN reference does): D trains on its output
         # detached, then G's update backpropagates through the same graph.
         z = torch.randn(batch, self.spec.z_dim, device=self.device)
@@ -204,7 +205,7 @@ class Trainer:
         # (2) Update G: through D, whose weights are frozen here
         self.D.requires_grad_(False)
         semi_supervised = real.unlabelled is not None and real.labels is not None
-        loss_g, g_stats = self.objective.generator_loss(self.D_frozen, fake, fake_labels, semi_supervised)
+        loss_g, g_stats = self.objective.generator_loss(self.D_frozen, fake, fake_labels, semi_supervised, z)
         norm_g, finite_g = self._optimize(self.opt_g, self.scaler_g, loss_g, self.G)
         if self.ema:
             self.ema.update(self.G, self.global_batch, self.images_seen)

@@ -245,6 +245,9 @@ def _add_evaluate(sub) -> None:
                    help="share of each classifier batch drawn from synthetic images in the mixed arms")
     s.add_argument("--truncation", type=finite_float, default=0.0,
                    help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
+    s.add_argument("--warp-synthetic", action="store_true",
+                   help="classical augmentation warps the synthetic images of the mixed arms too (by default "
+                        "it warps the real images alone, the measured better rule)")
     s.add_argument("--classifier-steps", type=step_count, default=400, help="classifier training steps (every arm)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=_run_study)
@@ -266,6 +269,7 @@ def _run_study(args) -> int:
                               test_fraction=args.test_fraction, split_seed=args.split_seed,
                               synthetic_per_class=args.synthetic_per_class,
                               synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
+                              warp_synthetic=args.warp_synthetic,
                               classifier_steps=args.classifier_steps, unlabelled=args.unlabelled,
                               filter_confidence=args.filter_confidence, semi_gan=args.semi_gan)
     run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)

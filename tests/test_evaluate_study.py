@@ -14,7 +14,9 @@ from onnx_models import make_model
 
 from ganaug.cli import main
 from ganaug.errors import UserError
+from ganaug.evaluate import classifier as study_classifier
 from ganaug.evaluate import features, study
+from ganaug.evaluate.classifier import TrainingSet, TrainSettings
 from ganaug.evaluate.report import mean_interval, verdict
 from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, resolve_gan_config
 from ganaug.sampler import Sampler
@@ -82,15 +84,46 @@ def test_settings_of_the_unlabelled_arms_matter_only_with_them(tmp_path):
         Study(tmp_path / "semi", settings(unlabelled=True, semi_gan="pseudo"))
 
 
-def test_a_study_filtered_before_the_sampler_filtered_is_not_resumed(tmp_path):
+@pytest.mark.parametrize("earlier", [
+    {"filter_path": "ganaug sample --filter"},  # protocol 2, filtered: it named how it filtered
+    {},  # protocol 1 (and 2 unfiltered): no mark at all
+])
+def test_a_study_of_an_earlier_protocol_is_not_resumed(tmp_path, earlier):
     Study(tmp_path, settings(filter_confidence=0.9)).state.record("gan/k5", {"steps": 4})
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["settings"]["filter_path"] == study.FILTER_PATH
-    del state["settings"]["filter_path"]  # as a study of an earlier version recorded it
+    assert state["settings"]["protocol"] == study.PROTOCOL
+    del state["settings"]["protocol"]
+    state["settings"].update(earlier)  # as a study of an earlier version recorded it
     (tmp_path / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match="other settings.*filter_path"):
+    with pytest.raises(UserError, match=rf"study of protocol {2 if earlier else 1}, whose arms mean other things"):
         Study(tmp_path, settings(filter_confidence=0.9))
-    assert "filter_path" not in settings().fingerprint()  # unfiltered studies resume as before
+
+
+def test_classical_augmentation_warps_the_real_images_of_a_mixed_batch_unless_asked():
+    real, synthetic = torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.full((8, 1, 4, 4), 255, dtype=torch.uint8)
+    labels = torch.zeros(8, dtype=torch.int64)
+    mixed = TrainingSet(real, labels, synthetic, labels, synthetic_fraction=0.25)
+    images, _, warped = mixed.batch(16, torch.Generator().manual_seed(0))
+    assert warped == 12 and (images[:12] == 0).all() and (images[12:] == 255).all()  # real rows first
+    both = TrainingSet(real, labels, synthetic, labels, synthetic_fraction=0.25, warp_synthetic=True)
+    assert both.batch(16, torch.Generator().manual_seed(0))[2] == 16
+    assert TrainingSet(real, labels).batch(16, torch.Generator().manual_seed(0))[2] == 16
+
+
+def test_the_mixed_arms_leave_the_synthetic_images_unwarped(tmp_path, monkeypatch):
+    """What train_classifier warps: the real rows of each batch (the border-padded warp moves ink),
+    the synthetic rows exactly as the sampler drew them."""
+    seen = []
+    original = study_classifier.random_affine
+    monkeypatch.setattr(study_classifier, "random_affine", lambda x, g: seen.append(len(x)) or original(x, g))
+    real = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(20) % 2
+    data = TrainingSet(real, labels, real.flip(3), labels, synthetic_fraction=0.5)
+    study_classifier.train_classifier(data, 2, TrainSettings(steps=3, batch_size=10), seed=0, augment=True)
+    assert seen == [5, 5, 5]
+    data.warp_synthetic, seen[:] = True, []
+    study_classifier.train_classifier(data, 2, TrainSettings(steps=3, batch_size=10), seed=0, augment=True)
+    assert seen == [10, 10, 10]
 
 
 def test_mean_and_95_percent_t_interval():

@@ -92,8 +92,13 @@ class TrainingSet:
     synthetic_images: torch.Tensor | None = None
     synthetic_labels: torch.Tensor | None = None
     synthetic_fraction: float = 0.0  # share of each batch drawn from the synthetic images
+    # Whether classical augmentation warps the synthetic images too, or the real ones alone. Off: a
+    # generator's images already vary, and warping them again made the mixed arm no better than
+    # classical augmentation alone (docs/evaluation.md, "What was tried").
+    warp_synthetic: bool = False
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(images, labels, how many of the leading rows to warp under classical augmentation)."""
         n_synth = round(batch_size * self.synthetic_fraction) if self.synthetic_images is not None else 0
         n_real = batch_size - n_synth
         parts = []
@@ -102,7 +107,8 @@ class TrainingSet:
             if count:
                 index = torch.randint(len(images), (count,), generator=generator)
                 parts.append((images.index_select(0, index), labels.index_select(0, index)))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                batch_size if self.warp_synthetic else n_real)
 
 
 def autocast(device: torch.device):
@@ -113,7 +119,9 @@ def autocast(device: torch.device):
 def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSettings, seed: int,
                      augment: bool = False, device: torch.device | None = None) -> SmallCNN:
     """A SmallCNN trained for a fixed number of steps (AdamW, cosine decay); the same seed gives
-    the same weights. Every arm of the study gets the same step budget whatever its data size."""
+    the same weights. Every arm of the study gets the same step budget whatever its data size.
+    augment: classical augmentation (random_affine) of the real images, and of the synthetic ones
+    too where data.warp_synthetic says so."""
     device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # weight initialisation
@@ -123,10 +131,10 @@ def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSetting
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps)))
     model.train()
     for _ in range(settings.steps):
-        images_u8, labels = data.batch(settings.batch_size, generator)
+        images_u8, labels, n_warped = data.batch(settings.batch_size, generator)
         x = images_u8.float().div(255.0)
-        if augment:
-            x = random_affine(x, generator)
+        if augment and n_warped:
+            x = torch.cat([random_affine(x[:n_warped], generator), x[n_warped:]])
         x, labels = (x * 2 - 1).to(device), labels.to(device)
         with autocast(device):
             logits = model(x)

@@ -63,8 +63,11 @@ STUDY_GAN_DEFAULTS = {
     "log": {"image_every": 500},
 }
 METRIC_SAMPLES = 5000  # synthetic images measured against the real training split
-# How the synthetic sets are filtered: by the sampler, with the teacher exported to ONNX.
-FILTER_PATH = "ganaug sample --filter"
+# The protocol's version, in every study's fingerprint: a study of another version is not resumed, as
+# its arms meant other things. 2: the filter is `ganaug sample --filter` with the teacher exported to
+# ONNX (before, a bf16 torch teacher; those states carry "filter_path" instead). 3: classical
+# augmentation warps the real images of the mixed arms and leaves the synthetic ones as drawn.
+PROTOCOL = 3
 UNLABELLED_SETTINGS = ("semi_gan", "pseudo_label_confidence")
 QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
@@ -87,6 +90,9 @@ class StudySettings:
     synthetic_per_class: int = 2000
     synthetic_fraction: float = 0.5  # share of each classifier batch drawn from synthetic images
     truncation: float = 0.0
+    # Classical augmentation in the mixed arms warps the real images alone; True warps the synthetic
+    # ones too (protocol 2's rule, kept to measure it against).
+    warp_synthetic: bool = False
     classifier: TrainSettings = field(default_factory=TrainSettings)
     unlabelled: bool = False  # the rest of the train split, without labels: a second GAN and three more arms
     # Keep synthetic images the teacher gives their class with this probability (0: all). 0.9 is the
@@ -108,10 +114,7 @@ class StudySettings:
         gan["train"].pop("threads", None)
         gan["data"].pop("num_workers", None)
         values["gan_config"] = gan
-        if self.filter_confidence > 0:
-            # The filter became `ganaug sample --filter` (an fp32 ONNX teacher) where it was a bf16 torch
-            # teacher: the kept sets differ, so a study filtered the old way is not resumed the new way.
-            values["filter_path"] = FILTER_PATH
+        values["protocol"] = PROTOCOL
         return decisive(values)
 
 
@@ -201,6 +204,11 @@ class StudyState:
                 raise UserError(f"{path} is not a study state (expected an object with settings and units); "
                                 "move it aside to start the study afresh")
             saved_settings = decisive(saved.get("settings") or {})
+            protocol = saved_settings.get("protocol", 2 if "filter_path" in saved_settings else 1)
+            if protocol != settings["protocol"]:
+                raise UserError(f"{path.parent} holds a study of protocol {protocol}, whose arms mean other things "
+                                f"than this ganaug's (protocol {settings['protocol']}, docs/evaluation.md); "
+                                "use another --out")
             if saved_settings != settings:
                 changed = [key for key, _, _ in changed_leaves(saved_settings, settings)]
                 raise UserError(f"{path.parent} holds a study with other settings ({', '.join(changed[:5])}); "
@@ -458,7 +466,7 @@ class Study:
             record["synthetic_kept"] = round(kept, 4)
             if len(synthetic_images):
                 data = TrainingSet(real_images, real_labels, synthetic_images, synthetic_labels,
-                                   synthetic_fraction=s.synthetic_fraction)
+                                   synthetic_fraction=s.synthetic_fraction, warp_synthetic=s.warp_synthetic)
             else:
                 log.warning("K=%s seed %d %s: the filter kept no synthetic image; real images only", k_name(k),
                             seed, arm)
@@ -509,7 +517,7 @@ class Study:
                 "test_fraction": s.test_fraction, "split_seed": s.split_seed,
                 "ks": [k_name(k) for k in s.ks], "seeds": s.seeds, "gan_steps": s.gan_steps,
                 "synthetic_per_class": s.synthetic_per_class, "synthetic_fraction": s.synthetic_fraction,
-                "truncation": s.truncation, "classifier": {**asdict(s.classifier),
+                "truncation": s.truncation, "warp_synthetic": s.warp_synthetic, "classifier": {**asdict(s.classifier),
                                                            "widths": list(s.classifier.widths)},
                 "gan_config": s.gan_config, "unlabelled": s.unlabelled, "filter_confidence": s.filter_confidence,
                 "pseudo_label_confidence": s.pseudo_label_confidence, "semi_gan": s.semi_gan,

@@ -13,7 +13,7 @@ from onnx_models import make_model
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ganaug.cli import main
-from ganaug.data.synthetic import SyntheticFolder, SyntheticModelDataset, image_to_tensor, mix_datasets
+from ganaug.data.synthetic import SyntheticFolder, SyntheticModelDataset, image_to_tensor, mix_by_share, mix_datasets
 from ganaug.sampler import Sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +126,28 @@ def test_mix_datasets_ratio_and_determinism(model):
     assert sorted(labels.tolist()) == sorted([1] * 10 + [0, 1, 2, 0, 1, 2])
 
 
+def test_mix_by_share_draws_the_share_asked_for_from_every_synthetic_image(model):
+    real = [(torch.zeros(3, 6, 6), 1)] * 5
+    synthetic = SyntheticModelDataset(model, n=20, seed=3)
+    mixed, sampler = mix_by_share(real, synthetic, synthetic_fraction=0.25, num_samples=8000,
+                                  generator=torch.Generator().manual_seed(0))
+    drawn = torch.tensor(list(sampler))
+    assert len(drawn) == 8000 and len(mixed) == 25
+    synthetic_drawn = drawn[drawn >= 5]
+    assert abs(len(synthetic_drawn) / 8000 - 0.25) < 0.02  # the share, not 20 / 25
+    assert set(synthetic_drawn.tolist()) == set(range(5, 25))  # all of them, about equally often
+    assert torch.bincount(synthetic_drawn - 5).min() > 0.6 * 2000 / 20
+    again = list(mix_by_share(real, synthetic, 0.25, 8000, generator=torch.Generator().manual_seed(0))[1])
+    assert again == drawn.tolist()
+    images, labels = next(iter(DataLoader(mixed, batch_size=16, sampler=sampler)))
+    assert images.shape == (16, 3, 6, 6) and labels.dtype == torch.int64
+    assert set(mix_by_share(real, synthetic, 0.0, 100)[1]) <= set(range(5))
+    with pytest.raises(ValueError, match="synthetic_fraction"):
+        mix_by_share(real, synthetic, 1.5, 10)
+    with pytest.raises(ValueError, match="cannot draw from 0 real"):
+        mix_by_share([], synthetic, 0.5, 10)
+
+
 def test_doc_recipe_runs(tmp_path, monkeypatch):
     """The code example in docs/sampler.md, run as written (model.onnx and synthetic/ in the cwd)."""
     with open(os.path.join(REPO_ROOT, "docs", "sampler.md"), encoding="utf-8") as f:
@@ -138,3 +160,4 @@ def test_doc_recipe_runs(tmp_path, monkeypatch):
     exec(compile(recipe, "docs/sampler.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert len(namespace["train_set"]) == 45
     assert namespace["steps"] == 3  # ceil(45 / 16) batches seen by the stand-in training step
+    assert len(namespace["study_set"]) == 90 and namespace["study_steps"] == 4

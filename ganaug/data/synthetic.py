@@ -4,6 +4,10 @@
     train_set = mix_datasets(real_set, synthetic, ratio=0.5)   # half as many synthetic as real
     loader = DataLoader(train_set, batch_size=64, shuffle=True)
 
+    # or the augmentation study's mix: half of every batch synthetic, from all of them
+    train_set, sampler = mix_by_share(real_set, synthetic, synthetic_fraction=0.5, num_samples=64 * steps)
+    loader = DataLoader(train_set, batch_size=64, sampler=sampler)
+
 Items are (image, label) like torchvision's ImageFolder: the image is a float tensor [C, H, W] in
 [0, 1], or whatever `transform` makes of the PIL image; the label is the model's class index (not
 ImageFolder's alphabetical index), so real and synthetic labels agree when the GAN was trained on
@@ -22,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset, WeightedRandomSampler
 
 from ganaug.sampler.labels import labels_for, select_classes
 
@@ -209,3 +213,24 @@ def mix_datasets(real: Dataset, synthetic: Dataset, ratio: float) -> ConcatDatas
             f"but the synthetic set has {len(synthetic)}"
         )
     return ConcatDataset([real, Subset(synthetic, range(count))])
+
+
+def mix_by_share(real: Dataset, synthetic: Dataset, synthetic_fraction: float, num_samples: int,
+                 generator: torch.Generator | None = None) -> tuple[ConcatDataset, WeightedRandomSampler]:
+    """The augmentation study's mix for your own loop: (real + synthetic, a sampler for DataLoader) that
+    draws `num_samples` items, a `synthetic_fraction` share of them synthetic on average, from all the
+    synthetic images however few real ones there are (mix_datasets ties the synthetic count to the
+    real count: a handful of synthetic images for a handful of real ones).
+
+    Give `real` your classical augmentation as its transform and `synthetic` none: in the study, warping
+    the synthetic images too made them no better than the warp alone (docs/evaluation.md).
+    """
+    if not 0 <= synthetic_fraction <= 1:
+        raise ValueError(f"synthetic_fraction must be in [0, 1], got {synthetic_fraction}")
+    if not len(real) or (synthetic_fraction > 0 and not len(synthetic)):
+        raise ValueError(f"cannot draw from {len(real)} real and {len(synthetic)} synthetic items")
+    weights = torch.cat([torch.full((len(real),), (1 - synthetic_fraction) / len(real), dtype=torch.float64),
+                         torch.full((len(synthetic),), synthetic_fraction / max(len(synthetic), 1),
+                                    dtype=torch.float64)])
+    return ConcatDataset([real, synthetic]), WeightedRandomSampler(weights, num_samples, replacement=True,
+                                                                   generator=generator)

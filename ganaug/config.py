@@ -103,7 +103,7 @@ class TrainConfig:
                                  min=0, max=1e6)
     consistency_weight: float = option(0.0, "consistency regularisation of D under augmentation (bCR); 0 disables",
                                        min=0, max=1e6)
-    diversity_weight: float = option(0.0, "mode-seeking term on G (MSGAN, Mao et al. 2019): two latents of one "
+    diversity_weight: float = option(0.1, "mode-seeking term on G (MSGAN, Mao et al. 2019): two latents of one "
                                           "class must give different images; 0 disables", min=0, max=1e6)
     unlabelled_weight: float = option(1.0, "weight of the unconditional term on data.unlabelled images",
                                       min=0, max=1e6)
@@ -360,6 +360,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     for text in overrides:
         _set(cfg, *parse_override(text))
     return cfg.validate()
+
+
+# Keys whose default changes what training does, with the value that reproduces ganaug before the key
+# existed. A run saved then resumes as it started instead of switching to the new default mid-run.
+BEFORE_KEY_EXISTED = {"train": {"diversity_weight": 0.0}}
+
+
+def as_saved_then(saved: dict) -> dict:
+    """A saved run's config (a checkpoint's) with every key of BEFORE_KEY_EXISTED that it lacks set to
+    the value the version that wrote it trained with."""
+    values = {section: dict(keys) if isinstance(keys, dict) else keys for section, keys in saved.items()}
+    for section, keys in BEFORE_KEY_EXISTED.items():
+        if isinstance(values.get(section), dict):
+            values[section] = {**keys, **values[section]}
+    return values
 
 
 def config_from_dict(values: dict) -> Config:

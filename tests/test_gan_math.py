@@ -290,7 +290,7 @@ def test_mode_seeking_pairs_classes_and_adds_its_weighted_term_to_gs_loss():
     labels = torch.tensor([3, 1, 0, 2, 2])
     paired = gan.paired_labels(labels)
     assert paired.tolist() == [3, 1, 3, 1, 2]  # pairs (0, 2) and (1, 3) share a class; the odd one is kept
-    assert objective().paired_labels(labels) is labels and gan.paired_labels(None) is None
+    assert objective(diversity_weight=0.0).paired_labels(labels) is labels and gan.paired_labels(None) is None
     D = LinearD(num_classes=4)
     fake, latents = torch.randn(5, 1, 4, 4), torch.randn(5, 8)
     loss, stats = gan.generator_loss(D, fake, paired, latents=latents)

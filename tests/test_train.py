@@ -242,6 +242,27 @@ def test_a_schema_1_checkpoint_resumes_and_exports(tmp_path, trained_run):
     assert main(["export", str(run), "--out", str(tmp_path / "g.onnx")]) == 0
 
 
+def test_a_run_saved_before_a_key_existed_resumes_with_what_it_trained_with(tmp_path, trained_run):
+    """train.diversity_weight came with a non-zero default: a run saved before it trained without the
+    term and must go on without it, not pick up the new default half-way."""
+    import shutil
+
+    from ganaug.config import BEFORE_KEY_EXISTED, Config
+    from ganaug.train import resolve_config
+
+    run = shutil.copytree(trained_run(), tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = load(last)
+    del state["config"]["train"]["diversity_weight"]  # as an earlier version saved it
+    torch.save(state, last)
+    assert Config().train.diversity_weight != BEFORE_KEY_EXISTED["train"]["diversity_weight"] == 0.0
+    assert resolve_config(run).train.diversity_weight == 0.0
+    assert resolve_config(run, overrides=["train.diversity_weight=0.5"]).train.diversity_weight == 0.5
+    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
+    assert load(last)["config"]["train"]["diversity_weight"] == 0.0
+    assert resolve_config(tmp_path / "new").train.diversity_weight == Config().train.diversity_weight
+
+
 def test_the_config_and_final_numbers_reach_the_hparams_dashboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ganaug.config import Config, dump_yaml, load_config
+from ganaug.config import Config, as_saved_then, dump_yaml, load_config
 from ganaug.errors import UserError
 from ganaug.logs import setup_logging
 from ganaug.train import checkpoint
@@ -38,8 +38,15 @@ class TrainResult:
 
 def resolve_config(run_dir: Path | None, config_file: str | Path | None = None, overrides=()) -> Config:
     """Defaults < a resumed run's saved config < the config file < key=value overrides."""
-    saved = checkpoint.saved_config(Path(run_dir) / "checkpoints") if run_dir is not None else None
+    saved = _saved_config(run_dir) if run_dir is not None else None
     return load_config(config_file, list(overrides), base=saved)
+
+
+def _saved_config(run_dir: Path) -> dict | None:
+    """The config of the run a resume would continue, with a key added since it was saved reading as
+    the version that saved it trained (None for a new run)."""
+    saved = checkpoint.saved_config(Path(run_dir) / "checkpoints")
+    return None if saved is None else as_saved_then(saved)
 
 
 def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()) -> Config:
@@ -48,7 +55,7 @@ def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()
     it starts any worker, so that a typo is one line instead of one failed worker per process."""
     from ganaug.data import check_sources
 
-    saved = checkpoint.saved_config(Path(run_dir) / "checkpoints")
+    saved = _saved_config(run_dir)
     cfg = load_config(config_file, list(overrides), base=saved)
     RunDirectory(Path(run_dir), cfg.ckpt.keep).check(resuming=saved is not None, config_file=config_file)
     check_sources(cfg.data)

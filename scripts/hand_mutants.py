@@ -6,7 +6,7 @@ and put the code back.
 
 mutmut (docs/reliability.md, "Mutation testing") makes small mutants by itself; these are the
 larger ones issue 13 names (a flipped generator loss, swapped hinge terms, no R1, no EMA update, a
-no-op translation) and one mutmut cannot make (it leaves decorated functions such as the
+no-op translation), three of the mode-seeking term, and one mutmut cannot make (it leaves decorated functions such as the
 `adaptive` property alone). Each file is restored in a `finally`, even on Ctrl-C.
 """
 
@@ -45,6 +45,13 @@ MUTANTS = [
      '    """Shift each image by up to ratio * size pixels in each direction."""\n    return x\n'),
     ("translation policy bound to the identity", "ganaug/train/augment.py",
      'POLICIES = {"color": color, "translation": translation,', 'POLICIES = {"color": color, "translation": lambda x: x,'),
+    ("mode seeking never added to G's loss", "ganaug/train/objective.py",
+     "            loss = loss + self.diversity_weight * term\n", "            pass\n"),
+    ("mode seeking pairs images of other classes", "ganaug/train/objective.py",
+     "        return torch.cat([labels[:half], labels[:half], labels[2 * half:]])",
+     "        return labels"),
+    ("mode seeking rewards images that agree", "ganaug/train/losses.py",
+     "    return 1.0 / (image_distance / latent_distance + eps)", "    return image_distance / latent_distance"),
     ("ADA on with a zero target (a property: mutmut skips it)", "ganaug/train/augment.py",
      "        return self.target > 0\n", "        return self.target >= 0\n"),
 ]

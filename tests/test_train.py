@@ -31,6 +31,27 @@ def make_trainer(tmp_path, *overrides) -> Trainer:
     return Trainer(cfg, RunDirectory(tmp_path), read_env(), data, ModelSpec.from_config(cfg.model, data))
 
 
+def test_the_mode_seeking_term_sees_pairs_of_one_class_and_their_latents(tmp_path, monkeypatch):
+    """The trainer's side of train.diversity_weight: G draws pairs of one class, and the objective gets
+    the latents that drew them (without them the term would silently be skipped)."""
+    trainer = make_trainer(tmp_path, "train.diversity_weight=0.1")
+    calls = []
+    original = trainer.objective.generator_loss
+
+    def spy(D, fake, fake_labels, semi_supervised=False, latents=None):
+        calls.append((fake_labels.clone(), latents))
+        return original(D, fake, fake_labels, semi_supervised, latents)
+
+    monkeypatch.setattr(trainer.objective, "generator_loss", spy)
+    stats = trainer.train_step()
+    (labels, latents), = calls
+    half = len(labels) // 2
+    assert torch.equal(labels[:half], labels[half: 2 * half])
+    assert latents is not None and latents.shape == (len(labels), trainer.spec.z_dim)
+    assert stats["reg/mode_seeking"] > 0
+    assert "reg/mode_seeking" not in make_trainer(tmp_path / "off", "train.diversity_weight=0").train_step()
+
+
 def test_each_update_reaches_only_the_network_it_trains(tmp_path):
     trainer = make_trainer(tmp_path, "train.r1_gamma=1", "train.r1_every=1")
     seen = {}

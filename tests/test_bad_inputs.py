@@ -41,6 +41,8 @@ from onnx import TensorProto, helper
 from onnx_models import make_classifier, make_model
 from PIL import Image
 
+from ganaug.evaluate.study import PROTOCOL
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
@@ -1982,7 +1984,17 @@ def _evaluate_study_state_not_a_mapping(env):
       "holds a study with other settings", survives=("study",))
 def _evaluate_study_other_settings(env):
     (env.tmp / "study").mkdir()
-    (env.tmp / "study" / "state.json").write_text(json.dumps({"format": 1, "settings": {"ks": [7]}, "units": {}}))
+    settings = {"ks": [7], "protocol": PROTOCOL}
+    (env.tmp / "study" / "state.json").write_text(json.dumps({"format": 1, "settings": settings, "units": {}}))
+    return env.study()
+
+
+@case("evaluate-study-older-protocol", "evaluate", "study --out holding a study of protocol 2 (synthetic images warped too)",
+      "holds a study of protocol 2, whose arms mean other things", survives=("study",))
+def _evaluate_study_older_protocol(env):
+    (env.tmp / "study").mkdir()
+    settings = {"ks": [5], "filter_path": "teacher.onnx"}  # protocol 2's mark
+    (env.tmp / "study" / "state.json").write_text(json.dumps({"format": 1, "settings": settings, "units": {}}))
     return env.study()
 
 

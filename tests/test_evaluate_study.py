@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ganaug.evaluate import classifier as study_classifier
 from ganaug.evaluate import features, study
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings
 from ganaug.evaluate.report import mean_interval, verdict
-from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, resolve_gan_config
+from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, read_synthetic, resolve_gan_config
 from ganaug.sampler import Sampler
 
 TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-steps", "15",
@@ -179,6 +180,28 @@ def test_a_tiny_study_writes_the_report_json_markdown_and_figures(tiny_study, ca
     assert (out / "gan_k5" / "samples_seed0_filtered" / "sample_info.json").is_file()
     for figure in ("accuracy_vs_k.png", "samples_k5.png", "nearest_k5.png"):
         assert (out / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_classifiers_we_did_not_write_judge_a_finished_studys_sets(tiny_study):
+    """scripts/other_classifiers.py: scikit-learn's classifiers on every (split, seed) unit of a study."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "other_classifiers.py"
+    # The 4-step GAN's images convince no teacher: the study's synthetic arms were its real arms, so
+    # these classifiers must find exactly no difference between them.
+    assert not any(len(read_synthetic(tiny_study / "gan_k5" / f"samples_seed{seed}_filtered")[1]) for seed in (0, 1))
+    for extra in ([], ["--shares"]):
+        done = subprocess.run([sys.executable, str(script), str(tiny_study), "--per-class", "5", "--warps", "2",
+                               *extra], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        for name in ("logistic regression", "RBF SVM"):
+            assert f"{name} (K = 5, 2 units): real " in done.stdout
+            assert sum(f"split 0 seed {seed} {name}: real " in done.stdout for seed in (0, 1)) == 2
+        comparisons = re.findall(r"real\+classical\+synthetic vs real\+classical: (\S+ \[\S+ \S+\])", done.stdout)
+        assert comparisons == ["+0.0 [+0.0, +0.0]"] * 2, done.stdout
+        assert "the filter kept no synthetic image of seed 0; real images only" in done.stderr
 
 
 @pytest.mark.slow

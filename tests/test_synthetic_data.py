@@ -13,7 +13,13 @@ from onnx_models import make_model
 from torch.utils.data import ConcatDataset, DataLoader
 
 from ganaug.cli import main
-from ganaug.data.synthetic import SyntheticFolder, SyntheticModelDataset, image_to_tensor, mix_by_share, mix_datasets
+from ganaug.data.synthetic import (
+    SyntheticFolder,
+    SyntheticModelDataset,
+    image_to_tensor,
+    mix_by_share,
+    mix_datasets,
+)
 from ganaug.sampler import Sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,9 @@ and put the code back.
 
 mutmut (docs/reliability.md, "Mutation testing") makes small mutants by itself; these are the
 larger ones issue 13 names (a flipped generator loss, swapped hinge terms, no R1, no EMA update, a
-no-op translation), three of the mode-seeking term, and one mutmut cannot make (it leaves decorated functions such as the
-`adaptive` property alone). Each file is restored in a `finally`, even on Ctrl-C.
+no-op translation), three of the mode-seeking term (never added, pairs of other classes, agreement
+rewarded), and one mutmut cannot make (it leaves decorated functions such as the `adaptive`
+property alone). Each file is restored in a `finally`, even on Ctrl-C.
 """
 
 from __future__ import annotations

@@ -266,10 +266,10 @@ def test_the_generator_loss_is_the_conditional_one_unless_asked_and_reports_itse
 
 
 def test_mode_seeking_is_latent_over_image_distance_of_the_batch_halves():
-    images = torch.zeros(4, 1, 2, 2)
+    images = torch.full((4, 1, 2, 2), 0.25)
     images[2:] += 0.5  # each pair (0, 2), (1, 3) differs by 0.5 per pixel
-    latents = torch.zeros(4, 3)
-    latents[2:] += 2.0  # ... and by 2 per latent value
+    latents = torch.ones(4, 3)
+    latents[2:] += 2.0  # ... and by 2 per latent value (nonzero halves: a sum is not a distance)
     # 1 / (image distance / latent distance + eps) = 1 / (0.5 / 2 + 1e-5)
     assert losses.mode_seeking_penalty(images, latents).item() == pytest.approx(1 / (0.25 + 1e-5), rel=1e-6)
     odd = torch.cat([images, torch.full((1, 1, 2, 2), 9.0)])  # an unpaired last image counts for nothing
@@ -299,6 +299,18 @@ def test_mode_seeking_pairs_classes_and_adds_its_weighted_term_to_gs_loss():
     term = losses.mode_seeking_penalty(fake, latents).item()
     assert stats["reg/mode_seeking"].item() == pytest.approx(term)
     assert loss.item() == pytest.approx(adversarial + 0.5 * term, rel=1e-5)
+
+
+def test_mode_seeking_needs_one_pair_and_a_weight():
+    torch.manual_seed(18)
+    D = LinearD(num_classes=4)
+    fake, latents, labels = torch.randn(2, 1, 4, 4), torch.randn(2, 8), torch.tensor([1, 1])
+    _, stats = objective(diversity_weight=0.5).generator_loss(D, fake, labels, latents=latents)
+    assert stats["reg/mode_seeking"].item() == pytest.approx(losses.mode_seeking_penalty(fake, latents).item())
+    for lone, weight in ((1, 0.5), (2, 0.0)):  # no pair, or the term off: nothing computed or logged
+        _, stats = objective(diversity_weight=weight).generator_loss(D, fake[:lone], labels[:lone],
+                                                                     latents=latents[:lone])
+        assert set(stats) == {"loss/g"}
 
 
 def test_the_objective_takes_adaptive_augmentation_from_the_config():

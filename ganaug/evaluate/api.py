@@ -160,9 +160,9 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
                    seeds: int | None = None, gan_steps: int | None = None, quick: bool = False,
                    test_fraction: float = 0.3, split_seed: int = 0, synthetic_per_class: int = 2000,
                    synthetic_fraction: float = 0.5, truncation: float = 0.0, warp_synthetic: bool = False,
-                   classifier_steps: int = 400,
-                   unlabelled: bool = False, filter_confidence: float | None = None,
-                   pseudo_label_confidence: float | None = None, semi_gan: str | None = None):
+                   classifier_steps: int = 400, unlabelled: bool = False,
+                   filter_confidence: float | None = None, pseudo_label_confidence: float | None = None,
+                   semi_gan: str | None = None):
     """The study's settings from what a user gives: the preset (--quick or the full protocol), then
     the explicit values (None: StudySettings' default); the GAN config is the study's defaults < the
     config file < overrides."""
@@ -179,8 +179,8 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
         ks=k_values, seeds=seeds or preset["seeds"], gan_steps=gan_steps or preset["gan_steps"],
         gan_config=cfg.to_dict(), test_fraction=test_fraction, split_seed=split_seed,
         synthetic_per_class=synthetic_per_class, synthetic_fraction=synthetic_fraction,
-        truncation=truncation, warp_synthetic=warp_synthetic, classifier=TrainSettings(steps=classifier_steps),
-        unlabelled=unlabelled,
+        truncation=truncation, warp_synthetic=warp_synthetic, unlabelled=unlabelled,
+        classifier=TrainSettings(steps=classifier_steps),
         **{name: value for name, value in (("filter_confidence", filter_confidence), ("semi_gan", semi_gan),
                                            ("pseudo_label_confidence", pseudo_label_confidence)) if value is not None})
 

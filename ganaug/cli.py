@@ -233,7 +233,8 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--split-seed", type=split_seed, default=0, help="seed of the train/test split and K subsets")
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
-                   help="the rest of the train split as unlabelled images: self-training and a GAN trained on them")
+                   help="the rest of the train split as unlabelled images: self-training, a GAN trained on them, "
+                        "and self-training with a teacher that saw the synthetic images")
     s.add_argument("--semi-gan", choices=("unconditional", "pseudo"),
                    help="with --unlabelled, how the second GAN uses those images: all without labels, or the "
                         "confident pseudo-labels as labels and the rest without (default pseudo)")

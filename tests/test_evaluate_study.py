@@ -318,6 +318,59 @@ def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
     assert torch.equal(images, torch.from_numpy(fake[keep.numpy()]).permute(0, 3, 1, 2))
 
 
+def test_every_arm_has_a_recipe_a_label_and_a_teacher_that_saw_no_unlabelled_image():
+    from ganaug.evaluate.report import ARM_LABELS
+    from ganaug.evaluate.study import ARM_RECIPES, UNLABELLED_ARMS
+
+    assert set(ARM_RECIPES) == set(ARMS) | set(UNLABELLED_ARMS) == set(ARM_LABELS)
+    teachers = {recipe.pseudo_labels_from for recipe in ARM_RECIPES.values()} - {None}
+    assert teachers == {"real+classical", "real+classical+synthetic"} and teachers <= set(ARMS)
+
+
+def test_a_k_that_takes_every_training_image_leaves_no_unlabelled_arm(tmp_path):
+    from ganaug.evaluate.study import ALL, UNLABELLED_ARMS
+
+    study_ = Study(tmp_path, settings(ks=(5, 500, ALL), unlabelled=True))
+    assert study_.arms_of(5) == ARMS + UNLABELLED_ARMS
+    assert study_.arms_of(500) == study_.arms_of(ALL) == ARMS  # nothing is unlabelled: no semi GAN either
+    assert study_.units_total == (4 + 9) + 2 * (2 + 5)  # K=5: two GANs, nine arms; the others one GAN, five
+
+
+@pytest.mark.slow
+def test_the_unlabelled_arms_end_to_end_and_the_synthetic_taught_teacher(tmp_path, monkeypatch):
+    """All nine arms of a tiny study with unlabelled images. The synthetic-taught self-training (i) is
+    self-training (f) with arm (d)'s classifier as the teacher; a resumed study retrains that teacher
+    and gets its pseudo-labels again."""
+    from ganaug.evaluate.classifier import predict_proba
+    from ganaug.evaluate.study import UNLABELLED_ARMS
+
+    monkeypatch.setattr(features, "FEATURE_NET_STEPS", 30)
+    tiny = settings(ks=(5,), unlabelled=True, synthetic_per_class=12, pseudo_label_confidence=0.0,
+                    classifier=TrainSettings(steps=15))
+    first = Study(tmp_path / "study", tiny)
+    teachers = []
+    pseudo_labelled = first.pseudo_labelled
+    monkeypatch.setattr(first, "pseudo_labelled",
+                        lambda k, seed, by: teachers.append(by) or pseudo_labelled(k, seed, by))
+    results = first.run()
+    assert set(results["accuracy_by_seed"]["5"]) == set(ARMS) | set(UNLABELLED_ARMS)
+    assert teachers == ["real+classical", "real+classical", "real+classical+synthetic"]  # arms (f), (h), (i)
+    # At confidence 0 the teacher labels every unlabelled image: the semi GAN has no unlabelled rest left.
+    semi_gan = yaml.safe_load((tmp_path / "study" / "gan_k5_unlabelled" / "config.yaml").read_text())
+    assert semi_gan["data"]["unlabelled"] == ""
+
+    units = json.loads((tmp_path / "study" / "state.json").read_text())["units"]
+    taught, plain = units["result/k5/synthetic-taught self-training/seed0"], units["result/k5/self-training/seed0"]
+    resumed = Study(tmp_path / "study", tiny)
+    unlabelled = resumed.data.images[resumed.unlabelled_index(5)]
+    truth = resumed.data.labels[resumed.unlabelled_index(5)]
+    for record, arm in ((taught, "real+classical+synthetic"), (plain, "real+classical")):
+        labels = predict_proba(resumed.classifier(5, arm, 0)[0], unlabelled).argmax(1)
+        assert record["pseudo_labelled"] == len(truth)  # confidence 0: every unlabelled image gets a label
+        assert record["pseudo_label_accuracy"] == round(float((labels == truth).float().mean()), 4)
+    assert taught["pseudo_label_accuracy"] != plain["pseudo_label_accuracy"]  # two teachers, two labellings
+
+
 def test_split_studies_pool_into_paired_units():
     from ganaug.evaluate.report import combine
     from ganaug.evaluate.report import summarise as report_summarise

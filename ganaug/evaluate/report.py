@@ -27,11 +27,13 @@ ARM_LABELS = {
     "self-training": "(f) self-training",
     "real+classical+semi-synthetic": "(g) real+classical+semi-synthetic",
     "self-training+semi-synthetic": "(h) self-training+semi-synthetic",
+    "synthetic-taught self-training": "(i) synthetic-taught self-training",
 }
 COMPARISONS = (("real+synthetic", "real"), ("real+classical+synthetic", "real+classical"),
                ("real+classical+synthetic", "real"), ("synthetic", "real"),
                ("self-training", "real+classical"), ("real+classical+semi-synthetic", "self-training"),
-               ("self-training+semi-synthetic", "self-training"))
+               ("self-training+semi-synthetic", "self-training"),
+               ("synthetic-taught self-training", "self-training"))
 
 
 def mean_interval(values: list[float], confidence: float = 0.95) -> dict:
@@ -188,10 +190,11 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         f"{' and split' if 'split_seeds' in p else ''}. "
         + (f"Synthetic images kept only where the arm-(b) classifier gives their class at least "
            f"{p['filter_confidence']}. " if p.get("filter_confidence") else "")
-        + ("Arms (f)-(h): the rest of the train split as unlabelled images; self-training keeps those the "
+        + ("Arms (f)-(i): the rest of the train split as unlabelled images; self-training keeps those the "
            f"arm-(b) classifier labels with confidence >= {p.get('pseudo_label_confidence')}; the semi-synthetic "
            "images come from a GAN trained on the labelled and the unlabelled images "
-           f"({p.get('semi_gan')}). " if p.get("unlabelled") else "")
+           f"({p.get('semi_gan')}); the synthetic-taught self-training takes its pseudo-labels from the arm-(d) "
+           "classifier instead. " if p.get("unlabelled") else "")
         + "Protocol: docs/evaluation.md.",
         "",
         "## Held-out accuracy (%), mean ± 95% t-interval over seeds",

@@ -9,7 +9,8 @@ Protocol (docs/evaluation.md):
    (`ganaug.train.run`, `ganaug.export.export_model`, `ganaug.sampler.write_samples`).
 4. Train the same small classifier on (a) real only, (b) real + classical augmentation,
    (c) real + synthetic, (d) real + classical + synthetic, (e) synthetic only, for several seeds,
-   and measure accuracy on the held-out test split.
+   and measure accuracy on the held-out test split. With unlabelled images, four more arms (f)-(i):
+   `ARM_RECIPES` says what each arm's classifier trains on.
 
 Every finished unit (a GAN per K, its quality metrics, an arm/seed result) is recorded in
 OUT/state.json and skipped when the study runs again; an interrupted GAN resumes from its last.pt.
@@ -48,10 +49,37 @@ from ganaug.train import with_overrides
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ArmRecipe:
+    """What one arm's classifier trains on. Every arm trains the same classifier, seeded alike."""
+
+    real: bool = True  # the K labelled images; False: the labelled GAN's whole output alone, unfiltered
+    augment: bool = False  # classical augmentation (of the real images; see warp_synthetic)
+    synthetic: str | None = None  # "labelled" or "semi": that GAN's images, through the filter
+    # Self-training: the unlabelled images that this arm's classifier labels with confidence, as more
+    # real images. Arm (b)'s classifier is the no-GAN teacher; arm (d)'s has seen the synthetic images.
+    pseudo_labels_from: str | None = None
+
+
+ARM_RECIPES = {
+    "real": ArmRecipe(),
+    "real+classical": ArmRecipe(augment=True),
+    "real+synthetic": ArmRecipe(synthetic="labelled"),
+    "real+classical+synthetic": ArmRecipe(augment=True, synthetic="labelled"),
+    "synthetic": ArmRecipe(real=False),  # the generator's own score (CAS)
+    # With --unlabelled: self-training is the no-GAN baseline of that setting; the semi-synthetic images
+    # come from the GAN that also saw the unlabelled images; the synthetic-taught self-training takes its
+    # pseudo-labels from arm (d)'s classifier.
+    "self-training": ArmRecipe(augment=True, pseudo_labels_from="real+classical"),
+    "real+classical+semi-synthetic": ArmRecipe(augment=True, synthetic="semi"),
+    "self-training+semi-synthetic": ArmRecipe(augment=True, synthetic="semi", pseudo_labels_from="real+classical"),
+    "synthetic-taught self-training": ArmRecipe(augment=True, pseudo_labels_from="real+classical+synthetic"),
+}
 ARMS = ("real", "real+classical", "real+synthetic", "real+classical+synthetic", "synthetic")
-# With --unlabelled: self-training (the teacher's confident pseudo-labels on the unlabelled images; the
-# no-GAN baseline of that setting), and the synthetic images of the GAN that also saw those images.
-UNLABELLED_ARMS = ("self-training", "real+classical+semi-synthetic", "self-training+semi-synthetic")
+UNLABELLED_ARMS = tuple(arm for arm in ARM_RECIPES if arm not in ARMS)
+TEACHER_ARM = "real+classical"  # its classifier filters the synthetic images and pseudo-labels for the GAN
 ALL = None  # K = all labelled training images
 
 # The study's GAN settings, under the user's config file and key=value overrides (see
@@ -253,11 +281,12 @@ class Study:
                                                              settings.split_seed)
         self.state = StudyState(out_dir / "state.json", settings.fingerprint())
         write_atomic(out_dir / "gan_config.yaml", dump_yaml(self.cfg))
-        self.arms = ARMS + (UNLABELLED_ARMS if settings.unlabelled else ())
-        gans = 2 if settings.unlabelled else 1
-        self.units_total = len(settings.ks) * (2 * gans + settings.seeds * len(self.arms))
+        # per K: each GAN is trained and measured, each arm runs once per seed
+        self.units_total = sum(2 * (1 + self.has_unlabelled(k)) + settings.seeds * len(self.arms_of(k))
+                               for k in settings.ks)
         self.units_done = 0
-        self._teachers: dict[tuple, torch.nn.Module] = {}
+        self._classifiers: dict[str, tuple[torch.nn.Module, dict]] = {}  # arm -> (net, record) of one (K, seed)
+        self._classifiers_of: tuple | None = None
 
     # -- pieces of data ----------------------------------------------------------------------
 
@@ -309,8 +338,20 @@ class Study:
         labelled = set(self.subset(k).tolist())
         return torch.as_tensor([i for i in self.train_index.tolist() if i not in labelled], dtype=torch.int64)
 
+    def has_unlabelled(self, k: int | None) -> bool:
+        """Whether the study has unlabelled images at K: asked for, and some left outside the K subset
+        (none at K = all, nor where K takes every training image of every class)."""
+        return self.settings.unlabelled and len(self.unlabelled_index(k)) > 0
+
+    def arms_of(self, k: int | None) -> tuple[str, ...]:
+        return ARMS + (UNLABELLED_ARMS if self.has_unlabelled(k) else ())
+
     def gan_dir(self, k: int | None, semi: bool = False) -> Path:
         return self.out / f"gan_k{k_name(k)}{'_unlabelled' if semi else ''}"
+
+    def generator(self, k: int | None, semi: bool = False) -> Path:
+        """The exported GAN of K (semi: the one that also saw the unlabelled images)."""
+        return self.gan_dir(k, semi) / "generator.onnx"
 
     # -- units -------------------------------------------------------------------------------
 
@@ -322,7 +363,7 @@ class Study:
         """Train (or resume) and export the GAN for K (semi: also on the unlabelled images); returns
         the ONNX model."""
         key = f"gan/k{k_name(k)}{'u' if semi else ''}"
-        run_dir, model = self.gan_dir(k, semi), self.gan_dir(k, semi) / "generator.onnx"
+        run_dir, model = self.gan_dir(k, semi), self.generator(k, semi)
         what = f"K={k_name(k)}{' + unlabelled' if semi else ''}"
         if self.state.get(key) and model.is_file():
             self._progress(f"{what}: GAN already trained")
@@ -335,7 +376,9 @@ class Study:
         start = time.perf_counter()
         data = {"source": str(npz), "unlabelled": ""}
         if semi and self.settings.semi_gan == "pseudo":
-            data = dict(zip(("source", "unlabelled"), map(str, self.pseudo_labelled_npz(k)), strict=True))
+            labelled, rest = self.pseudo_labelled_npz(k)
+            with np.load(rest) as arrays:  # the teacher may be sure of every image: then nothing is left
+                data = {"source": str(labelled), "unlabelled": str(rest) if len(arrays["images"]) else ""}
         elif semi:
             data["unlabelled"] = str(self.unlabelled_npz(k))
         cfg = with_overrides(self.cfg, data=data, train={"steps": self.settings.gan_steps, "batch_size": batch_size})
@@ -403,14 +446,9 @@ class Study:
                        f"recall {metrics['recall']:.2f}")
 
     def teacher(self, k: int | None, seed: int) -> torch.nn.Module:
-        """The classifier of arm (b) for this seed (real + classical augmentation): it pseudo-labels for
-        self-training and filters synthetic images. Deterministic, so retraining it gives the same net."""
-        if (k, seed) not in self._teachers:
-            index = self.subset(k)
-            data = TrainingSet(self.data.images[index], self.data.labels[index])
-            self._teachers = {(k, seed): train_classifier(data, len(self.class_names), self.settings.classifier,
-                                                          seed=seed, augment=True, device=self.device)}
-        return self._teachers[(k, seed)]
+        """The classifier of arm (b) for this seed (real + classical augmentation): it filters synthetic
+        images and pseudo-labels for self-training and for the semi-supervised GAN."""
+        return self.classifier(k, TEACHER_ARM, seed)[0]
 
     def teacher_onnx(self, k: int | None, seed: int) -> Path:
         """The teacher of (K, seed) as an ONNX classifier of the sampler's filter contract
@@ -422,13 +460,15 @@ class Study:
             export_classifier_onnx(self.teacher(k, seed), path, (height, width, channels), self.class_names)
         return path
 
-    def pseudo_labelled(self, k: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """The unlabelled images the teacher is sure of, with its labels (classic self-training), and
-        the share of those labels that are right (the study knows the truth; a user would not)."""
+    def pseudo_labelled(self, k: int | None, seed: int,
+                        by: str = TEACHER_ARM) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The unlabelled images that arm `by`'s classifier is sure of, with its labels (classic
+        self-training), and the share of those labels that are right (the study knows the truth; a user
+        would not)."""
         index = self.unlabelled_index(k)
         images = self.data.images[index]
-        probabilities = predict_proba(self.teacher(k, seed), images)
-        confidence, labels = probabilities.max(1)
+        teacher = self.teacher(k, seed) if by == TEACHER_ARM else self.classifier(k, by, seed)[0]
+        confidence, labels = predict_proba(teacher, images).max(1)
         keep = confidence >= self.settings.pseudo_label_confidence
         right = float((labels[keep] == self.data.labels[index][keep]).float().mean()) if keep.any() else float("nan")
         return images[keep], labels[keep], right
@@ -444,36 +484,49 @@ class Study:
         info = json.loads((self.sample_folder(model, seed, filtered=True) / "sample_info.json").read_text())
         return images, labels, info["filter"]["images_kept"] / info["images"]
 
-    def arm(self, k: int | None, arm: str, seed: int, models: dict[str, Path]) -> None:
+    def classifier(self, k: int | None, arm: str, seed: int) -> tuple[torch.nn.Module, dict]:
+        """An arm's classifier for (K, seed), and what its data was (pseudo-labels, the filter's share),
+        kept while that (K, seed) lasts: arm (b)'s and (d)'s also teach other arms. Training is
+        seeded, so a resumed study that retrains a teacher gets the same net."""
+        if self._classifiers_of != (k, seed):
+            self._classifiers, self._classifiers_of = {}, (k, seed)
+        if arm not in self._classifiers:
+            self._classifiers[arm] = self._train_arm(k, arm, seed)
+        return self._classifiers[arm]
+
+    def _train_arm(self, k: int | None, arm: str, seed: int) -> tuple[torch.nn.Module, dict]:
+        s, recipe, record = self.settings, ARM_RECIPES[arm], {}
+        if not recipe.real:
+            data = TrainingSet(*self.synthetic(self.generator(k), seed))
+        else:
+            index = self.subset(k)
+            images, labels = self.data.images[index], self.data.labels[index]
+            if recipe.pseudo_labels_from:
+                extra_images, extra_labels, right = self.pseudo_labelled(k, seed, by=recipe.pseudo_labels_from)
+                images, labels = torch.cat([images, extra_images]), torch.cat([labels, extra_labels])
+                record |= {"pseudo_labelled": len(extra_labels), "pseudo_label_accuracy": round(right, 4)}
+            data = TrainingSet(images, labels)
+            if recipe.synthetic:
+                synthetic_images, synthetic_labels, kept = self.filtered(
+                    k, self.generator(k, semi=recipe.synthetic == "semi"), seed)
+                record["synthetic_kept"] = round(kept, 4)
+                if len(synthetic_images):
+                    data = TrainingSet(images, labels, synthetic_images, synthetic_labels,
+                                       synthetic_fraction=s.synthetic_fraction, warp_synthetic=s.warp_synthetic)
+                else:
+                    log.warning("K=%s seed %d %s: the filter kept no synthetic image; real images only", k_name(k),
+                                seed, arm)
+        classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed, augment=recipe.augment,
+                                      device=self.device)
+        return classifier, record
+
+    def arm(self, k: int | None, arm: str, seed: int) -> None:
         key = f"result/k{k_name(k)}/{arm}/seed{seed}"
         if self.state.get(key) is not None:
             self._progress(f"K={k_name(k)} seed {seed} {arm}: done before")
             return
-        s = self.settings
-        index = self.subset(k)
-        real_images, real_labels = self.data.images[index], self.data.labels[index]
-        record = {}
-        if arm.startswith("self-training"):  # real images: the labelled ones and the confidently pseudo-labelled
-            extra_images, extra_labels, right = self.pseudo_labelled(k, seed)
-            real_images, real_labels = torch.cat([real_images, extra_images]), torch.cat([real_labels, extra_labels])
-            record |= {"pseudo_labelled": len(extra_labels), "pseudo_label_accuracy": round(right, 4)}
-        data = TrainingSet(real_images, real_labels)
-        if arm == "synthetic":  # the generator's own score (CAS): its whole output, unfiltered
-            data = TrainingSet(*self.synthetic(models["labelled"], seed))
-        elif "synthetic" in arm:
-            model = models["semi" if "semi-synthetic" in arm else "labelled"]
-            synthetic_images, synthetic_labels, kept = self.filtered(k, model, seed)
-            record["synthetic_kept"] = round(kept, 4)
-            if len(synthetic_images):
-                data = TrainingSet(real_images, real_labels, synthetic_images, synthetic_labels,
-                                   synthetic_fraction=s.synthetic_fraction, warp_synthetic=s.warp_synthetic)
-            else:
-                log.warning("K=%s seed %d %s: the filter kept no synthetic image; real images only", k_name(k),
-                            seed, arm)
         start = time.perf_counter()
-        augment = "classical" in arm or arm.startswith("self-training")
-        classifier = train_classifier(data, len(self.class_names), s.classifier, seed=seed, augment=augment,
-                                      device=self.device)
+        classifier, record = self.classifier(k, arm, seed)
         acc = accuracy(classifier, self.test_images, self.test_labels)
         self.state.record(key, {"accuracy": acc, "seconds": round(time.perf_counter() - start, 2), **record})
         self._progress(f"K={k_name(k)} seed {seed} {arm}: held-out accuracy {100 * acc:.1f}%")
@@ -481,16 +534,12 @@ class Study:
     def run(self) -> dict:
         start = time.perf_counter()
         for k in self.settings.ks:
-            models = {"labelled": self.train_gan(k)}
-            self.gan_metrics(k, models["labelled"])
-            if self.settings.unlabelled and k is not ALL:
-                models["semi"] = self.train_gan(k, semi=True)
-                self.gan_metrics(k, models["semi"], semi=True)
+            self.gan_metrics(k, self.train_gan(k))
+            if self.has_unlabelled(k):
+                self.gan_metrics(k, self.train_gan(k, semi=True), semi=True)
             for seed in range(self.settings.seeds):
-                for arm in self.arms:
-                    if k is ALL and arm in UNLABELLED_ARMS:
-                        continue  # with every label there is nothing unlabelled
-                    self.arm(k, arm, seed, models)
+                for arm in self.arms_of(k):
+                    self.arm(k, arm, seed)
         log.info("study finished in %.0f s (this run)", time.perf_counter() - start)
         return self.results()
 
@@ -498,7 +547,7 @@ class Study:
         names = []
         for k in self.settings.ks:
             names.append(k_name(k))
-            if self.settings.unlabelled and k is not ALL:
+            if self.has_unlabelled(k):
                 names.append(f"{k_name(k)}u")
         return names
 
@@ -507,9 +556,8 @@ class Study:
         s = self.settings
         accuracies = {}
         for k in s.ks:
-            arms = [arm for arm in self.arms if not (k is ALL and arm in UNLABELLED_ARMS)]
             accuracies[k_name(k)] = {arm: [self.state.get(f"result/k{k_name(k)}/{arm}/seed{seed}")["accuracy"]
-                                           for seed in range(s.seeds)] for arm in arms}
+                                           for seed in range(s.seeds)] for arm in self.arms_of(k)}
         return {
             "protocol": {
                 "data_source": self.cfg.data.source, "resolution": self.cfg.data.resolution,

@@ -192,7 +192,7 @@ def test_classifiers_we_did_not_write_judge_a_finished_studys_sets(tiny_study):
     # The 4-step GAN's images convince no teacher: the study's synthetic arms were its real arms, so
     # these classifiers must find exactly no difference between them.
     assert not any(len(read_synthetic(tiny_study / "gan_k5" / f"samples_seed{seed}_filtered")[1]) for seed in (0, 1))
-    for extra in ([], ["--shares"]):
+    for extra in ([], ["--shares"], ["--unlabelled"]):
         done = subprocess.run([sys.executable, str(script), str(tiny_study), "--per-class", "5", "--warps", "2",
                                *extra], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -201,6 +201,10 @@ def test_classifiers_we_did_not_write_judge_a_finished_studys_sets(tiny_study):
             assert sum(f"split 0 seed {seed} {name}: real " in done.stdout for seed in (0, 1)) == 2
         comparisons = re.findall(r"real\+classical\+synthetic vs real\+classical: (\S+ \[\S+ \S+\])", done.stdout)
         assert comparisons == ["+0.0 [+0.0, +0.0]"] * 2, done.stdout
+        if extra == ["--unlabelled"]:  # arm (d) is arm (b) here: the two teachers label alike
+            taught = re.findall(r"synthetic-taught self-training vs self-training: (\S+ \[\S+ \S+\])", done.stdout)
+            assert taught == ["+0.0 [+0.0, +0.0]"] * 2, done.stdout
+            assert "self-training vs real+classical: " in done.stdout
         assert "the filter kept no synthetic image of seed 0; real images only" in done.stderr
 
 

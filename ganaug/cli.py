@@ -72,6 +72,7 @@ def fraction(text: str) -> float:
 # scikit-learn's train_test_split takes numpy RandomState seeds, which stop at 2^32 - 1.
 split_seed = whole_number(0, 2**32 - 1, "0..2^32-1 (the seeds scikit-learn's split takes)")
 step_count = whole_number(1, 10**9, "1..10^9 (the bound of train.steps)")
+epoch_count = whole_number(0, 10**4, "0..10^4")
 
 
 def seed_list(text: str) -> list[int]:
@@ -249,7 +250,12 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--warp-synthetic", action="store_true",
                    help="classical augmentation warps the synthetic images of the mixed arms too (by default "
                         "it warps the real images alone, the measured better rule)")
-    s.add_argument("--classifier-steps", type=step_count, default=400, help="classifier training steps (every arm)")
+    s.add_argument("--classifier-steps", type=step_count, default=400,
+                   help="classifier training steps, the same for every arm of a K (at least; see the next)")
+    s.add_argument("--classifier-min-epochs", type=epoch_count,
+                   help="where more steps than --classifier-steps are needed for this many passes over the K "
+                        "labelled images, every arm of that K trains that many (default 60; 0: --classifier-steps "
+                        "alone)")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=_run_study)
 
@@ -271,7 +277,8 @@ def _run_study(args) -> int:
                               synthetic_per_class=args.synthetic_per_class,
                               synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
                               warp_synthetic=args.warp_synthetic,
-                              classifier_steps=args.classifier_steps, unlabelled=args.unlabelled,
+                              classifier_steps=args.classifier_steps,
+                              classifier_min_epochs=args.classifier_min_epochs, unlabelled=args.unlabelled,
                               filter_confidence=args.filter_confidence, semi_gan=args.semi_gan)
     run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)
     return 0

@@ -2086,6 +2086,12 @@ def _evaluate_study_classifier_steps_huge(env):
     return env.study("--classifier-steps", str(10**30))
 
 
+@case("evaluate-study-classifier-epochs-huge", "evaluate", "study --classifier-min-epochs 10^5",
+      "argument --classifier-min-epochs: 100000 is not in 0..10^4")
+def _evaluate_study_classifier_epochs_huge(env):
+    return env.study("--classifier-min-epochs", str(10**5))
+
+
 @case("evaluate-study-synthetic-past-memory", "evaluate", "study --synthetic-per-class 10^10 (10^11 images in memory)",
       "--synthetic-per-class 10000000000: a synthetic set of 10000000000 x 10 classes needs about", isolate=True,
       found="accepted: once the first GAN was trained the sampler set out to write 10^11 images (still running "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -19,7 +20,15 @@ from ganaug.evaluate import classifier as study_classifier
 from ganaug.evaluate import features, study
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings
 from ganaug.evaluate.report import mean_interval, verdict
-from ganaug.evaluate.study import ARMS, Study, StudySettings, image_hashes, read_synthetic, resolve_gan_config
+from ganaug.evaluate.study import (
+    ALL,
+    ARMS,
+    Study,
+    StudySettings,
+    image_hashes,
+    read_synthetic,
+    resolve_gan_config,
+)
 from ganaug.sampler import Sampler
 
 TINY_STUDY = ["--k", "5", "--seeds", "2", "--gan-steps", "4", "--classifier-steps", "15",
@@ -83,6 +92,24 @@ def test_settings_of_the_unlabelled_arms_matter_only_with_them(tmp_path):
     Study(tmp_path / "semi", settings(unlabelled=True, semi_gan="unconditional")).state.record("gan/k5", {"steps": 4})
     with pytest.raises(UserError, match=r"other settings \(semi_gan\)"):
         Study(tmp_path / "semi", settings(unlabelled=True, semi_gan="pseudo"))
+
+
+def test_every_arm_of_a_k_trains_as_long_and_large_k_trains_longer(tmp_path):
+    s = Study(tmp_path, settings(ks=(5, ALL)))
+    assert s.classifier_budget(5).steps == 400  # 60 passes over 50 images take fewer steps than the floor
+    n_all = len(s.subset(ALL))
+    assert s.classifier_budget(ALL).steps == math.ceil(60 * n_all / 64) > 400
+    assert TrainSettings(min_epochs=0).budget(10**6).steps == 400
+
+
+def test_a_study_from_before_the_epoch_floor_resumes_with_it_off(tmp_path):
+    off = TrainSettings(min_epochs=0)
+    Study(tmp_path, settings(classifier=off)).state.record("gan/k5", {"steps": 4})
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert "min_epochs" not in state["settings"]["classifier"]  # what a study of the previous version wrote
+    Study(tmp_path, settings(classifier=off))
+    with pytest.raises(UserError, match=r"other settings \(classifier.min_epochs\)"):
+        Study(tmp_path, settings())
 
 
 @pytest.mark.parametrize("earlier", [
@@ -175,6 +202,11 @@ def test_a_tiny_study_writes_the_report_json_markdown_and_figures(tiny_study, ca
     assert report["gan"]["5"]["steps"] == 4 and report["gan"]["5"]["images"] == 50
     markdown = (out / "report.md").read_text()
     assert "(a) real" in markdown and "(e) synthetic only" in markdown and "figures/accuracy_vs_k.png" in markdown
+    assert report["recommendation"]["5"]["best"] in ARMS and report["recommendation"]["5"]["best"] != "synthetic"
+    assert "## What to train on" in markdown and "too few seeds (< 3) to tell" in markdown  # two seeds here
+    units = json.loads((out / "state.json").read_text())["units"]
+    # --classifier-steps 15 is raised to 60 passes over the 50 labelled images, in every arm alike
+    assert {unit["classifier_steps"] for key, unit in units.items() if key.startswith("result/")} == {47}
     # The command's defaults are the measured ones: the mixed arms' synthetic images went through the filter.
     assert "kept only where the arm-(b) classifier gives their class at least 0.9" in markdown
     assert (out / "gan_k5" / "samples_seed0_filtered" / "sample_info.json").is_file()
@@ -388,3 +420,44 @@ def test_split_studies_pool_into_paired_units():
     assert pooled["protocol"]["split_seeds"] == [0, 1]
     assert set(pooled["gan"]) == {"5 (split 0)", "5 (split 1)"}
     assert [s["split_seed"] for s in pooled["by_split"]] == [0, 1]
+
+
+def test_report_says_what_to_train_on_and_whether_synthetic_images_are_worth_making():
+    from ganaug.evaluate.report import recommendation_table
+    from ganaug.evaluate.report import summarise as report_summarise
+
+    noise = [0.0, 0.004, -0.003, -0.001]  # mean 0: each arm scores its level
+
+    def arm(level):
+        return [level + n for n in noise]
+
+    summary = report_summarise({"protocol": {}, "gan": {}, "accuracy_by_seed": {
+        # synthetic images win clearly, and the CAS arm (e) is never a recipe however it scores
+        "5": {"real": arm(0.89), "real+classical": arm(0.92), "real+classical+synthetic": arm(0.94),
+              "synthetic": arm(0.99)},
+        # a tie between the warp and the warp with synthetic images: they are optional
+        "10": {"real": arm(0.94), "real+classical": arm(0.961),
+               "real+classical+synthetic": [0.963, 0.959, 0.967, 0.961]},
+        # the real images alone are best and the synthetic arm loses: not worth making
+        "all": {"real": arm(0.994), "real+classical": [0.993, 0.994, 0.990, 0.992],
+                "real+classical+synthetic": arm(0.990)},
+        # synthetic-taught self-training is best, and its teacher saw the synthetic images
+        "20": {"real+classical": arm(0.97), "self-training": arm(0.975),
+               "synthetic-taught self-training": arm(0.98)},
+    }})
+    advice = summary["recommendation"]
+    assert advice["5"]["best"] == "real+classical+synthetic" and advice["5"]["synthetic_needed"]
+    assert advice["5"]["as_good"] == []
+    assert advice["10"]["best"] == "real+classical+synthetic" and not advice["10"]["synthetic_needed"]
+    assert advice["10"]["best_without_synthetic"] == "real+classical"
+    assert advice["all"]["best"] == "real" and advice["all"]["best_without_synthetic"] == "real"
+    assert [a["arm"] for a in advice["all"]["as_good"]] == ["real+classical"]  # within noise of the best
+    assert advice["20"]["synthetic_needed"]
+    table = recommendation_table(summary, markdown=True)
+    assert "| 5 | (d) real+classical+synthetic | 94.0 | - | worth making" in table
+    assert "optional: (b) real+classical is as good without them" in table
+    assert "| all | (a) real | 99.4 | (b) real+classical | not worth making" in table
+
+    two_seeds = report_summarise({"protocol": {}, "gan": {}, "accuracy_by_seed": {
+        "5": {"real": [0.9, 0.91], "real+classical+synthetic": [0.95, 0.96]}}})
+    assert "too few seeds" in recommendation_table(two_seeds)

@@ -160,14 +160,14 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
                    seeds: int | None = None, gan_steps: int | None = None, quick: bool = False,
                    test_fraction: float = 0.3, split_seed: int = 0, synthetic_per_class: int = 2000,
                    synthetic_fraction: float = 0.5, truncation: float = 0.0, warp_synthetic: bool = False,
-                   classifier_steps: int = 400, unlabelled: bool = False,
+                   classifier_steps: int = 400, classifier_min_epochs: int | None = None, unlabelled: bool = False,
                    filter_confidence: float | None = None, pseudo_label_confidence: float | None = None,
                    semi_gan: str | None = None):
     """The study's settings from what a user gives: the preset (--quick or the full protocol), then
     the explicit values (None: StudySettings' default); the GAN config is the study's defaults < the
     config file < overrides."""
     from ganaug.evaluate.classifier import TrainSettings
-    from ganaug.evaluate.study import FULL, QUICK, StudySettings, resolve_gan_config
+    from ganaug.evaluate.study import CLASSIFIER_MIN_EPOCHS, FULL, QUICK, StudySettings, resolve_gan_config
 
     preset = QUICK if quick else FULL
     k_values = parse_ks(ks) if ks is not None else preset["ks"]
@@ -180,7 +180,8 @@ def study_settings(config_file: str | None = None, overrides=(), data: str | Non
         gan_config=cfg.to_dict(), test_fraction=test_fraction, split_seed=split_seed,
         synthetic_per_class=synthetic_per_class, synthetic_fraction=synthetic_fraction,
         truncation=truncation, warp_synthetic=warp_synthetic, unlabelled=unlabelled,
-        classifier=TrainSettings(steps=classifier_steps),
+        classifier=TrainSettings(steps=classifier_steps, min_epochs=CLASSIFIER_MIN_EPOCHS if classifier_min_epochs
+                                 is None else classifier_min_epochs),
         **{name: value for name, value in (("filter_confidence", filter_confidence), ("semi_gan", semi_gan),
                                            ("pseudo_label_confidence", pseudo_label_confidence)) if value is not None})
 
@@ -214,6 +215,8 @@ def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict
     print(report.accuracy_table(summary))
     print()
     print(report.gains_table(summary))
+    print()
+    print(report.recommendation_table(summary))
     log.info("report: %s", out / "report.md")
     return summary
 

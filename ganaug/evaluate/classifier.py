@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,13 @@ class TrainSettings:
     lr: float = 3e-3
     weight_decay: float = 5e-4
     widths: tuple[int, ...] = (32, 64, 64)
+    min_epochs: float = 0.0  # budget(n): at least this many passes over n images, if more than `steps`
+
+    def budget(self, n_images: int) -> TrainSettings:
+        """These settings with `steps` raised to `min_epochs` passes over n_images (a whole batch each).
+        A fixed step count starves large training sets: with 1,257 labelled images, 400 steps pass over
+        each real image about 10 times where half of every batch is synthetic (docs/evaluation.md)."""
+        return replace(self, steps=max(self.steps, math.ceil(self.min_epochs * n_images / self.batch_size)))
 
 
 @dataclass

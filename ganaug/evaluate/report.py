@@ -73,7 +73,34 @@ def summarise(results: dict) -> dict:
                 continue
             diff = mean_interval([a - b for a, b in zip(arms[arm], arms[baseline], strict=True)])
             gains[k][f"{arm} vs {baseline}"] = {**diff, "verdict": verdict(diff)}
-    return {**results, "accuracy": accuracy, "gains": gains}
+    return {**results, "accuracy": accuracy, "gains": gains,
+            "recommendation": {k: recommend(arms) for k, arms in results["accuracy_by_seed"].items()}}
+
+
+# Arm (e) measures the generator (CAS); nobody would train on synthetic images alone when they have real ones.
+NOT_A_RECIPE = ("synthetic",)
+
+
+def recommend(accuracy_by_arm: dict[str, list[float]]) -> dict:
+    """What a user with this many labels should train on: the arm of the highest mean held-out accuracy,
+    and the arms not measurably worse than it (their paired difference to it has an interval reaching
+    zero), in the study's arm order (the simpler recipes first). Synthetic images are worth generating at this K only where an arm that
+    uses them is the best, or where no arm without them is as good."""
+    from ganaug.evaluate.study import uses_synthetic
+
+    recipes = {arm: values for arm, values in accuracy_by_arm.items() if arm not in NOT_A_RECIPE}
+    best = max(recipes, key=lambda arm: np.mean(recipes[arm]))
+    as_good = []
+    for arm, values in recipes.items():
+        if arm == best:
+            continue
+        diff = mean_interval([a - b for a, b in zip(values, recipes[best], strict=True)])
+        if verdict(diff) != "loss":  # too few seeds for a verdict: cannot be told apart either
+            as_good.append({"arm": arm, **diff})
+    without_synthetic = [arm for arm in [best, *(a["arm"] for a in as_good)] if not uses_synthetic(arm)]
+    return {"best": best, "mean": float(np.mean(recipes[best])), "as_good": as_good,
+            "synthetic_needed": not without_synthetic, "verdict_possible": len(recipes[best]) >= MIN_SEEDS_FOR_VERDICT,
+            "best_without_synthetic": without_synthetic[0] if without_synthetic else None}
 
 
 def _json_safe(value):
@@ -133,6 +160,25 @@ def gains_table(summary: dict, markdown: bool = False) -> str:
     return _table(header, rows, markdown)
 
 
+def recommendation_table(summary: dict, markdown: bool = False) -> str:
+    """Per K, the recipe to train on, those as good, and whether the GAN's images are worth making."""
+    header = ["K", "train on", "held-out accuracy (%)", "as good (no measurable difference)", "synthetic images"]
+    rows = []
+    for k, advice in summary["recommendation"].items():
+        best = advice["best"]
+        if not advice["verdict_possible"]:
+            synthetic = f"too few seeds (< {MIN_SEEDS_FOR_VERDICT}) to tell"
+        elif advice["synthetic_needed"]:
+            synthetic = "worth making: no recipe without them is as good"
+        elif advice["best_without_synthetic"] != best:
+            synthetic = f"optional: {ARM_LABELS[advice['best_without_synthetic']]} is as good without them"
+        else:
+            synthetic = "not worth making: the best recipe uses none"
+        rows.append([k, ARM_LABELS[best], f"{100 * advice['mean']:.1f}",
+                     ", ".join(ARM_LABELS[a["arm"]] for a in advice["as_good"]) or "-", synthetic])
+    return _table(header, rows, markdown)
+
+
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -186,7 +232,8 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         f"{p['synthetic_per_class']} synthetic images per class (truncation {p['truncation'] or 'off'}) made "
         f"{round(100 * p['synthetic_fraction'])}% of each classifier batch in arms (c) and (d). "
         f"Classifier: a {len(p['classifier']['widths'])}-layer CNN, {p['classifier']['steps']} steps of batch "
-        f"{p['classifier']['batch_size']}, the same for every arm; {p['seeds']} seeds per arm"
+        f"{p['classifier']['batch_size']}{_epochs(p['classifier'])}, the same for every arm of a K; "
+        f"{p['seeds']} seeds per arm"
         f"{' and split' if 'split_seeds' in p else ''}. "
         + (f"Synthetic images kept only where the arm-(b) classifier gives their class at least "
            f"{p['filter_confidence']}. " if p.get("filter_confidence") else "")
@@ -206,6 +253,13 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
         "## Paired differences (same seed), in accuracy points",
         "",
         gains_table(summary, markdown=True),
+        "",
+        "## What to train on",
+        "",
+        "Per K, the arm of the highest mean accuracy and those not measurably worse than it (the paired "
+        "difference to it has an interval reaching zero). Arm (e) is the generator's score, not a recipe.",
+        "",
+        recommendation_table(summary, markdown=True),
         "",
         "## GAN quality",
         "",
@@ -231,6 +285,11 @@ def study_markdown(summary: dict, elapsed_s: float | None = None) -> str:
     if elapsed_s is not None:
         lines += [f"Wall time of the run that finished the study: {elapsed_s:.0f} s.", ""]
     return "\n".join(lines)
+
+
+def _epochs(classifier: dict) -> str:
+    epochs = classifier.get("min_epochs")
+    return f" or {epochs:g} passes over the K labelled images where that is more" if epochs else ""
 
 
 def _splits(protocol: dict) -> str:

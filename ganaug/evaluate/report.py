@@ -84,8 +84,8 @@ NOT_A_RECIPE = ("synthetic",)
 def recommend(accuracy_by_arm: dict[str, list[float]]) -> dict:
     """What a user with this many labels should train on: the arm of the highest mean held-out accuracy,
     and the arms not measurably worse than it (their paired difference to it has an interval reaching
-    zero), in the study's arm order (the simpler recipes first). Synthetic images are worth generating at this K only where an arm that
-    uses them is the best, or where no arm without them is as good."""
+    zero), in the study's arm order (the simpler recipes first). The GAN's images are worth making at this
+    K only where no arm without them is as good as the best."""
     from ganaug.evaluate.study import uses_synthetic
 
     recipes = {arm: values for arm, values in accuracy_by_arm.items() if arm not in NOT_A_RECIPE}

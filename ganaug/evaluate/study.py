@@ -92,7 +92,8 @@ TEACHER_ARM = "real+classical"  # its classifier filters the synthetic images an
 ALL = None  # K = all labelled training images
 # Every arm trains at least 400 steps, or this many passes over the K labelled images where that is more
 # (K = all, on the digits): at 400 steps the mixed arms at K = all saw each real image about 10 times
-# (half of each batch is synthetic) and lost 0.3 points to arm (b) (docs/evaluation.md).
+# (half of each batch is synthetic); (d) - (b) was -0.2 [-0.4, +0.0] there, -0.1 [-0.3, +0.1] with
+# the floor, on the same GANs (18 units; docs/evaluation.md, "All labels: the classifier's budget").
 CLASSIFIER_MIN_EPOCHS = 60
 
 # The study's GAN settings, under the user's config file and key=value overrides (see

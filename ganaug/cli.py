@@ -340,6 +340,31 @@ def _report(line: str) -> None:
         print(line, file=sys.stderr)
 
 
+def launch_main(argv: list[str] | None = None) -> int:
+    """`python -m ganaug.launch`: torchrun's arguments, parsed by torchrun's own parser (a mistake in
+    them is one line); the ganaug command it will start is checked once by `preflight` before any
+    worker starts; then torchrun runs (ganaug.launch)."""
+    from torch.distributed.run import get_args_parser
+
+    from ganaug.launch import ganaug_arguments, run_torchrun
+
+    parser = get_args_parser()
+    parser.prog = "python -m ganaug.launch"
+
+    def usage_error(message: str):  # torchrun's own arguments: one line too, not argparse's usage block
+        print(f"ganaug launch: error: {one_line(message)} (see python -m ganaug.launch --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = usage_error
+    args = parser.parse_args(argv)
+    command = ganaug_arguments(args)
+    if command is not None:
+        status = preflight(command)
+        if status:
+            return status
+    return run_torchrun(args)
+
+
 def preflight(argv: list[str]) -> int:
     """What `python -m ganaug.launch` checks once, before it starts any worker: the arguments and,
     for `train`, the config, the run directory and the data source's name. A mistake found here is

@@ -431,10 +431,10 @@ def test_a_worker_leaves_its_line_only_for_the_launcher_that_started_it(tmp_path
     (["--no-such-flag", "-m", "ganaug", "train"], "unrecognized arguments: --no-such-flag"),
 ])
 def test_torchruns_own_argument_mistakes_are_one_line_too(argv, fragment, capsys):
-    from ganaug.launch.__main__ import main
+    from ganaug.cli import launch_main
 
     with pytest.raises(SystemExit) as stopped:
-        main(argv)
+        launch_main(argv)
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ganaug launch: error: ") and fragment in err, err

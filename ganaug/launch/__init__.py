@@ -1,4 +1,4 @@
-"""torchrun, with a user error as one clean line at the end (`python -m ganaug.launch`, __main__.py).
+"""torchrun, with a user error as one clean line at the end (`python -m ganaug.launch`).
 
     python -m ganaug.launch --standalone --nproc-per-node 2 -m ganaug train --run-dir runs/a ...
 
@@ -7,7 +7,7 @@ Plain torchrun reports a worker that exits with a ganaug error (status 2) as a f
 the worker's one line is buried under torchrun's traceback and failure table. Here:
 
 - Before any worker starts, `ganaug train`'s arguments, config, run directory and data source names
-  are checked once (__main__.py, with `ganaug.cli.preflight`): a typo is one line, without N
+  are checked once (by the command line, `ganaug.cli.launch_main`): a typo is one line, without N
   workers importing torch.
 - Each worker started by this process leaves its error line in a folder of this process's (see
   ganaug.errors) instead of printing it. When torchrun reports failed workers and every failure is

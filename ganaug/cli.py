@@ -237,8 +237,8 @@ def _add_evaluate(sub) -> None:
                    help="the rest of the train split as unlabelled images: self-training, a GAN trained on them, "
                         "and self-training with a teacher that saw the synthetic images")
     s.add_argument("--semi-gan", choices=("unconditional", "pseudo"),
-                   help="with --unlabelled, how the second GAN uses those images: all without labels, or the "
-                        "confident pseudo-labels as labels and the rest without (default pseudo)")
+                   help="with --unlabelled, how the second GAN uses those images: all without labels, and with "
+                        "pseudo the confident pseudo-labels as labels too (default pseudo)")
     s.add_argument("--filter-confidence", type=fraction,
                    help="keep synthetic images the arm-(b) classifier gives their class with this probability "
                         "(default 0.9; 0: all)")

@@ -113,18 +113,19 @@ def test_a_study_from_before_the_epoch_floor_resumes_with_it_off(tmp_path):
         Study(tmp_path, settings())
 
 
-@pytest.mark.parametrize("earlier", [
-    {"filter_path": "ganaug sample --filter"},  # protocol 2, filtered: it named how it filtered
-    {},  # protocol 1 (and 2 unfiltered): no mark at all
+@pytest.mark.parametrize("earlier, protocol", [
+    ({"protocol": 3}, 3),  # the semi GAN saw only the unlabelled images the teacher could not label
+    ({"filter_path": "ganaug sample --filter"}, 2),  # protocol 2, filtered: it named how it filtered
+    ({}, 1),  # protocol 1 (and 2 unfiltered): no mark at all
 ])
-def test_a_study_of_an_earlier_protocol_is_not_resumed(tmp_path, earlier):
+def test_a_study_of_an_earlier_protocol_is_not_resumed(tmp_path, earlier, protocol):
     Study(tmp_path, settings(filter_confidence=0.9)).state.record("gan/k5", {"steps": 4})
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["settings"]["protocol"] == study.PROTOCOL
     del state["settings"]["protocol"]
     state["settings"].update(earlier)  # as a study of an earlier version recorded it
     (tmp_path / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match=rf"study of protocol {2 if earlier else 1}, whose arms mean other things"):
+    with pytest.raises(UserError, match=rf"study of protocol {protocol}, whose arms mean other things"):
         Study(tmp_path, settings(filter_confidence=0.9))
 
 
@@ -330,11 +331,12 @@ def test_unlabelled_images_pseudo_labels_and_the_filter(tmp_path, monkeypatch):
     assert torch.equal(labels, truth % 3) and right == pytest.approx(float((truth < 3).float().mean()))
 
     # a GAN that learns from pseudo-labels gets the labelled images and the sure ones, with the
-    # teacher's labels; the rest stay unlabelled
-    labelled_npz, rest_npz = study_.pseudo_labelled_npz(5)
-    with np.load(labelled_npz) as labelled, np.load(rest_npz) as rest:
-        assert len(labelled["labels"]) == 50 + len(kept) and len(rest["images"]) == len(unlabelled) - len(kept)
-        assert np.array_equal(labelled["labels"][50:], labels.numpy()) and "labels" not in rest.files
+    # teacher's labels (and every unlabelled image without labels: the end-to-end test below)
+    with np.load(study_.pseudo_labelled_npz(5)) as labelled:
+        assert len(labelled["labels"]) == 50 + len(kept)
+        sure = unlabelled[unlabelled % 2 == 0]
+        assert np.array_equal(labelled["images"][50:], images[sure].permute(0, 2, 3, 1).numpy())
+        assert np.array_equal(labelled["labels"][50:], labels.numpy())
 
     # The filter is the sampler's (`ganaug sample --filter`), with the teacher exported to ONNX: a
     # generator of 300 digits, each kept iff the teacher's probability of its label is >= 0.9.
@@ -392,9 +394,11 @@ def test_the_unlabelled_arms_end_to_end_and_the_synthetic_taught_teacher(tmp_pat
     results = first.run()
     assert set(results["accuracy_by_seed"]["5"]) == set(ARMS) | set(UNLABELLED_ARMS)
     assert teachers == ["real+classical", "real+classical", "real+classical+synthetic"]  # arms (f), (h), (i)
-    # At confidence 0 the teacher labels every unlabelled image: the semi GAN has no unlabelled rest left.
+    # The semi GAN learns the classes from the labelled and pseudo-labelled images, and the images from
+    # every unlabelled one too, even where (confidence 0) the teacher labelled them all.
     semi_gan = yaml.safe_load((tmp_path / "study" / "gan_k5_unlabelled" / "config.yaml").read_text())
-    assert semi_gan["data"]["unlabelled"] == ""
+    assert semi_gan["data"]["source"] == str(first.pseudo_labelled_npz(5))
+    assert semi_gan["data"]["unlabelled"] == str(first.unlabelled_npz(5))
 
     units = json.loads((tmp_path / "study" / "state.json").read_text())["units"]
     taught, plain = units["result/k5/synthetic-taught self-training/seed0"], units["result/k5/self-training/seed0"]

@@ -343,10 +343,10 @@ def _report(line: str) -> None:
 def launch_main(argv: list[str] | None = None) -> int:
     """`python -m ganaug.launch`: torchrun's arguments, parsed by torchrun's own parser (a mistake in
     them is one line); the ganaug command it will start is checked once by `preflight` before any
-    worker starts; then torchrun runs (ganaug.launch)."""
+    worker starts; then torchrun runs (ganaug.torchrun)."""
     from torch.distributed.run import get_args_parser
 
-    from ganaug.launch import ganaug_arguments, run_torchrun
+    from ganaug.torchrun import ganaug_arguments, run_torchrun
 
     parser = get_args_parser()
     parser.prog = "python -m ganaug.launch"

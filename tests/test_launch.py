@@ -392,7 +392,7 @@ def _failure(tmp_path: Path, pid: int, exitcode: int, line: str | None = None):
 
 
 def test_error_lines_explain_a_failure_only_when_every_failed_worker_left_a_line_or_was_stopped(tmp_path):
-    from ganaug.launch import error_lines
+    from ganaug.torchrun import error_lines
 
     stopped, killed = -int(signal.SIGTERM), -int(signal.SIGKILL)
     user = {0: _failure(tmp_path, 10, stopped), 1: _failure(tmp_path, 11, 2, "ganaug train: error: b")}
@@ -736,7 +736,7 @@ def test_sample_array_shards_with_the_real_sampler_equal_one_unsharded_run(tmp_p
 # ------------------------------------------------------------------------------------------ Kubernetes
 
 
-# torchrun with one clean error line (ganaug/launch/), as every training launcher starts it.
+# torchrun with one clean error line (ganaug/torchrun.py), as every training launcher starts it.
 TORCHRUN = ["python3", "-m", "ganaug.launch"]
 
 

@@ -1,4 +1,4 @@
-"""`python -m ganaug.launch`: torchrun with a user error as one clean line (ganaug/launch/__init__.py).
+"""`python -m ganaug.launch`: torchrun with a user error as one clean line (ganaug/torchrun.py).
 
     python -m ganaug.launch --standalone --nproc-per-node 2 -m ganaug train --run-dir runs/a ...
 

@@ -1,4 +1,4 @@
-"""Datasets for training: the embedded digits, image folders, .npz files and torchvision datasets.
+"""Datasets for training: the embedded digits and mnist5k, image folders, .npz files and torchvision datasets.
 
 `load_dataset` returns an `ImageData`: uint8 images at the model's resolution held in memory, or,
 for an image folder too large for memory, the list of files to stream. Labels are int64 class
@@ -19,6 +19,7 @@ from ganaug.errors import UserError
 
 log = logging.getLogger(__name__)
 
+EMBEDDED_SOURCES = ("digits", "mnist5k")  # read from files installed packages ship: never downloaded
 TORCHVISION_SOURCES = ("mnist", "fashion_mnist", "cifar10")
 
 
@@ -71,8 +72,8 @@ def check_sources(cfg: DataConfig) -> None:
 
 def _check_name(source: str) -> None:
     if not source.strip():
-        raise DataError("is empty; name a dataset (digits, mnist, fashion_mnist, cifar10), a folder or a .npz file")
-    if source == "digits" or source in TORCHVISION_SOURCES or Path(source).exists():
+        raise DataError("is empty; name a dataset (digits, mnist5k, mnist, fashion_mnist, cifar10), a folder or a .npz file")
+    if source in EMBEDDED_SOURCES or source in TORCHVISION_SOURCES or Path(source).exists():
         return
     if Path(source).suffix.lower() == ".npz":
         raise DataError(f"{Path(source)} does not exist")
@@ -86,6 +87,10 @@ def _load(cfg: DataConfig) -> ImageData:
         from ganaug.data.digits import load_digits
 
         return load_digits(cfg.resolution, cfg.channels)
+    if source == "mnist5k":
+        from ganaug.data.mnist5k import load_mnist5k
+
+        return load_mnist5k(cfg.resolution, cfg.channels)
     if source in TORCHVISION_SOURCES:
         from ganaug.data.torchvision_sets import load_torchvision
 

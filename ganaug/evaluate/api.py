@@ -44,10 +44,11 @@ def check_writable(out: Path) -> None:
 
 def check_data_source(source: str, flag: str) -> None:
     """A misspelt dataset name is caught before a model is loaded or a directory made."""
-    from ganaug.data import TORCHVISION_SOURCES
+    from ganaug.data import EMBEDDED_SOURCES, TORCHVISION_SOURCES
 
-    if source != "digits" and source not in TORCHVISION_SOURCES and not Path(source).exists():
-        raise UserError(f"{flag}: {source!r} is not a known dataset (digits, {', '.join(TORCHVISION_SOURCES)}), "
+    known = (*EMBEDDED_SOURCES, *TORCHVISION_SOURCES)
+    if source not in known and not Path(source).exists():
+        raise UserError(f"{flag}: {source!r} is not a known dataset ({', '.join(known)}), "
                         "an image folder or a .npz file")
 
 

@@ -103,7 +103,7 @@ def units(out: Path, k: int, per_class: int, warps: int, shares: bool):
 
     from ganaug.config import config_from_dict
     from ganaug.data import load_dataset
-    from ganaug.evaluate.classifier import random_affine
+    from ganaug.evaluate.policies import random_affine
     from ganaug.evaluate.study import k_per_class, read_synthetic, stratified_split
 
     folders = sorted(out.glob("split*/state.json")) or [out / "state.json"]

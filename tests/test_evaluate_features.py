@@ -10,7 +10,7 @@ from ganaug.config import DataConfig
 from ganaug.data import load_dataset
 from ganaug.errors import UserError
 from ganaug.evaluate import features
-from ganaug.evaluate.classifier import random_affine
+from ganaug.evaluate.policies import random_affine
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from onnx_models import make_model
 from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.evaluate import classifier as study_classifier
-from ganaug.evaluate import features, study
+from ganaug.evaluate import features, policies, study
 from ganaug.evaluate.classifier import TrainingSet, TrainSettings
 from ganaug.evaluate.report import mean_interval, verdict
 from ganaug.evaluate.study import (
@@ -144,8 +144,8 @@ def test_the_mixed_arms_leave_the_synthetic_images_unwarped(tmp_path, monkeypatc
     """What train_classifier warps: the real rows of each batch (the border-padded warp moves ink),
     the synthetic rows exactly as the sampler drew them."""
     seen = []
-    original = study_classifier.random_affine
-    monkeypatch.setattr(study_classifier, "random_affine", lambda x, g: seen.append(len(x)) or original(x, g))
+    original = policies.random_affine
+    monkeypatch.setattr(policies, "random_affine", lambda x, g: seen.append(len(x)) or original(x, g))
     real = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(20) % 2
     data = TrainingSet(real, labels, real.flip(3), labels, synthetic_fraction=0.5)

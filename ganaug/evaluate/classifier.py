@@ -1,7 +1,7 @@
 """The small CNN used twice: as the downstream classifier of the study and as the feature network.
 
 Training works on whole tensors: the dataset is one uint8 tensor, a batch is one index operation,
-classical augmentation is one batched affine warp, and the forward pass runs under bf16 autocast on
+classical augmentation is a policy of policies.py, and the forward pass runs under bf16 autocast on
 CPUs that have it. A batch may mix real and synthetic images in a fixed proportion, so a handful of
 real images is never drowned by thousands of synthetic ones.
 """
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganaug.errors import UserError
+from ganaug.evaluate.policies import build_policy
 from ganaug.train.precision import Precision
 
 
@@ -49,29 +50,6 @@ class SmallCNN(nn.Module):
 def to_input(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float in [-1, 1], the classifier's input."""
     return images_u8.float().div(127.5).sub(1.0)
-
-
-def random_affine(images: torch.Tensor, generator: torch.Generator, max_rotate_deg: float = 12.0,
-                  max_shift: float = 0.12, scale_range: float = 0.1, max_shear_deg: float = 8.0) -> torch.Tensor:
-    """Classical augmentation: a random rotation, shift, scale and shear per image, in one warp.
-
-    images: float [N, C, H, W]; max_shift is a fraction of the image side. Pixels pulled from outside
-    the image repeat the border (the background for centred objects such as digits).
-    """
-    n = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator) * (high - low) + low
-
-    angle = torch.deg2rad(uniform(-max_rotate_deg, max_rotate_deg))
-    shear = torch.deg2rad(uniform(-max_shear_deg, max_shear_deg))
-    scale = uniform(1 - scale_range, 1 + scale_range)
-    shift = torch.stack([uniform(-max_shift, max_shift), uniform(-max_shift, max_shift)], dim=1) * 2  # [-1, 1] coords
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin + torch.tan(shear) * cos, shift[:, 0]], dim=1),
-                         torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1)  # [N, 2, 3], output -> input
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @dataclass(frozen=True)
@@ -124,14 +102,15 @@ def autocast(device: torch.device):
 
 
 def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSettings, seed: int,
-                     augment: bool = False, device: torch.device | None = None) -> SmallCNN:
+                     augment: bool = False, device: torch.device | None = None, policy: str = "affine") -> SmallCNN:
     """A SmallCNN trained for a fixed number of steps (AdamW, cosine decay); the same seed gives
     the same weights. Every arm of the study gets the same step budget whatever its data size.
-    augment: classical augmentation (random_affine) of the real images, and of the synthetic ones
-    too where data.warp_synthetic says so."""
+    augment: classical augmentation (`policy`, one of policies.POLICIES) of the real images, and of
+    the synthetic ones too where data.warp_synthetic says so."""
     device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # weight initialisation
+    torch.manual_seed(seed)  # weight initialisation, and the draws of torchvision's policies
+    warp = build_policy(policy, data.real_images.shape[-1]) if augment else None
     model = SmallCNN(data.real_images.shape[1], num_classes, settings.widths).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -140,8 +119,8 @@ def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSetting
     for _ in range(settings.steps):
         images_u8, labels, n_warped = data.batch(settings.batch_size, generator)
         x = images_u8.float().div(255.0)
-        if augment and n_warped:
-            x = torch.cat([random_affine(x[:n_warped], generator), x[n_warped:]])
+        if warp is not None and n_warped:
+            x = torch.cat([warp(x[:n_warped], generator), x[n_warped:]])
         x, labels = (x * 2 - 1).to(device), labels.to(device)
         with autocast(device):
             logits = model(x)

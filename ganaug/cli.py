@@ -196,6 +196,71 @@ def _run_sample(args) -> int:
     return sample_main(args)
 
 
+# ---------------------------------------------------------------------------------- augment
+
+
+def _add_augment(sub) -> None:
+    p = sub.add_parser("augment", help="the training set that measurably makes a classifier best",
+                       description="From labelled images (and optionally unlabelled ones and a generator), write "
+                                   "the training set that cross-validation on the labelled images says is best: an "
+                                   "ImageFolder tree, manifest.csv, teacher.onnx, report.md. Re-running resumes.")
+    p.add_argument("--labelled", required=True, help="labelled images: digits | mnist5k | a class-folder tree | "
+                                                     ".npz with labels | mnist | fashion_mnist | cifar10")
+    p.add_argument("--unlabelled", help="unlabelled images, any source kind (streamed when large)")
+    p.add_argument("--model", help="a ganaug generator ONNX of the same classes (default: augment trains its own)")
+    p.add_argument("--out", required=True, help="output directory (empty or new; work files go to OUT.work)")
+    p.add_argument("--work-dir", help="where the state, fold generators and teachers go (default: OUT.work)")
+    p.add_argument("--seed", type=seed, default=0, help="folds, classifiers and latents")
+    p.add_argument("--shard", metavar="INDEX/COUNT", help="pseudo-label part INDEX of COUNT of the unlabelled images")
+    p.add_argument("--synthetic", default="auto", choices=("auto", "never"),
+                   help="auto: synthetic images where the estimate says they help; never: no generator")
+    p.add_argument("--policy", default="auto",
+                   choices=("auto", "affine", "elastic", "trivialaugment", "randaugment"),
+                   help="classical augmentation of the estimate's classifier (auto: the best on the folds)")
+    p.add_argument("--folds", type=whole_number(2, 100, "2..100"), default=5, help="folds of the labelled images")
+    p.add_argument("--seeds", type=whole_number(1, 100, "1..100"), default=1, help="classifier seeds per fold")
+    p.add_argument("--gan-steps", type=step_count, default=2000, help="steps of each generator augment trains")
+    p.add_argument("--synthetic-per-class", type=whole_number(1, 10**6, "1..10^6"), default=500,
+                   help="synthetic images kept per class (after the filter)")
+    p.add_argument("--synthetic-share", type=fraction, default=0.5, help="the synthetic images' share of a batch")
+    p.add_argument("--min-confidence", type=fraction, default=0.9,
+                   help="the teacher's probability of its class a synthetic image needs")
+    p.add_argument("--pseudo-label-confidence", type=fraction, default=0.9,
+                   help="the teacher's probability an unlabelled image needs to be kept with its label")
+    p.add_argument("--classifier-steps", type=step_count, default=400, help="steps of each classifier (at least)")
+    p.add_argument("--estimate-unlabelled", type=whole_number(1, 10**6, "1..10^6"), default=2000,
+                   help="unlabelled images the estimate pseudo-labels in each fold")
+    p.add_argument("--config", help="GAN config file (YAML) for the generators augment trains")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. data.resolution=28")
+    p.set_defaults(run=_run_augment)
+
+
+def _run_augment(args) -> int:
+    from ganaug.augment import AugmentSettings, run
+    from ganaug.evaluate.study import resolve_gan_config
+    from ganaug.sampler.shards import parse_shard
+
+    shard = parse_shard(args.shard)
+    cfg = resolve_gan_config(args.config, args.overrides)
+    settings = AugmentSettings(
+        labelled=args.labelled, out=args.out, unlabelled=args.unlabelled, model=args.model, synthetic=args.synthetic,
+        seed=args.seed, folds=args.folds, seeds=args.seeds, policy=args.policy, gan_config=cfg.to_dict(),
+        gan_steps=args.gan_steps, synthetic_per_class=args.synthetic_per_class,
+        synthetic_share=args.synthetic_share, filter_confidence=args.min_confidence,
+        pseudo_label_confidence=args.pseudo_label_confidence, classifier_steps=args.classifier_steps,
+        estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir, shard=shard,
+        progress=not args.no_progress)
+    result = run(settings)
+    if not result.complete:
+        print(f"shard {shard} done; the set is finished by the last shard to end")
+        return 0
+    for line in result.report["sentences"]:
+        print(line)
+    print(f"training set: {result.out} (manifest.csv, teacher.onnx, report.md)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- evaluate
 
 
@@ -308,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ganaug", description="GAN-based data augmentation.")
     parser.add_argument("--version", action="version", version=f"ganaug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for add in (_add_train, _add_export, _add_sample, _add_evaluate, _add_bench):
+    for add in (_add_train, _add_export, _add_sample, _add_augment, _add_evaluate, _add_bench):
         add(sub)
     return parser
 

@@ -1,0 +1,418 @@
+"""`ganaug augment` as a library: `run(AugmentSettings(...)) -> AugmentResult`.
+
+1. Estimate, on the user's labels: stratified folds of the labelled images; in each fold the same
+   classifier trains on the fold's labelled images with classical augmentation (the policy chosen
+   on the folds when --policy auto), then with each ingredient: pseudo-labels of the unlabelled
+   images (self-training), synthetic images of a generator that saw only the fold's labelled images
+   (filtered by the fold's teacher), and both (the pseudo-labels then come from the classifier that
+   saw the synthetic images). Accuracy on the held-out fold; paired differences (estimate.py).
+2. Decide: an ingredient is kept only where its interval is above zero.
+3. Write: the labelled images, and the kept ingredients made with a teacher trained on every
+   labelled image (and a generator trained on every labelled image, or --model), into DIR
+   (output.py); teacher.onnx; report.md and report.json.
+
+Every finished unit is recorded in the work directory's state.json, so an interrupted run resumes;
+`--shard I/N` splits the pseudo-labelling of a large unlabelled pool across processes (the
+estimate and the teacher are made once, under a lock, by whichever process comes first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganaug.augment import output
+from ganaug.augment.estimate import Difference, corrected_difference, stratified_folds
+from ganaug.augment.pool import UnlabelledPool
+from ganaug.augment.settings import AugmentSettings
+from ganaug.augment.synthetic import keep_first_per_class, torch_scorer, train_generator
+from ganaug.config import config_from_dict
+from ganaug.data import load_dataset
+from ganaug.errors import UserError
+from ganaug.evaluate.classifier import (
+    SmallCNN,
+    TrainingSet,
+    TrainSettings,
+    accuracy,
+    export_classifier_onnx,
+    predict_proba,
+    train_classifier,
+)
+from ganaug.files import sha256_of, write_atomic
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH = "classical", "self-training", "synthetic", "self-training+synthetic"
+ARMS = (CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH)
+
+
+@dataclass(frozen=True)
+class AugmentResult:
+    out: Path
+    complete: bool  # False: other shards of the unlabelled pool have not finished
+    report: dict
+
+
+def run(settings: AugmentSettings) -> AugmentResult:
+    out, work = settings.out_path, settings.work_path
+    output.claim(out, work)
+    with _locked(work / "lock"):
+        job = _Job(settings)
+        job.prepare()
+    job.write_pool_part()
+    with _locked(work / "lock"):
+        return job.finish()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One process at a time prepares and finishes (shards wait here, then reuse what it made)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _State:
+    """work/state.json: the settings and every finished unit, rewritten atomically after each."""
+
+    def __init__(self, path: Path, fingerprint: dict):
+        self.path = path
+        self.units: dict = {}
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(saved, dict) or not isinstance(saved.get("units"), dict):
+                    raise ValueError("not an object with settings and units")
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path} is not a ganaug augment state ({exc}); delete the work directory "
+                                f"{path.parent} and --out to start afresh") from None
+            if saved.get("format") != STATE_FORMAT or saved.get("settings") != json.loads(json.dumps(fingerprint)):
+                raise UserError(f"{path.parent} holds a run of ganaug augment with other settings; use another "
+                                "--out (or the same settings to resume it)")
+            self.units = saved["units"]
+        self.fingerprint = fingerprint
+        self._write()  # from now on, a run with other settings is refused
+
+    def _write(self) -> None:
+        write_atomic(self.path, json.dumps({"format": STATE_FORMAT, "settings": self.fingerprint,
+                                            "units": self.units}, indent=1))
+
+    def get(self, key: str):
+        return self.units.get(key)
+
+    def record(self, key: str, value) -> None:
+        self.units[key] = value
+        self._write()
+
+
+class _Job:
+    def __init__(self, settings: AugmentSettings):
+        from ganaug.evaluate.api import use_all_cores
+
+        self.s = settings
+        self.out, self.work = settings.out_path, settings.work_path
+        self.gan = config_from_dict(settings.gan_config)
+        use_all_cores(self.gan.train.threads)
+        resolution, channels = self.gan.data.resolution, self.gan.data.channels
+        self.model = Path(settings.model) if settings.model else None
+        if self.model is not None:
+            from ganaug.sampler import Sampler
+
+            meta = Sampler.load(self.model).meta
+            height, width, channels = meta.image_shape
+            if height != width:
+                raise UserError(f"--model {self.model}: its images are {height}x{width}; augment needs square images")
+            resolution = height
+        data_cfg = replace(self.gan.data, source=settings.labelled, resolution=resolution, channels=channels,
+                           in_memory=True)
+        self.data = load_dataset(data_cfg, key="--labelled")
+        if self.data.labels is None:
+            raise UserError(f"--labelled {settings.labelled} has no labels (a flat folder or an .npz without "
+                            "labels); give class sub-folders or labels, and pass unlabelled images as --unlabelled")
+        self.class_names = list(self.data.class_names)
+        present = torch.bincount(self.data.labels, minlength=len(self.class_names))
+        if (present == 0).any():
+            missing = [self.class_names[i] for i in torch.nonzero(present == 0).flatten().tolist()]
+            raise UserError(f"--labelled {settings.labelled} names classes without any image ({', '.join(missing[:5])}); "
+                            "every class needs labelled images")
+        if self.model is not None and list(meta.class_names) != self.class_names:
+            raise UserError(f"--model {self.model} draws classes {list(meta.class_names)[:10]}, the labelled images "
+                            f"have {self.class_names[:10]}: a generator of the same classes, in the same order, is needed")
+        self.pool = (UnlabelledPool.load(settings.unlabelled, data_cfg, self.data.channels)
+                     if settings.unlabelled else None)
+        self.state = _State(self.work / output.STATE, settings.fingerprint())
+        self.tree = output.Tree(self.out, self.class_names)
+        self.image_shape = (resolution, resolution, self.data.channels)
+
+    # -- the classifier every arm trains ------------------------------------------------------
+
+    def _budget(self, n_labelled: int) -> TrainSettings:
+        return TrainSettings(steps=self.s.classifier_steps, min_epochs=self.s.classifier_min_epochs).budget(n_labelled)
+
+    def _train(self, images, labels, n_labelled: int, seed: int, policy: str, synthetic=None) -> SmallCNN:
+        """The one classifier recipe: every image warped by the policy, the user's training loop
+        warps every image of the folder it gets too; synthetic images take their share of each batch."""
+        data = TrainingSet(images, labels, warp_synthetic=True)
+        if synthetic is not None and len(synthetic[0]):
+            data = TrainingSet(images, labels, synthetic[0], synthetic[1], synthetic_fraction=self.s.synthetic_share,
+                               warp_synthetic=True)
+        return train_classifier(data, len(self.class_names), self._budget(n_labelled), seed=seed, augment=True,
+                                policy=policy)
+
+    def _pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        confidence, labels = predict_proba(teacher, images).max(1)
+        keep = confidence >= self.s.pseudo_label_confidence
+        return images[keep], labels[keep]
+
+    def _synthetic(self, model: Path, teacher: SmallCNN):
+        from ganaug.sampler import Sampler
+
+        kept = keep_first_per_class(Sampler.load(model), torch_scorer(teacher), self.s.synthetic_per_class,
+                                    self.s.filter_confidence, seed=self.s.seed)
+        return kept, (torch.from_numpy(kept.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(kept.labels))
+
+    # -- 1. the estimate ---------------------------------------------------------------------
+
+    def _arms(self) -> tuple[str, ...]:
+        arms = [CLASSICAL]
+        if self.pool is not None:
+            arms.append(SELF_TRAINING)
+        if self.s.uses_generator:
+            arms.append(SYNTHETIC)
+            if self.pool is not None:
+                arms.append(BOTH)
+        return tuple(arms)
+
+    def _fold_generator(self, fold: int, train_index: np.ndarray) -> Path:
+        if self.model is not None:
+            return self.model
+        index = torch.as_tensor(train_index)
+        return train_generator(self.data.images[index], self.data.labels[index], self.class_names, self.gan,
+                               self.work / "folds" / f"fold{fold}", self.s.gan_steps)
+
+    def estimate(self) -> dict:
+        """Per arm, the held-out accuracy of every fold (the mean over its seeds); the policy chosen."""
+        from tqdm import tqdm
+
+        folds = stratified_folds(self.data.labels.numpy(), self.s.folds, self.s.seed)
+        pool_images = None
+        if self.pool is not None:
+            pool_images = self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
+        policies, arms = self.s.policies, self._arms()
+        total = len(folds) * self.s.seeds * (len(policies) + len(arms) - 1)
+        done = sum(1 for key in self.state.units if key.startswith(("policy/", "arm/")))
+        bar = tqdm(total=total, initial=min(done, total), unit="classifier", desc="estimate",
+                   disable=not self.s.progress)
+
+        def accuracy_of(key: str, unit: _FoldUnit, arm: str) -> float:
+            if self.state.get(key) is None:
+                self.state.record(key, accuracy(unit.classifier(arm), *unit.held_out))
+                bar.update(1)
+            return self.state.get(key)
+
+        def units(policy: str):
+            for fold, (train_index, held) in enumerate(folds):
+                yield fold, [_FoldUnit(self, fold, train_index, held, repeat, policy, pool_images)
+                             for repeat in range(self.s.seeds)]
+
+        # The policy first: every fold's teacher then uses the one that is best over all folds.
+        scores = {policy: [accuracy_of(f"policy/{policy}/fold{fold}/seed{unit.repeat}", unit, CLASSICAL)
+                           for fold, fold_units in units(policy) for unit in fold_units] for policy in policies}
+        policy = max(policies, key=lambda p: float(np.mean(scores[p])))  # ties: the first listed
+        per_fold = {arm: [] for arm in arms}
+        for fold, fold_units in units(policy):
+            for arm in arms:
+                keys = [f"{'policy/' + policy if arm == CLASSICAL else 'arm/' + arm}/fold{fold}/seed{unit.repeat}"
+                        for unit in fold_units]
+                per_fold[arm].append(float(np.mean([accuracy_of(key, unit, arm)
+                                                    for key, unit in zip(keys, fold_units, strict=True)])))
+        bar.close()
+        return {"policy": policy, "policy_accuracy": {p: float(np.mean(v)) for p, v in scores.items()},
+                "per_fold": per_fold, "held_out_share": 1 / self.s.folds}
+
+    # -- 2. the decision ---------------------------------------------------------------------
+
+    @staticmethod
+    def decide(estimate: dict) -> dict:
+        """Start from the labelled images with classical augmentation; add an ingredient only where
+        the estimate puts its gain above zero."""
+        per_fold, share = estimate["per_fold"], estimate["held_out_share"]
+
+        def diff(better: str, worse: str) -> Difference:
+            return corrected_difference(better, worse, per_fold[better], per_fold[worse], share)
+
+        differences = {}
+        use_pseudo = use_synthetic = False
+        if SELF_TRAINING in per_fold:
+            differences["pseudo"] = diff(SELF_TRAINING, CLASSICAL)
+            use_pseudo = differences["pseudo"].worth_it
+        if SYNTHETIC in per_fold:
+            differences["synthetic"] = diff(BOTH, SELF_TRAINING) if use_pseudo else diff(SYNTHETIC, CLASSICAL)
+            use_synthetic = differences["synthetic"].worth_it
+        recipe = {(False, False): CLASSICAL, (True, False): SELF_TRAINING, (False, True): SYNTHETIC,
+                  (True, True): BOTH}[use_pseudo, use_synthetic]
+        if recipe != CLASSICAL:
+            differences["recipe"] = diff(recipe, CLASSICAL)
+        return {"recipe": recipe, "pseudo": use_pseudo, "synthetic": use_synthetic,
+                "differences": {name: d.as_dict() for name, d in differences.items()}}
+
+    # -- 3. the output -----------------------------------------------------------------------
+
+    def _save_classifier(self, model: SmallCNN, name: str) -> str:
+        """work/NAME.pt (what shards reload) and DIR/NAME.onnx (the user's); the ONNX file's sha256."""
+        torch.save(model.state_dict(), self.work / f"{name}.pt")
+        path = export_classifier_onnx(model, self.out / f"{name}.onnx", self.image_shape, self.class_names)
+        return sha256_of(path)
+
+    def _load_classifier(self, name: str) -> SmallCNN:
+        model = SmallCNN(self.data.channels, len(self.class_names), self._budget(1).widths)
+        try:
+            model.load_state_dict(torch.load(self.work / f"{name}.pt", weights_only=True))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise UserError(f"{self.work / f'{name}.pt'} is unreadable ({str(exc).splitlines()[0]}); delete "
+                            f"{self.work / output.STATE} and rerun") from None
+        return model.eval()
+
+    def prepare(self) -> None:
+        if self.state.get("prepared"):
+            return
+        start = time.perf_counter()
+        if self.state.get("estimate") is None:
+            self.state.record("estimate", self.estimate())
+        estimate = self.state.get("estimate")
+        decision = self.decide(estimate)
+        policy, seed, n = estimate["policy"], self.s.seed, len(self.data.labels)
+        log.info("recipe: %s (policy %s)", decision["recipe"], policy)
+
+        teacher = self._train(self.data.images, self.data.labels, n, seed, policy)
+        teacher_sha = self._save_classifier(teacher, "teacher")
+        rows = [self.tree.row("real", int(label), i, str(i), None, "")
+                for i, label in enumerate(self.data.labels.tolist())]
+        for i, row in enumerate(rows):
+            self.tree.write(row["path"], self.data.images[i].permute(1, 2, 0).numpy())
+        labeller, labeller_sha, synthetic_info = "teacher", teacher_sha, None
+        if decision["synthetic"]:
+            generator = self.model or train_generator(self.data.images, self.data.labels, self.class_names,
+                                                      self.gan, self.work / "final", self.s.gan_steps)
+            generator_sha = sha256_of(generator)
+            kept, tensors = self._synthetic(generator, teacher)
+            for image, label, score, index in zip(kept.images, kept.labels, kept.scores, kept.indices, strict=True):
+                row = self.tree.row("synthetic", int(label), int(index), str(int(index)), float(score),
+                                    f"generator:{generator_sha}")
+                self.tree.write(row["path"], image)
+                rows.append(row)
+            synthetic_info = {"generator": str(generator), "generator_sha256": generator_sha, "drawn": kept.drawn,
+                              "kept": len(kept.labels)}
+            if decision["pseudo"]:
+                labeller = "synthetic_teacher"
+                labeller_sha = self._save_classifier(
+                    self._train(self.data.images, self.data.labels, n, seed, policy, tensors), labeller)
+        output.write_rows(self.work / "prepared.csv", rows)
+        self.state.record("prepared", {"decision": decision, "labeller": labeller, "labeller_sha256": labeller_sha,
+                                       "teacher_sha256": teacher_sha, "synthetic": synthetic_info,
+                                       "seconds": round(time.perf_counter() - start, 1)})
+
+    def _part(self, shard) -> Path:
+        return self.work / f"pool_part_{shard.index}_of_{shard.count}.csv"
+
+    def write_pool_part(self) -> None:
+        """This shard's pseudo-labelled images (every image i with i % count == index)."""
+        prepared = self.state.get("prepared")
+        shard = self.s.shard
+        if not prepared["decision"]["pseudo"] or self._part(shard).is_file():
+            return
+        from tqdm import tqdm
+
+        labeller, model = self._load_classifier(prepared["labeller"]), f"teacher:{prepared['labeller_sha256']}"
+        indices = np.arange(shard.index, len(self.pool), shard.count)
+        rows = []
+        with tqdm(total=len(indices), unit="img", desc="pseudo-labels", disable=not self.s.progress) as bar:
+            for part, images in self.pool.chunks(indices):
+                confidence, labels = predict_proba(labeller, images).max(1)
+                for row_index in torch.nonzero(confidence >= self.s.pseudo_label_confidence).flatten().tolist():
+                    i = int(part[row_index])
+                    row = self.tree.row("pseudo", int(labels[row_index]), i, self.pool.origin(i),
+                                        float(confidence[row_index]), model)
+                    self.tree.write(row["path"], images[row_index].permute(1, 2, 0).numpy())
+                    rows.append(row)
+                bar.update(len(part))
+        output.write_rows(self._part(shard), rows)
+
+    def finish(self) -> AugmentResult:
+        prepared = self.state.get("prepared")
+        rows = output.read_rows(self.work / "prepared.csv")
+        waiting = []
+        if prepared["decision"]["pseudo"]:
+            count = self.s.shard.count
+            for index in range(count):
+                part = self._part(replace(self.s.shard, index=index))
+                if part.is_file():
+                    rows += output.read_rows(part)
+                else:
+                    waiting.append(index)
+        if waiting:
+            log.info("shard %s done; waiting for shards %s", self.s.shard, waiting[:10])
+            return AugmentResult(self.out, False, {})
+        from ganaug.augment.report import build_report, write_report
+
+        rows = output.with_weights(sorted(rows, key=output.row_order), self.s.synthetic_share)
+        output.write_rows(self.out / output.MANIFEST, rows)
+        report = build_report(self.s, self.state.get("estimate"), prepared, rows, self.class_names,
+                              n_unlabelled=len(self.pool) if self.pool is not None else 0)
+        write_report(self.out, report)
+        self.state.record("complete", True)
+        return AugmentResult(self.out, True, report)
+
+
+class _FoldUnit:
+    """One (fold, classifier seed) of the estimate: its teacher, synthetic images and students, each
+    made once, when the first arm that needs it is measured (a resumed run makes only what is missing)."""
+
+    def __init__(self, job: _Job, fold: int, train_index: np.ndarray, held: np.ndarray, repeat: int, policy: str,
+                 pool_images: torch.Tensor | None):
+        self.job, self.fold, self.train_index, self.repeat, self.policy = job, fold, train_index, repeat, policy
+        self.real, self.real_labels = job.data.images[train_index], job.data.labels[train_index]
+        self.held_out = (job.data.images[held], job.data.labels[held])
+        self.seed = job.s.seed * 10_007 + fold * 101 + repeat
+        self.pool_images = pool_images
+        self._made: dict = {}
+
+    def _once(self, name: str, make):
+        if name not in self._made:
+            self._made[name] = make()
+        return self._made[name]
+
+    def _student(self, pseudo_labeller: SmallCNN | None, with_synthetic: bool) -> SmallCNN:
+        images, labels = self.real, self.real_labels
+        if pseudo_labeller is not None:
+            extra, extra_labels = self.job._pseudo(pseudo_labeller, self.pool_images)
+            images, labels = torch.cat([images, extra]), torch.cat([labels, extra_labels])
+        return self.job._train(images, labels, len(self.real), self.seed, self.policy,
+                               self.synthetic() if with_synthetic else None)
+
+    def synthetic(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fold generator's images that this unit's teacher keeps (the generator saw this fold's
+        labelled images only)."""
+        return self._once("synthetic", lambda: self.job._synthetic(
+            self.job._fold_generator(self.fold, self.train_index), self.classifier(CLASSICAL))[1])
+
+    def classifier(self, arm: str) -> SmallCNN:
+        recipes = {
+            CLASSICAL: lambda: self._student(None, False),  # the teacher
+            SELF_TRAINING: lambda: self._student(self.classifier(CLASSICAL), False),
+            SYNTHETIC: lambda: self._student(None, True),
+            BOTH: lambda: self._student(self.classifier(SYNTHETIC), True),  # taught by the synthetic arm
+        }
+        return self._once(f"classifier:{arm}", recipes[arm])

@@ -1,0 +1,86 @@
+"""What an ingredient is worth on the user's own labels: stratified folds, paired differences, and
+an interval that does not pretend the folds are independent.
+
+The folds share most of their training images, so their accuracies are correlated and a plain
+t-interval over them is too narrow. The corrected resampled t-test of Nadeau and Bengio (2003,
+"Inference for the generalization error") widens the variance by the share held out:
+var * (1/J + n_held_out / n_train) for J folds. An ingredient is kept only where the lower end of
+that interval is above zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ganaug.errors import UserError
+
+CONFIDENCE = 0.95
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, held-out indices) per fold: every class split across the folds, seeded."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    fewest = int(counts.min())
+    if fewest < folds:
+        raise UserError(f"class {int(counts.argmin())} has {fewest} labelled image{'s' * (fewest != 1)}; "
+                        f"--folds {folds} holds one out per fold and needs at least {folds} of every class "
+                        f"(use --folds {max(2, fewest)} or label more)" if fewest >= 2 else
+                        f"class {int(counts.argmin())} has {fewest} labelled image; the estimate holds images "
+                        "of every class out and needs at least 2 of each")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(np.sort(train), np.sort(held)) for train, held in splitter.split(np.zeros(len(labels)), labels)]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """An arm against another, in accuracy points over the held-out folds."""
+
+    better: str  # the arm with the ingredient
+    worse: str  # the arm without it
+    mean: float
+    low: float
+    high: float
+    folds: int
+
+    @property
+    def worth_it(self) -> bool:
+        return self.low > 0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "worth_it": self.worth_it}
+
+    def interval_text(self) -> str:
+        if math.isnan(self.low):
+            return f"{self.mean:+.1f} points"
+        return f"{self.mean:+.1f} points [{self.low:+.1f}, {self.high:+.1f}]"
+
+
+def corrected_difference(better: str, worse: str, with_ingredient: list[float], without: list[float],
+                         held_out_share: float) -> Difference:
+    """Paired per-fold accuracies (fractions) -> the mean difference in points and its corrected
+    95% interval (NaN bounds below two folds)."""
+    from scipy import stats
+
+    differences = 100 * (np.asarray(with_ingredient, np.float64) - np.asarray(without, np.float64))
+    folds = len(differences)
+    mean = float(differences.mean())
+    if folds < 2:
+        return Difference(better, worse, mean, math.nan, math.nan, folds)
+    variance = float(differences.var(ddof=1)) * (1 / folds + held_out_share / (1 - held_out_share))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, folds - 1)) * math.sqrt(variance)
+    return Difference(better, worse, mean, mean - half, mean + half, folds)
+
+
+def sentence(difference: Difference, ingredient: str) -> str:
+    """The plain sentence the report gives for one ingredient."""
+    text = difference.interval_text()
+    if difference.worth_it:
+        return f"{ingredient.capitalize()}: {text}, measurably better; kept."
+    if difference.high < 0:
+        return f"{ingredient.capitalize()}: {text}, measurably worse; left out."
+    return f"{ingredient.capitalize()}: {text}, not measurably better; left out."

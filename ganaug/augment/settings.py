@@ -1,0 +1,91 @@
+"""`AugmentSettings`: everything that decides augment's output, checked once before any work.
+
+Its `fingerprint()` is what a resumed run must share with the first one (where to write, which
+shard and the progress bar change how it runs, not what it writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ganaug.errors import UserError
+from ganaug.evaluate.policies import AUTO_POLICIES, POLICIES
+from ganaug.sampler.shards import Shard
+
+SYNTHETIC_CHOICES = ("auto", "never")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    labelled: str  # any data source kind, with labels
+    out: str
+    unlabelled: str | None = None  # any source kind; its labels, if any, are not used
+    model: str | None = None  # a ganaug generator ONNX; None: augment trains one per fold and one on all labels
+    synthetic: str = "auto"  # auto: synthetic images where the estimate says they help; never: no generator at all
+    seed: int = 0  # folds, classifiers, latents: the same seed gives the same output
+    folds: int = 5  # stratified folds of the labelled images for the estimate
+    seeds: int = 1  # classifier seeds per fold (averaged within the fold)
+    policy: str = "auto"  # classical augmentation: one of policies.POLICIES, or auto (chosen on the folds)
+    gan_config: dict = field(default_factory=dict)  # the resolved GAN config (ganaug.config)
+    gan_steps: int = 2000
+    synthetic_per_class: int = 500  # synthetic images kept per class (counted after the filter)
+    synthetic_share: float = 0.5  # the synthetic images' share of every batch (the manifest's weights)
+    filter_confidence: float = 0.9  # the teacher's probability of its class a synthetic image needs
+    pseudo_label_confidence: float = 0.9  # ... and an unlabelled image, to be kept with that label
+    classifier_steps: int = 400
+    classifier_min_epochs: int = 60  # at least this many passes over the labelled images
+    estimate_unlabelled: int = 2000  # unlabelled images the estimate pseudo-labels in each fold
+    work_dir: str | None = None  # default: DIR.work beside DIR
+    shard: Shard = Shard()
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = (
+            (self.synthetic in SYNTHETIC_CHOICES, f"--synthetic must be one of {', '.join(SYNTHETIC_CHOICES)}"),
+            (self.policy in (*POLICIES, "auto"), f"--policy must be auto or one of {', '.join(POLICIES)}"),
+            (2 <= self.folds <= 100, f"--folds must be in 2..100, got {self.folds}"),
+            (1 <= self.seeds <= 100, f"--seeds must be in 1..100, got {self.seeds}"),
+            (0 < self.synthetic_share < 1, f"--synthetic-share must be in (0, 1), got {self.synthetic_share}"),
+            (0 < self.filter_confidence <= 1, f"--min-confidence must be in (0, 1], got {self.filter_confidence}"),
+            (0 < self.pseudo_label_confidence <= 1,
+             f"--pseudo-label-confidence must be in (0, 1], got {self.pseudo_label_confidence}"),
+            (1 <= self.synthetic_per_class <= 10**6, f"--synthetic-per-class must be in 1..10^6, got "
+                                                     f"{self.synthetic_per_class}"),
+            (1 <= self.estimate_unlabelled <= 10**6, f"--estimate-unlabelled must be in 1..10^6, got "
+                                                     f"{self.estimate_unlabelled}"),
+            (not (self.model and self.synthetic == "never"), "--model and --synthetic never contradict each other"),
+        )
+        for holds, message in checks:
+            if not holds:
+                raise UserError(message)
+
+    @property
+    def out_path(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def work_path(self) -> Path:
+        from ganaug.augment.output import work_dir_for
+
+        return Path(self.work_dir) if self.work_dir else work_dir_for(self.out_path)
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return AUTO_POLICIES if self.policy == "auto" else (self.policy,)
+
+    @property
+    def uses_generator(self) -> bool:
+        return self.synthetic != "never"
+
+    def fingerprint(self) -> dict:
+        values = dataclasses.asdict(self)
+        for key in ("out", "work_dir", "shard", "progress"):
+            values.pop(key)
+        gan = {section: dict(keys) for section, keys in values["gan_config"].items() if section not in ("log", "ckpt")}
+        if gan:
+            gan["train"].pop("threads", None)
+            gan["data"].pop("num_workers", None)
+        values["gan_config"] = gan
+        return values

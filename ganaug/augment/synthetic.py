@@ -1,0 +1,97 @@
+"""Synthetic images for augment: a generator trained on given labelled images only, and the first N
+images of each class that the teacher gives their class with confidence.
+
+"N per class" counts images kept, not drawn: image i of the generator (class i % classes) is drawn
+in index order and kept while its class has fewer than N, so the kept set depends on (model, seed,
+teacher, tau, N) alone, never on the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganaug.config import Config
+from ganaug.train import with_overrides
+
+log = logging.getLogger(__name__)
+
+# Draws per class before giving up on filling it: a class the teacher rejects 49 times in 50 is
+# left short (and the report says so) rather than drawn without end.
+MAX_DRAWS_PER_KEPT = 50
+
+
+@dataclass
+class KeptImages:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N]
+    scores: np.ndarray  # float32 [N]: the teacher's probability of the label
+    indices: np.ndarray  # int64 [N]: the generator's image index (with the seed, what made it)
+    drawn: int
+
+
+def keep_first_per_class(sampler, score: Callable[[np.ndarray, np.ndarray], np.ndarray], per_class: int,
+                         min_confidence: float, seed: int, batch_size: int = 256) -> KeptImages:
+    """The first `per_class` images of every class of `sampler` (a ganaug.sampler.Sampler) whose
+    score (the probability of their own class) is at least `min_confidence`."""
+    classes = sampler.meta.num_classes
+    have = np.zeros(classes, np.int64)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    limit = per_class * classes * MAX_DRAWS_PER_KEPT
+    drawn = 0
+    while have.min() < per_class and drawn < limit:
+        for batch in sampler.batches(min(batch_size, limit - drawn), start=drawn, seed=seed):
+            scores = score(batch.images, batch.labels)
+            take = np.zeros(len(scores), bool)
+            for row in np.flatnonzero(scores >= min_confidence):  # index order, so the batch size does not matter
+                label = batch.labels[row]
+                if have[label] < per_class:
+                    have[label] += 1
+                    take[row] = True
+            kept.append((batch.images[take], batch.labels[take], scores[take], batch.indices[take]))
+            drawn += len(batch.indices)
+    short = [int(c) for c in np.flatnonzero(have < per_class)]
+    if short:
+        log.warning("the teacher kept fewer than %d images of class(es) %s in %d draws", per_class, short, drawn)
+    images, labels, scores, indices = (np.concatenate(parts) for parts in zip(*kept, strict=True))
+    return KeptImages(images, labels.astype(np.int64), scores.astype(np.float32), indices.astype(np.int64), drawn)
+
+
+def torch_scorer(model: torch.nn.Module) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """score(images uint8 NHWC, labels) -> float32 probability of each label, from a torch classifier."""
+    from ganaug.evaluate.classifier import predict_proba
+
+    def score(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        probabilities = predict_proba(model, torch.from_numpy(images).permute(0, 3, 1, 2))
+        return probabilities[torch.arange(len(labels)), torch.from_numpy(labels)].numpy().astype(np.float32)
+
+    return score
+
+
+def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], gan: Config,
+                    work: Path, steps: int) -> Path:
+    """Train (or resume) a GAN on these labelled images alone and export it; the ONNX model's path.
+    The images go to work/labelled.npz, so the run provably sees nothing else."""
+    from ganaug import train
+    from ganaug.evaluate.study import write_labelled_npz
+    from ganaug.export import export_model
+
+    model = work / "generator.onnx"
+    if model.is_file():
+        return model
+    npz = work / "labelled.npz"
+    if not npz.is_file():
+        write_labelled_npz(npz, images, labels, class_names)
+    cfg = with_overrides(gan, data={"source": str(npz), "unlabelled": ""},
+                         train={"steps": steps, "batch_size": min(gan.train.batch_size, len(images))})
+    log.info("training a generator on %d labelled images (%d steps) in %s", len(images), steps, work / "run")
+    result = train.run(cfg, work / "run")
+    if not result.completed:  # a signal stopped training (saved): stop here too, resumable
+        raise KeyboardInterrupt
+    export_model(work / "run", model, force=True)
+    return model

@@ -1,0 +1,321 @@
+"""`ganaug augment`: the estimate's maths, the decision rule, the kept-not-drawn synthetic count, the
+output tree (ImageFolder labels, weights, resume, shards) and its one-line refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from ganaug.augment import output
+from ganaug.augment.api import BOTH, CLASSICAL, SELF_TRAINING, SYNTHETIC, _Job
+from ganaug.augment.estimate import corrected_difference, sentence, stratified_folds
+from ganaug.augment.settings import AugmentSettings
+from ganaug.augment.synthetic import keep_first_per_class
+from ganaug.cli import main
+from ganaug.errors import UserError
+from ganaug.evaluate.policies import POLICIES, build_policy, elastic
+from ganaug.evaluate.study import write_labelled_npz
+from ganaug.sampler import Batch
+from tests.conftest import error_line
+
+# A tiny but real run: 8x8 digits, 2 folds, 10-step classifiers, 4-step GANs.
+TINY_GAN = ["data.resolution=8", "model.g_channels=8", "model.d_channels=8", "model.z_dim=8", "model.embed_dim=4",
+            "log.progress=false", "log.image_every=0", "train.threads=1"]
+TINY_RUN = ["--folds", "2", "--policy", "affine", "--gan-steps", "4", "--classifier-steps", "10",
+            "--synthetic-per-class", "3", "--min-confidence", "0.01", "--pseudo-label-confidence", "0.01",
+            "--estimate-unlabelled", "40", "--no-progress"]
+
+
+# ------------------------------------------------------------------------------ the estimate
+
+
+def test_corrected_interval_is_nadeau_bengio():
+    with_ingredient, without = [0.80, 0.90, 0.85, 0.95], [0.78, 0.86, 0.84, 0.90]
+    d = corrected_difference("a", "b", with_ingredient, without, held_out_share=0.25)
+    points = 100 * (np.array(with_ingredient) - np.array(without))
+    half = stats.t.ppf(0.975, 3) * math.sqrt(points.var(ddof=1) * (1 / 4 + 0.25 / 0.75))
+    assert d.mean == pytest.approx(points.mean()) and d.folds == 4
+    assert (d.low, d.high) == (pytest.approx(points.mean() - half), pytest.approx(points.mean() + half))
+    naive = stats.t.ppf(0.975, 3) * points.std(ddof=1) / 2
+    assert half > naive  # wider than the plain t-interval that takes folds for independent
+
+
+def test_an_ingredient_is_kept_only_when_the_whole_interval_is_above_zero():
+    assert corrected_difference("a", "b", [0.9, 0.91, 0.92], [0.8, 0.8, 0.8], 0.2).worth_it
+    unsure = corrected_difference("a", "b", [0.9, 0.7, 0.95], [0.8, 0.8, 0.8], 0.2)
+    assert unsure.mean > 0 and not unsure.worth_it
+    assert "not measurably better; left out" in sentence(unsure, "synthetic images")
+    worse = corrected_difference("a", "b", [0.7, 0.71, 0.7], [0.8, 0.8, 0.8], 0.2)
+    assert "measurably worse; left out" in sentence(worse, "synthetic images")
+    single = corrected_difference("a", "b", [0.9], [0.8], 0.5)
+    assert math.isnan(single.low) and not single.worth_it
+
+
+def test_folds_are_stratified_and_need_enough_images_of_every_class():
+    labels = np.repeat(np.arange(3), 4)
+    folds = stratified_folds(labels, 4, seed=0)
+    assert len(folds) == 4
+    for train, held in folds:
+        assert sorted(np.bincount(labels[held])) == [1, 1, 1] and not set(train) & set(held)
+    assert sorted(np.concatenate([held for _, held in folds])) == list(range(12))
+    with pytest.raises(UserError, match="class 0 has 4 labelled images; --folds 5"):
+        stratified_folds(labels, 5, seed=0)
+
+
+def _estimate(per_fold: dict) -> dict:
+    return {"per_fold": per_fold, "held_out_share": 0.2, "policy": "affine", "policy_accuracy": {}}
+
+
+def test_the_decision_adds_an_ingredient_only_where_it_measurably_helps():
+    flat, up = [0.8, 0.8, 0.8], [0.9, 0.91, 0.92]
+    # Self-training helps, synthetic images add nothing on top of it: the synthetic images are
+    # judged against self-training (their control), not against the labelled images alone.
+    decision = _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: up, BOTH: up}))
+    assert decision["recipe"] == SELF_TRAINING and decision["pseudo"] and not decision["synthetic"]
+    assert decision["differences"]["synthetic"]["worse"] == SELF_TRAINING
+    assert decision["differences"]["recipe"]["better"] == SELF_TRAINING
+    # Without unlabelled images the synthetic images are judged against classical augmentation.
+    decision = _Job.decide(_estimate({CLASSICAL: flat, SYNTHETIC: up}))
+    assert decision["recipe"] == SYNTHETIC and decision["differences"]["synthetic"]["worse"] == CLASSICAL
+    decision = _Job.decide(_estimate({CLASSICAL: up, SYNTHETIC: flat}))
+    assert decision["recipe"] == CLASSICAL and "recipe" not in decision["differences"]
+    assert _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: flat,
+                                  BOTH: [0.95, 0.96, 0.97]}))["recipe"] == BOTH
+
+
+# ------------------------------------------------------------------------------ classical policies
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_policies_keep_shape_and_range_change_the_images_and_follow_the_seed(name):
+    images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    policy = build_policy(name, 16)
+
+    def draw():
+        torch.manual_seed(3)  # torchvision's policies draw from the global RNG that train_classifier seeds
+        return policy(images, torch.Generator().manual_seed(3))
+
+    first, second = draw(), draw()
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, images)
+
+
+def test_elastic_without_strength_is_the_identity_and_with_it_moves_pixels():
+    images = torch.rand(3, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    still = elastic(images, torch.Generator().manual_seed(0), alpha=0.0, sigma=2.0)
+    assert torch.allclose(still, images, atol=1e-5)
+    moved = elastic(images, torch.Generator().manual_seed(0), alpha=8.0, sigma=2.0)
+    assert (moved - images).abs().mean() > 0.05
+
+
+# ------------------------------------------------------------------------------ synthetic images
+
+
+class _FakeSampler:
+    """Image i of class i % 2 is filled with the value i % 256 (so a scorer can tell images apart)."""
+
+    class meta:  # noqa: N801 (the Sampler's attribute name)
+        num_classes = 2
+
+    def batches(self, n, start=0, seed=0, batch_size=256):
+        for offset in range(0, n, batch_size):
+            indices = np.arange(start + offset, start + min(offset + batch_size, n), dtype=np.int64)
+            images = np.broadcast_to((indices % 256).astype(np.uint8)[:, None, None, None], (len(indices), 2, 2, 1))
+            yield Batch(indices, images.copy(), indices % 2)
+
+
+def _every_third(images, labels):
+    return (images[:, 0, 0, 0] % 3 == 0).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 256])
+def test_synthetic_count_is_images_kept_per_class_in_index_order_whatever_the_batch(batch_size):
+    kept = keep_first_per_class(_FakeSampler(), _every_third, per_class=4, min_confidence=0.5, seed=0,
+                                batch_size=batch_size)
+    assert np.bincount(kept.labels).tolist() == [4, 4]
+    assert kept.indices.tolist() == [0, 3, 6, 9, 12, 15, 18, 21]  # multiples of 3, first four of each parity
+    assert (kept.scores == 1).all() and (kept.images[:, 0, 0, 0] == kept.indices).all()
+
+
+def test_a_class_the_teacher_never_keeps_is_left_short_after_a_bounded_number_of_draws(caplog):
+    never_odd = lambda images, labels: (labels == 0).astype(np.float32)  # noqa: E731
+    kept = keep_first_per_class(_FakeSampler(), never_odd, per_class=2, min_confidence=0.5, seed=0)
+    assert np.bincount(kept.labels, minlength=2).tolist() == [2, 0]
+    assert kept.drawn == 2 * 2 * 50 and "fewer than 2 images of class(es) [1]" in caplog.text
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def test_weights_give_the_synthetic_images_their_share():
+    rows = [{"source": "real"}] * 3 + [{"source": "pseudo"}] * 5 + [{"source": "synthetic"}] * 40
+    weighted = output.with_weights(rows, 0.25)
+    total = sum(float(r["weight"]) for r in weighted)
+    synthetic = sum(float(r["weight"]) for r in weighted if r["source"] == "synthetic")
+    assert synthetic / total == pytest.approx(0.25, rel=1e-5)
+    assert all(r["weight"] == "1" for r in output.with_weights(rows[:8], 0.5))
+
+
+def test_a_folder_ganaug_did_not_write_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not empty and was not written by ganaug augment"):
+        output.claim(out, output.work_dir_for(out))
+    assert (out / "notes.txt").read_text() == "keep me" and not output.work_dir_for(out).exists()
+
+
+def test_a_damaged_part_manifest_is_one_line(tmp_path):
+    part = tmp_path / "pool_part_0_of_1.csv"
+    part.write_text("path,label\nx,1\n")
+    with pytest.raises(UserError, match="pool_part_0_of_1.csv is unreadable"):
+        output.read_rows(part)
+    part.write_text(output.csv_text([{c: "" for c in output.COLUMNS} | {"source": "stolen", "label": "1"}]))
+    with pytest.raises(UserError, match="did not write"):
+        output.read_rows(part)
+
+
+def test_settings_are_checked_before_any_work():
+    with pytest.raises(UserError, match="--synthetic-share"):
+        AugmentSettings(labelled="digits", out="x", synthetic_share=1.0)
+    with pytest.raises(UserError, match="contradict"):
+        AugmentSettings(labelled="digits", out="x", model="g.onnx", synthetic="never")
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def few_labels(tmp_path_factory):
+    """5 labelled digits per class (8x8) and 60 unlabelled ones."""
+    from ganaug.config import DataConfig
+    from ganaug.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("few")
+    data = load_dataset(DataConfig(source="digits", resolution=8, in_memory=True))
+    index = torch.cat([torch.nonzero(data.labels == c).flatten()[:5] for c in range(10)])
+    write_labelled_npz(folder / "labelled.npz", data.images[index], data.labels[index], data.class_names)
+    np.savez(folder / "unlabelled.npz", images=data.images[200:260].permute(0, 2, 3, 1).numpy())
+    return folder
+
+
+def _augment(few_labels: Path, out: Path, *extra: str) -> int:
+    return main(["augment", "--labelled", str(few_labels / "labelled.npz"), "--out", str(out), *TINY_RUN,
+                 *extra, *TINY_GAN])
+
+
+def _image_folder_agrees_with_manifest(out: Path) -> list[dict]:
+    from torchvision.datasets import ImageFolder
+
+    rows = list(csv.DictReader(open(out / "manifest.csv", encoding="utf-8")))
+    folder = ImageFolder(str(out))
+    labels = {str(Path(path).relative_to(out)): label for path, label in folder.samples}
+    assert labels == {row["path"]: int(row["label"]) for row in rows}  # every file listed, ImageFolder's index == label
+    return rows
+
+
+def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_labels, tmp_path, capsys):
+    out = tmp_path / "set"
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz")) == 0
+    rows = _image_folder_agrees_with_manifest(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["estimate"]["folds"] == 2 and set(report["estimate"]["accuracy_per_fold"]) == {
+        CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH}
+    assert sum(r["source"] == "real" for r in rows) == 50
+    assert report["output"]["images"] == {s: sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows}}
+    assert (out / "teacher.onnx").is_file() and "## The estimate" in (out / "report.md").read_text()
+    assert capsys.readouterr().out.strip().endswith("(manifest.csv, teacher.onnx, report.md)")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz")) == 0  # a finished run
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+    # other settings on the same --out: refused in one line, nothing changed
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--seed", "1") == 2
+    assert "other settings" in error_line(capsys.readouterr().err, "augment")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+
+
+def _forced(decision: dict):
+    """_Job.decide returning a fixed decision: the output stage under each recipe, whatever a tiny
+    estimate says."""
+    def decide(estimate):
+        return {"recipe": decision["recipe"], "pseudo": decision["pseudo"], "synthetic": decision["synthetic"],
+                "differences": {}}
+    return staticmethod(decide)
+
+
+def test_shards_of_the_unlabelled_pool_together_equal_one_run(few_labels, tmp_path, monkeypatch):
+    monkeypatch.setattr(_Job, "decide", _forced({"recipe": BOTH, "pseudo": True, "synthetic": True}))
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    args = ("--unlabelled", str(few_labels / "unlabelled.npz"))
+    assert _augment(few_labels, whole, *args) == 0
+    assert _augment(few_labels, sharded, *args, "--shard", "1/2") == 0
+    assert not (sharded / "manifest.csv").exists()  # shard 0 has not run
+    assert _augment(few_labels, sharded, *args, "--shard", "0/2") == 0
+    rows = _image_folder_agrees_with_manifest(whole)
+    assert {"real", "synthetic", "pseudo"} <= {r["source"] for r in rows}
+    # Byte for byte, but for the generator's sha256: each --out trains its own generator, whose ONNX
+    # metadata names its checkpoint (itself naming the run's data file), so the two files differ.
+    def without_generator(out: Path) -> str:
+        return re.sub(r"generator:[0-9a-f]{64}", "generator", (out / "manifest.csv").read_text())
+
+    assert without_generator(whole) == without_generator(sharded)
+    for row in rows:
+        assert (whole / row["path"]).read_bytes() == (sharded / row["path"]).read_bytes()
+    synthetic = [r for r in rows if r["source"] == "synthetic"]
+    assert len(synthetic) == 3 * 10  # --synthetic-per-class counts images kept
+    assert all(r["model"].startswith("generator:") and float(r["confidence"]) >= 0.01 for r in synthetic)
+    share = sum(float(r["weight"]) for r in synthetic) / sum(float(r["weight"]) for r in rows)
+    assert share == pytest.approx(0.5, rel=1e-4)
+    pseudo = [r for r in rows if r["source"] == "pseudo"]
+    assert pseudo and all(r["model"].startswith("teacher:") for r in pseudo)
+    assert (whole / "synthetic_teacher.onnx").is_file()  # the pseudo-labels come from the synthetic-taught teacher
+
+
+def test_the_teacher_is_a_filter_the_sampler_takes(few_labels, tmp_path, monkeypatch, trained_run):
+    """teacher.onnx keeps the classifier contract: `ganaug sample --filter` accepts it for a
+    generator of the same classes and image shape."""
+    from ganaug.export import export_model
+    from ganaug.sampler import ImageFilter, Sampler
+
+    monkeypatch.setattr(_Job, "decide", _forced({"recipe": CLASSICAL, "pseudo": False, "synthetic": False}))
+    out = tmp_path / "set"
+    assert _augment(few_labels, out, "--synthetic", "never") == 0
+    run = trained_run("data.resolution=8", "model.z_dim=8")
+    generator = export_model(run, tmp_path / "g.onnx").path
+    image_filter = ImageFilter.load(out / "teacher.onnx", Sampler.load(generator).meta, 0.9)
+    images = np.zeros((2, 8, 8, 1), np.uint8)
+    assert image_filter.probabilities(images).sum(axis=1) == pytest.approx([1, 1])
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--labelled", "nowhere.npz"), "--labelled: nowhere.npz does not exist"),
+    (("--folds", "6"), "--folds 6 holds one out per fold"),
+    (("--model", "missing.onnx"), "missing.onnx"),
+    (("--shard", "2/2"), "--shard"),
+    (("--synthetic-share", "1.5"), "--synthetic-share"),
+])
+def test_augment_mistakes_are_one_line(few_labels, tmp_path, capsys, extra, message):
+    args = ["augment", "--labelled", str(few_labels / "labelled.npz"), "--out", str(tmp_path / "o"), *TINY_RUN,
+            *extra, *TINY_GAN]
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own check of the value: still one line (cli._Parser)
+        code = exc.code
+    assert code == 2
+    assert message in error_line(capsys.readouterr().err, "augment")
+
+
+def test_an_unlabelled_labelled_source_is_refused(tmp_path, capsys):
+    np.savez(tmp_path / "flat.npz", images=np.zeros((20, 8, 8), np.uint8))
+    assert main(["augment", "--labelled", str(tmp_path / "flat.npz"), "--out", str(tmp_path / "o"), *TINY_RUN,
+                 *TINY_GAN]) == 2
+    assert "has no labels" in error_line(capsys.readouterr().err, "augment")

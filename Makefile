@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The exact torch build this project is tested with (local wheels on the CI machines; a CUDA build).
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv demo test bench lint mutation clean
+.PHONY: venv demo demo-train test bench lint mutation clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo.sh
+
+demo-train: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo_train.sh
 
 test: venv
 	$(BIN)/python -m pytest -q

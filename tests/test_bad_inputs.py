@@ -46,7 +46,7 @@ from ganaug.evaluate.study import PROTOCOL
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
-COMMANDS = ("train", "export", "sample", "evaluate")
+COMMANDS = ("train", "export", "sample", "augment", "evaluate")
 OUTCOMES = ("error", "warning", "accepted")
 CLASSES = ["cat", "dog", "fox"]
 META_KEYS = ["ganaug.schema", "ganaug.z_dim", "ganaug.num_classes", "ganaug.class_names", "ganaug.image_shape",
@@ -58,7 +58,7 @@ READ_ONLY = Path("/sys")
 @dataclass(frozen=True)
 class Case:
     id: str
-    command: str  # train | export | sample | evaluate
+    command: str  # train | export | sample | augment | evaluate
     bad_input: str  # what is wrong, in the catalogue's words
     setup: Callable  # setup(env) builds the bad input under env.tmp and returns the argv
     expect: str  # fragment of the error line (of the WARNING line for outcome="warning"); {tmp} = tmp_path
@@ -180,6 +180,22 @@ class Env:
 
     def study(self, *args: str, out: str = "study") -> list[str]:
         return ["evaluate", "study", "--out", str(self.tmp / out), "--quick", *args]
+
+    # ---------------------------------------------------------------- augment
+    def labelled(self, name: str = "labelled.npz", per_class: int = 3, classes: int = 3) -> Path:
+        rng = np.random.default_rng(0)
+        return self.npz(name, images=rng.integers(0, 256, (per_class * classes, 8, 8), dtype=np.uint8),
+                        labels=np.repeat(np.arange(classes), per_class), class_names=np.array(CLASSES[:classes]))
+
+    def augment(self, *args: str, out: str = "set", labelled: str | None = None) -> list[str]:
+        """A tiny augment run (2 folds, 4-step classifiers, no generator unless args ask for one)."""
+        if labelled is None:
+            labelled = str(self.labelled())
+        quick = ["--folds", "2", "--policy", "affine", "--classifier-steps", "4", "--no-progress"]
+        if "--model" not in args and "--synthetic" not in args:
+            quick += ["--synthetic", "never"]
+        return ["augment", "--labelled", labelled, "--out", str(self.tmp / out), *quick, *args,
+                "data.resolution=8", "train.threads=1"]
 
 
 def _run_quietly(argv: list[str]) -> int:
@@ -2098,6 +2114,124 @@ def _evaluate_study_classifier_epochs_huge(env):
             "after 4 minutes here), which the study would then read whole into memory")
 def _evaluate_study_synthetic_past_memory(env):
     return env.study("--synthetic-per-class", str(10**10))
+
+
+# ------------------------------------------------------------------------------ augment
+
+@case("augment-labelled-missing", "augment", "--labelled nowhere.npz", "--labelled: ")
+def _augment_labelled_missing(env):
+    return env.augment(labelled=str(env.tmp / "nowhere.npz"))
+
+
+@case("augment-labelled-without-labels", "augment", "--labelled: an .npz of images without labels",
+      "has no labels", survives=("flat.npz",))
+def _augment_labelled_without_labels(env):
+    env.npz("flat.npz", images=np.zeros((12, 8, 8), np.uint8))
+    return env.augment(labelled=str(env.tmp / "flat.npz"))
+
+
+@case("augment-labelled-class-without-images", "augment", "--labelled: class_names names a class no image has",
+      "names classes without any image (fox)", survives=("l.npz",))
+def _augment_labelled_class_without_images(env):
+    env.npz("l.npz", images=np.zeros((6, 8, 8), np.uint8), labels=np.array([0, 0, 0, 1, 1, 1]),
+            class_names=np.array(CLASSES))
+    return env.augment(labelled=str(env.tmp / "l.npz"))
+
+
+@case("augment-folds-past-class-size", "augment", "--folds 4 with 3 labelled images per class",
+      "has 3 labelled images; --folds 4 holds one out per fold")
+def _augment_folds_past_class_size(env):
+    return env.augment("--folds", "4")
+
+
+@case("augment-out-foreign-folder", "augment", "--out: a non-empty folder augment did not write",
+      "is not empty and was not written by ganaug augment", survives=("set/notes.txt",))
+def _augment_out_foreign_folder(env):
+    (env.tmp / "set").mkdir()
+    (env.tmp / "set" / "notes.txt").write_text("mine")
+    return env.augment()
+
+
+@case("augment-out-is-file", "augment", "--out: an existing file", "exists and is not a directory",
+      survives=("set",))
+def _augment_out_is_file(env):
+    (env.tmp / "set").write_text("mine")
+    return env.augment()
+
+
+@case("augment-out-unwritable", "augment", "--out under a directory no one may write (sysfs)", "cannot create it")
+def _augment_out_unwritable(env):
+    return ["augment", "--labelled", str(env.labelled()), "--out", str(READ_ONLY / "ganaug-set"), "--synthetic",
+            "never", "--folds", "2"]
+
+
+@case("augment-model-other-classes", "augment", "--model: a generator of other classes than the labelled images",
+      "a generator of the same classes, in the same order, is needed", survives=("g.onnx", "labelled.npz"))
+def _augment_model_other_classes(env):
+    model = env.model(class_names=["x", "y", "z"], shape=(8, 8, 1))
+    return env.augment("--model", model)
+
+
+@case("augment-model-not-onnx", "augment", "--model: a text file", "g.onnx", survives=("g.onnx",))
+def _augment_model_not_onnx(env):
+    (env.tmp / "g.onnx").write_text("not a model")
+    return env.augment("--model", str(env.tmp / "g.onnx"))
+
+
+@case("augment-unlabelled-missing", "augment", "--unlabelled nowhere/", "--unlabelled: ")
+def _augment_unlabelled_missing(env):
+    return env.augment("--unlabelled", str(env.tmp / "nowhere"))
+
+
+@case("augment-shard-out-of-range", "augment", "--shard 2/2", "--shard")
+def _augment_shard_out_of_range(env):
+    return env.augment("--shard", "2/2")
+
+
+@case("augment-synthetic-share-one", "augment", "--synthetic-share 1 (no real image in a batch)",
+      "--synthetic-share must be in (0, 1)")
+def _augment_synthetic_share_one(env):
+    return env.augment("--synthetic-share", "1")
+
+
+@case("augment-synthetic-past-memory", "augment", "--synthetic-per-class 10^6 of 3 classes at 1024x1024",
+      "--synthetic-per-class 1000000: 1000000 x 3 classes of synthetic images needs about", isolate=True)
+def _augment_synthetic_past_memory(env):
+    argv = env.augment("--synthetic", "auto", "--synthetic-per-class", str(10**6))
+    return [*argv[:-2], "data.resolution=1024", "train.threads=1"]
+
+
+@case("augment-state-corrupt", "augment", "the work directory's state.json is not JSON",
+      "is not a ganaug augment state", survives=("set.work/state.json",))
+def _augment_state_corrupt(env):
+    (env.tmp / "set.work").mkdir()
+    (env.tmp / "set.work" / "state.json").write_text("{not json")
+    return env.augment()
+
+
+@case("augment-other-settings-same-out", "augment", "a finished --out rerun with another --seed",
+      "holds a run of ganaug augment with other settings", survives=("set/manifest.csv", "set.work/state.json"))
+def _augment_other_settings_same_out(env):
+    assert _run_quietly(env.augment()) == 0
+    return env.augment("--seed", "1")
+
+
+@case("augment-part-manifest-damaged", "augment",
+      "a shard's part manifest in the work directory replaced by other columns", "pool_part_0_of_1.csv is unreadable")
+def _augment_part_manifest_damaged(env):
+    from ganaug.augment.api import _Job
+
+    env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
+    original = _Job.decide
+    _Job.decide = staticmethod(lambda estimate: {"recipe": "self-training", "pseudo": True, "synthetic": False,
+                                                 "differences": {}})
+    try:
+        assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"))) == 0
+    finally:
+        _Job.decide = staticmethod(original)
+    (env.tmp / "set.work" / "pool_part_0_of_1.csv").write_text("path,label\nx,1\n")
+    (env.tmp / "set" / "manifest.csv").unlink()
+    return env.augment("--unlabelled", str(env.tmp / "u.npz"))
 
 
 # ============================================================================== helpers for the checks

@@ -152,9 +152,26 @@ class _Job:
                             f"have {self.class_names[:10]}: a generator of the same classes, in the same order, is needed")
         self.pool = (UnlabelledPool.load(settings.unlabelled, data_cfg, self.data.channels)
                      if settings.unlabelled else None)
+        self._check_memory(resolution * resolution * self.data.channels)
         self.state = _State(self.work / output.STATE, settings.fingerprint())
         self.tree = output.Tree(self.out, self.class_names)
         self.image_shape = (resolution, resolution, self.data.channels)
+
+    def _check_memory(self, image_bytes: int) -> None:
+        """The synthetic set and the estimate's unlabelled images are held whole: refuse counts that
+        cannot fit before the first classifier is trained, not after."""
+        from ganaug.memory import check_fits
+
+        classes = len(self.class_names)
+        if self.s.uses_generator:
+            per_class = self.s.synthetic_per_class
+            check_fits(per_class * classes, 2 * image_bytes + 32,
+                       f"--synthetic-per-class {per_class}: {per_class} x {classes} classes of synthetic images",
+                       lambda fits: f"use --synthetic-per-class {max(1, fits // classes)} or less")
+        if self.pool is not None:
+            count = min(self.s.estimate_unlabelled, len(self.pool))
+            check_fits(count, 2 * image_bytes, f"--estimate-unlabelled {count}: that many unlabelled images",
+                       lambda fits: f"use --estimate-unlabelled {max(1, fits)} or less")
 
     # -- the classifier every arm trains ------------------------------------------------------
 

@@ -87,3 +87,14 @@ def test_an_unwritable_out_is_refused_before_any_measurement(tmp_path, capsys, m
     assert main(["bench", "--out", str(tmp_path)]) == 2  # a directory, not a file
     assert "is a directory" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_training_is_measured_at_the_precision_auto_picks(tmp_path):
+    """Where auto picks fp32 (a CPU without bf16 units), bf16 is neither timed nor reported: emulated,
+    it ran for over 20 minutes on an AVX2-only machine and measured nothing a user would run."""
+    from ganaug.bench.train_speed import bench_training
+
+    results = bench_training(tmp_path, steps=1, rounds=1, precision="fp32")
+    assert results["train_precision"] == "fp32" and set(results["train_images_per_sec"]) == {"reference", "ganaug"}
+    assert "bf16_speedup_vs_fp32" not in results and results["train_speedup_vs_reference"] > 0
+    assert format_table(results).splitlines()[1].split() == ["training", "precision", "(auto)", "fp32"]

@@ -51,6 +51,8 @@ def _train_run(folder: Path) -> Path:
 
 def format_table(results: dict) -> str:
     lines = [f"{'measure':<34} {'value':>10}  target"]
+    if "train_precision" in results:
+        lines.append(f"{'training precision (auto)':<34} {results['train_precision']:>10}")
     for key in ("train_speedup_vs_reference", "bf16_speedup_vs_fp32", "ddp_scaling_efficiency",
                 "sampler_ort_vs_torch", "sampler_ort_vs_torch_best", "sampler_end_to_end_fraction",
                 "sampler_end_to_end_fraction_npz", "sampler_cold_start_s", "sampler_rss_growth"):
@@ -85,6 +87,7 @@ def run_bench(out: Path | None = None, quick: bool = False) -> dict:
     from ganaug.bench.peak import bench_peaks
     from ganaug.bench.sample_speed import bench_sampling
     from ganaug.bench.train_speed import bench_training
+    from ganaug.train.precision import resolve_precision
 
     if out is not None:
         check_regular_target(out, "--out")
@@ -95,16 +98,18 @@ def run_bench(out: Path | None = None, quick: bool = False) -> dict:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ganaug-bench-") as folder:
         work = Path(folder)
+        precision = resolve_precision("auto", torch.device("cpu"))
         log.info("bench: matmul peaks")
-        results |= bench_peaks()
-        log.info("bench: training against the reference loop, bf16 against fp32")
-        results |= bench_training(work / "train", steps=3 if quick else 8, rounds=3 if quick else 5)
+        results |= bench_peaks(bf16=precision == "bf16")
+        log.info("bench: training at %s (what train.precision=auto picks here) against the reference loop", precision)
+        results |= bench_training(work / "train", steps=3 if quick else 8, rounds=3 if quick else 5,
+                                  precision=precision)
         log.info("bench: DDP scaling (torchrun, gloo)")
         results |= bench_ddp(steps=20 if quick else 60, rounds=1 if quick else 2)
         log.info("bench: sampling")
         run = _train_run(work)
         results |= bench_sampling(run, work, n=1024 if quick else 4096, rounds=3 if quick else 5,
-                                  peaks=results, try_compile=not quick and _can_compile())
+                                  peaks=results, try_compile=not quick and _can_compile(), bf16=precision == "bf16")
     results["seconds"] = time.perf_counter() - start
     print(format_table(results))
     if out is not None:

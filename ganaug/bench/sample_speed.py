@@ -38,7 +38,7 @@ def torch_generate_fn(generator, spec, mode: str):
     """A function n -> uint8 NHWC images, like the ONNX graph's output, in one of PyTorch's modes."""
     channels_last = mode != "eager_fp32"
     model = generator.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    if mode == "compile_bf16":
+    if mode.startswith("compile_"):
         model = torch.compile(model)
     use_bf16 = mode in ("bf16_channels_last", "compile_bf16")
 
@@ -139,14 +139,17 @@ def end_to_end_fractions(sampler, work: Path, n: int, num_classes: int, rounds: 
     return {fmt: statistics.median(rates[fmt]) / generation for fmt in ("png", "npz")}
 
 
-def bench_sampling(run_dir: Path, work: Path, n: int, rounds: int, peaks: dict, try_compile: bool) -> dict:
+def bench_sampling(run_dir: Path, work: Path, n: int, rounds: int, peaks: dict, try_compile: bool,
+                   bf16: bool) -> dict:
+    """onnxruntime's variants against torch's modes; torch's bf16 modes only where bf16 is native."""
     from ganaug.sampler import Sampler
 
     paths = export_variants(run_dir, work)
     generator, spec = load_torch_generator(run_dir)
     flops = generator_flops_per_image(generator, spec)
     samplers = {p: Sampler.load(paths[p], provider="cpu") for p in VARIANTS}
-    torch_modes = ["eager_fp32", "channels_last_fp32", "bf16_channels_last"] + (["compile_bf16"] if try_compile else [])
+    torch_modes = ["eager_fp32", "channels_last_fp32"] + (["bf16_channels_last"] if bf16 else [])
+    torch_modes += [("compile_bf16" if bf16 else "compile_fp32")] if try_compile else []
     contenders = {f"torch_{mode}": torch_generate_fn(load_torch_generator(run_dir)[0], spec, mode) for mode in torch_modes}
     contenders |= {f"ort_{p}": (lambda s: lambda k: s.generate(k, seed=0))(samplers[p]) for p in VARIANTS}
     speeds = compare(contenders, n, rounds)
@@ -178,9 +181,9 @@ def bench_sampling(run_dir: Path, work: Path, n: int, rounds: int, peaks: dict, 
         "generator_gflop_per_image": flops / 1e9,
         "generator_gflops_fraction": {
             "torch_fp32_eager_vs_fp32_peak": flops * eager / 1e9 / peak["fp32"],
-            "torch_bf16_vs_bf16_peak": flops * speeds["torch_bf16_channels_last"] / 1e9 / peak["bf16"],
             "ort_fp32_vs_fp32_peak": flops * speeds["ort_fp32"] / 1e9 / peak["fp32"],
             "ort_int8_vs_int8_peak": flops * speeds["ort_int8"] / 1e9 / peak["int8_ort"],
-        },
+        } | ({"torch_bf16_vs_bf16_peak": flops * speeds["torch_bf16_channels_last"] / 1e9 / peak["bf16"]}
+             if bf16 else {}),
         "onnx_file_mb": {p: paths[p].stat().st_size / 2**20 for p in VARIANTS},
     }

@@ -446,7 +446,16 @@ def preflight(argv: list[str]) -> int:
     return 0
 
 
+def idle_threads_sleep() -> None:
+    """OpenMP's idle threads sleep instead of spinning, unless the user chose otherwise. It must be set
+    before torch loads its OpenMP runtime, so here, before any command imports torch. On a CPU shared
+    with other work, spinning threads steal the cores their siblings wait for: 40 training steps at the
+    default 2 threads took 37 s, at 1 thread 28 s, at 2 sleeping threads 24.5 s (docs/performance.md)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    idle_threads_sleep()
     args = build_parser().parse_args(argv)
     from ganaug.logs import setup_logging
 

@@ -1,5 +1,5 @@
 """The package's import rules: the command line calls the library, never the reverse, and the
-torch-free parts stay torch-free (config, cli, models' spec, files, nested)."""
+torch-free parts stay torch-free (config, cli, models' spec, files, nested, the contract)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_the_scan_sees_an_import_of_the_command_line(tmp_path):
     assert "ganaug.cli" in imported_modules(sample)
 
 
-@pytest.mark.parametrize("module", ["ganaug.cli", "ganaug.config", "ganaug.models", "ganaug.files", "ganaug.nested", "ganaug.sampler"])
+@pytest.mark.parametrize("module", ["ganaug.cli", "ganaug.config", "ganaug.models", "ganaug.files", "ganaug.nested", "ganaug.sampler",
+                                    "ganaug.contract"])
 def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0, module

@@ -201,7 +201,7 @@ def test_broken_protobuf_is_not_an_onnx_model(data):
     ('[["a"], {"b": [1]}]', 3), ("1", 0), ("[" * 5000 + "]" * 5000, 5000), ('{"k": "]]]"}', 1),
 ])
 def test_json_nesting_is_measured_outside_strings(text, depth):
-    from ganaug.sampler import safejson
+    from ganaug import safejson
 
     assert safejson.nesting_depth(text) == depth
     if depth <= 3:

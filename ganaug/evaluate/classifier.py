@@ -9,7 +9,6 @@ real images is never drowned by thousands of synthetic ones.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -233,6 +232,7 @@ def export_classifier_onnx(model: nn.Module, path: str | Path, image_shape: tupl
     atomically (an existing file is replaced)."""
     import onnx
 
+    from ganaug.contract import classifier_metadata
     from ganaug.export.onnx_export import DEFAULT_OPSET
     from ganaug.files import write_atomic
     from ganaug.sampler.filter import check_classifier_graph
@@ -250,11 +250,7 @@ def export_classifier_onnx(model: nn.Module, path: str | Path, image_shape: tupl
                                 dynamic_shapes={"images": {0: "N"}}, external_data=False, optimize=True,
                                 verbose=False)
     proto = program.model_proto
-    metadata = {"ganaug.schema": "1", "ganaug.kind": "classifier", "ganaug.num_classes": str(num_classes),
-                "ganaug.image_shape": json.dumps(list(image_shape))}
-    if class_names is not None:
-        metadata["ganaug.class_names"] = json.dumps(list(class_names), ensure_ascii=False)
-    onnx.helper.set_model_props(proto, metadata)
+    onnx.helper.set_model_props(proto, classifier_metadata(num_classes, image_shape, class_names))
     proto.doc_string = ("ganaug classifier for `ganaug sample --filter`: input images uint8 [N, H, W, C], "
                         "output logits float32 [N, classes]")
     onnx.checker.check_model(proto)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ganaug import __version__
+from ganaug import __version__, contract
 from ganaug.errors import UserError
 from ganaug.files import sha256_of, write_atomic
 from ganaug.sampler.session import cpu_session
@@ -46,9 +46,10 @@ def read_metadata(path: Path) -> dict:
     """The ganaug.* metadata of a model, JSON values decoded, without the 'ganaug.' prefix."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     raw = session.get_modelmeta().custom_metadata_map
-    if "ganaug.precision" not in raw:
+    if contract.PRECISION_KEY not in raw:
         raise UserError(f"{path} has no ganaug metadata; is it a model written by `ganaug export`?")
-    metadata = {key.removeprefix("ganaug."): value for key, value in raw.items() if key.startswith("ganaug.")}
+    metadata = {key.removeprefix(contract.PROVENANCE_PREFIX): value for key, value in raw.items()
+                if key.startswith(contract.PROVENANCE_PREFIX)}
     for key in JSON_KEYS:
         if key in metadata:
             metadata[key] = json.loads(metadata[key])

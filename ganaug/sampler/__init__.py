@@ -10,9 +10,9 @@
 see docs/sampler.md.
 """
 
+from ganaug.contract import ModelMeta
 from ganaug.sampler.filter import ImageFilter
 from ganaug.sampler.job import SampleRequest, SampleResult, write_samples
-from ganaug.sampler.meta import ModelMeta
 from ganaug.sampler.rng import BLOCK_SIZE, LatentSource
 from ganaug.sampler.sampler import Batch, Sampler
 from ganaug.sampler.shards import Shard

@@ -23,9 +23,8 @@ import os
 
 import numpy as np
 
+from ganaug.contract import ModelMeta, TensorSpec, check_classifier_metadata
 from ganaug.errors import UserError
-from ganaug.sampler import safejson
-from ganaug.sampler.meta import MAX_OTHER_VALUE_CHARS, MAX_VALUE_CHARS, ModelMeta, TensorSpec
 from ganaug.sampler.runtime import ort
 from ganaug.sampler.sampler import read_model_file
 from ganaug.sampler.session import ORT_ERRORS, cache_dir_from_env, create_session, ort_message, run_options
@@ -97,7 +96,7 @@ class ImageFilter:
         session, actual = create_session(data, sha256, source, provider=provider, threads=threads,
                                          cache_dir=cache_dir_from_env() if cache_dir is None else cache_dir)
         output_kind = check_classifier_graph(session, meta.image_shape, meta.num_classes, source)
-        _check_metadata(dict(session.get_modelmeta().custom_metadata_map), meta, source)
+        check_classifier_metadata(dict(session.get_modelmeta().custom_metadata_map), meta, source)
         image_filter = cls(session, meta, min_confidence, sha256, output_kind, actual, source)
         image_filter.probe()
         return image_filter
@@ -208,24 +207,3 @@ def _check_output(outputs: list[TensorSpec], num_classes: int, source: str) -> s
     if _static(spec.shape[1]) not in (None, num_classes):
         raise UserError(f"{source}: the classifier has {spec.shape[1]} classes but the generator has {num_classes}")
     return spec.name
-
-
-def _check_metadata(metadata: dict, meta: ModelMeta, source: str) -> None:
-    """Optional metadata: when the classifier states its classes or image shape, they must be the generator's."""
-    checks = (("ganaug.class_names", list(meta.class_names), "class names"),
-              ("ganaug.image_shape", list(meta.image_shape), "image shape"))
-    for key, expected, what in checks:
-        text = metadata.get(key)
-        if text is None:
-            continue
-        if len(text) > MAX_VALUE_CHARS.get(key, MAX_OTHER_VALUE_CHARS):
-            raise UserError(f"{source}: classifier metadata {key} is {len(text)} characters long")
-        try:
-            value = safejson.loads(text, max_depth=1)
-        except ValueError:
-            raise UserError(f"{source}: classifier metadata {key} is not a flat JSON list") from None
-        if value != expected:
-            shown = _short(repr(value), 120)
-            raise UserError(f"{source}: the classifier's {what} {shown} are not the generator's {_short(repr(expected), 120)}"
-                            + (" (same classes in another order?)" if key == "ganaug.class_names"
-                               and isinstance(value, list) and sorted(map(str, value)) == sorted(expected) else ""))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ganaug.contract import ModelMeta
 from ganaug.errors import UserError
-from ganaug.sampler.meta import ModelMeta
 
 
 def class_index_of(meta: ModelMeta, name: str) -> int:

@@ -14,10 +14,10 @@ import json
 import os
 import re
 
+from ganaug import safejson
 from ganaug.errors import UserError
 from ganaug.files import is_temporary
 from ganaug.nested import changed_leaves
-from ganaug.sampler import safejson
 from ganaug.sampler.locks import Claim, is_coordination_file
 from ganaug.sampler.scores import remove_records
 from ganaug.sampler.shards import Shard

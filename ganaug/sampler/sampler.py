@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ganaug.contract import ModelMeta, TensorSpec, read_model_meta
 from ganaug.errors import UserError
 from ganaug.sampler.labels import class_index_of, labels_for
-from ganaug.sampler.meta import ModelMeta, TensorSpec, read_model_meta
 from ganaug.sampler.rng import LatentSource
 from ganaug.sampler.runtime import ort
 from ganaug.sampler.session import (

@@ -1,28 +1,55 @@
-"""The model contract: read and check a ganaug ONNX model's metadata, inputs and outputs.
+"""The model contract, in one torch-free module: the ganaug.* metadata keys of an ONNX model, written
+for generators (`ganaug export`) and classifiers (`export_classifier_onnx`: the sampler's filter,
+augment's teacher), and read and checked with the graph's inputs and outputs.
 
 See "The ONNX model" in the design. Every violation is a UserError naming the file and what is
-wrong, because the usual cause is a file that was not written by `ganaug export`.
+wrong, because the usual cause is a file that was not written by ganaug. No other module spells a
+ganaug.* key: they build and read metadata here.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
+from ganaug import safejson
 from ganaug.errors import UserError
-from ganaug.sampler import safejson
 
 SCHEMA = "1"
-REQUIRED_KEYS = (
-    "ganaug.schema",
-    "ganaug.z_dim",
-    "ganaug.num_classes",
-    "ganaug.class_names",
-    "ganaug.image_shape",
-    "ganaug.precision",
-    "ganaug.train_step",
-    "ganaug.checkpoint_sha256",
-)
+SCHEMA_KEY = "ganaug.schema"
+KIND_KEY = "ganaug.kind"  # "generator" or "classifier"
+Z_DIM_KEY = "ganaug.z_dim"
+NUM_CLASSES_KEY = "ganaug.num_classes"
+CLASS_NAMES_KEY = "ganaug.class_names"
+IMAGE_SHAPE_KEY = "ganaug.image_shape"
+PRECISION_KEY = "ganaug.precision"
+TRAIN_STEP_KEY = "ganaug.train_step"
+CHECKPOINT_SHA256_KEY = "ganaug.checkpoint_sha256"
+PROVENANCE_PREFIX = "ganaug."  # export adds provenance keys under it (arch, version, parity, ...)
+REQUIRED_KEYS = (SCHEMA_KEY, Z_DIM_KEY, NUM_CLASSES_KEY, CLASS_NAMES_KEY, IMAGE_SHAPE_KEY, PRECISION_KEY,
+                 TRAIN_STEP_KEY, CHECKPOINT_SHA256_KEY)
+GENERATOR, CLASSIFIER = "generator", "classifier"
+
+
+def generator_metadata(z_dim: int, num_classes: int, class_names: list[str], image_shape: tuple[int, int, int],
+                       precision: str, train_step: int, checkpoint_sha256: str) -> dict[str, str]:
+    """The contract's keys of a generator, as the strings ONNX metadata holds."""
+    return {SCHEMA_KEY: SCHEMA, KIND_KEY: GENERATOR, Z_DIM_KEY: str(z_dim), NUM_CLASSES_KEY: str(num_classes),
+            CLASS_NAMES_KEY: json.dumps(list(class_names)), IMAGE_SHAPE_KEY: json.dumps(list(image_shape)),
+            PRECISION_KEY: precision, TRAIN_STEP_KEY: str(train_step), CHECKPOINT_SHA256_KEY: checkpoint_sha256}
+
+
+def classifier_metadata(num_classes: int, image_shape: tuple[int, int, int],
+                        class_names: list[str] | None = None) -> dict[str, str]:
+    """A classifier's keys: the sampler checks its class names and image shape against the generator's."""
+    metadata = {SCHEMA_KEY: SCHEMA, KIND_KEY: CLASSIFIER, NUM_CLASSES_KEY: str(num_classes),
+                IMAGE_SHAPE_KEY: json.dumps(list(image_shape))}
+    if class_names is not None:
+        metadata[CLASS_NAMES_KEY] = json.dumps(list(class_names), ensure_ascii=False)
+    return metadata
+
+
 UNCONDITIONAL_CLASS = "unconditional"
 SUPPORTED_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what PNG stores without conversion
 
@@ -33,7 +60,7 @@ MAX_SIDE = 1 << 15  # pixels per image side
 MAX_IMAGE_BYTES = 1 << 28  # H x W x C of one image: 256 MiB
 # Metadata values are read before anything else, so their size is bounded before any parsing:
 # class names get 256 bytes each at MAX_CLASSES, every other value a few numbers' worth.
-MAX_VALUE_CHARS = {"ganaug.class_names": MAX_CLASSES * 256}
+MAX_VALUE_CHARS = {CLASS_NAMES_KEY: MAX_CLASSES * 256}
 MAX_OTHER_VALUE_CHARS = 1024
 _DIGITS = re.compile(r"[0-9]+")  # int() would also take "1_000", " 8 " and other scripts' digits
 
@@ -120,9 +147,9 @@ def _check_metadata_keys(metadata: dict, source: str) -> None:
         limit = MAX_VALUE_CHARS.get(key, MAX_OTHER_VALUE_CHARS)
         if len(metadata[key]) > limit:
             raise UserError(f"{source}: metadata {key} is {len(metadata[key])} characters long (at most {limit})")
-    if metadata["ganaug.schema"] != SCHEMA:
+    if metadata[SCHEMA_KEY] != SCHEMA:
         raise UserError(
-            f"{source}: unsupported ganaug.schema {metadata['ganaug.schema']!r}; this sampler reads "
+            f"{source}: unsupported {SCHEMA_KEY} {metadata[SCHEMA_KEY]!r}; this sampler reads "
             f"schema {SCHEMA!r} (a newer ganaug may read this model)"
         )
 
@@ -193,8 +220,8 @@ def _check_output(outputs: list[TensorSpec], image_shape: tuple[int, int, int], 
 
 
 def _image_shape(metadata: dict, source: str) -> tuple[int, int, int]:
-    text = metadata["ganaug.image_shape"]
-    shape = _flat_json_list(metadata, "ganaug.image_shape", source, "3 integers")
+    text = metadata[IMAGE_SHAPE_KEY]
+    shape = _flat_json_list(metadata, IMAGE_SHAPE_KEY, source, "3 integers")
     # bool is an int in Python: [8, 8, true] is not a shape.
     if not (isinstance(shape, list) and len(shape) == 3
             and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
@@ -218,7 +245,7 @@ def _check_image_size(image_shape: tuple[int, int, int], source: str) -> None:
 def _class_names(
     metadata: dict, num_classes: int, conditional: bool, source: str
 ) -> tuple[int, tuple[str, ...]]:
-    names = _flat_json_list(metadata, "ganaug.class_names", source, "strings")
+    names = _flat_json_list(metadata, CLASS_NAMES_KEY, source, "strings")
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise UserError(f"{source}: metadata ganaug.class_names must be a JSON list of strings")
     for index, name in enumerate(names):
@@ -243,8 +270,8 @@ def read_model_meta(
 ) -> ModelMeta:
     """Check a model against the contract and return its ModelMeta."""
     _check_metadata_keys(metadata, source)
-    z_dim = _int(metadata, "ganaug.z_dim", source, minimum=1, maximum=MAX_Z_DIM)
-    num_classes = _int(metadata, "ganaug.num_classes", source, minimum=0, maximum=MAX_CLASSES)
+    z_dim = _int(metadata, Z_DIM_KEY, source, minimum=1, maximum=MAX_Z_DIM)
+    num_classes = _int(metadata, NUM_CLASSES_KEY, source, minimum=0, maximum=MAX_CLASSES)
     image_shape = _image_shape(metadata, source)
     conditional = _check_inputs(inputs, z_dim, source)
     _check_output(outputs, image_shape, source)
@@ -255,9 +282,35 @@ def read_model_meta(
         num_classes=num_classes,
         class_names=class_names,
         image_shape=image_shape,
-        precision=metadata["ganaug.precision"],
-        train_step=_int(metadata, "ganaug.train_step", source, minimum=0, maximum=2**63 - 1),
-        checkpoint_sha256=metadata["ganaug.checkpoint_sha256"],
+        precision=metadata[PRECISION_KEY],
+        train_step=_int(metadata, TRAIN_STEP_KEY, source, minimum=0, maximum=2**63 - 1),
+        checkpoint_sha256=metadata[CHECKPOINT_SHA256_KEY],
         sha256=sha256,
         conditional=conditional,
     )
+
+
+def check_classifier_metadata(metadata: dict, meta: ModelMeta, source: str) -> None:
+    """A classifier's optional metadata: where it states its classes or image shape, they must be the
+    generator's (`meta`)."""
+    checks = ((CLASS_NAMES_KEY, list(meta.class_names), "class names"),
+              (IMAGE_SHAPE_KEY, list(meta.image_shape), "image shape"))
+    for key, expected, what in checks:
+        text = metadata.get(key)
+        if text is None:
+            continue
+        if len(text) > MAX_VALUE_CHARS.get(key, MAX_OTHER_VALUE_CHARS):
+            raise UserError(f"{source}: classifier metadata {key} is {len(text)} characters long")
+        try:
+            value = safejson.loads(text, max_depth=1)
+        except ValueError:
+            raise UserError(f"{source}: classifier metadata {key} is not a flat JSON list") from None
+        if value != expected:
+            shown = _short(repr(value), 120)
+            raise UserError(f"{source}: the classifier's {what} {shown} are not the generator's {_short(repr(expected), 120)}"
+                            + (" (same classes in another order?)" if key == CLASS_NAMES_KEY
+                               and isinstance(value, list) and sorted(map(str, value)) == sorted(expected) else ""))
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -319,3 +319,29 @@ def test_an_unlabelled_labelled_source_is_refused(tmp_path, capsys):
     assert main(["augment", "--labelled", str(tmp_path / "flat.npz"), "--out", str(tmp_path / "o"), *TINY_RUN,
                  *TINY_GAN]) == 2
     assert "has no labels" in error_line(capsys.readouterr().err, "augment")
+
+
+# ------------------------------------------------------------------------------ the FixMatch bar
+
+
+def _two_blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class 0: a bright left half; class 1: a bright right half (8x8, noisy)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    images = torch.randint(0, 60, (n, 1, 8, 8), generator=generator)
+    images[labels == 0, :, :, :4] += 180
+    images[labels == 1, :, :, 4:] += 180
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def test_fixmatch_learns_from_two_labels_and_unlabelled_images_and_follows_the_seed():
+    from ganaug.evaluate.classifier import TrainingSet, TrainSettings, accuracy, train_fixmatch
+
+    labelled, labels = _two_blobs(2, seed=0)
+    pool, _ = _two_blobs(64, seed=1)
+    test, test_labels = _two_blobs(100, seed=2)
+    settings = TrainSettings(steps=30, batch_size=8, widths=(8, 8))
+    first = train_fixmatch(TrainingSet(labelled, labels), pool, 2, settings, seed=0)
+    again = train_fixmatch(TrainingSet(labelled, labels), pool, 2, settings, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
+    assert accuracy(first, test, test_labels) > 0.9

@@ -100,6 +100,23 @@ def autocast(device: torch.device):
     return Precision("auto", device).autocast()
 
 
+def _trainable(channels: int, num_classes: int, settings: TrainSettings, device: torch.device):
+    """A SmallCNN in training mode and update(loss): one AdamW step on the cosine schedule over
+    settings.steps, what every classifier here trains with."""
+    model = SmallCNN(channels, num_classes, settings.widths).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps)))
+
+    def update(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+    return model.train(), update
+
+
 def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSettings, seed: int,
                      augment: bool = False, device: torch.device | None = None, policy: str = "affine") -> SmallCNN:
     """A SmallCNN trained for a fixed number of steps (AdamW, cosine decay); the same seed gives
@@ -110,11 +127,7 @@ def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSetting
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # weight initialisation, and the draws of torchvision's policies
     warp = build_policy(policy, data.real_images.shape[-1]) if augment else None
-    model = SmallCNN(data.real_images.shape[1], num_classes, settings.widths).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps)))
-    model.train()
+    model, update = _trainable(data.real_images.shape[1], num_classes, settings, device)
     for _ in range(settings.steps):
         images_u8, labels, n_warped = data.batch(settings.batch_size, generator)
         x = images_u8.float().div(255.0)
@@ -124,10 +137,7 @@ def train_classifier(data: TrainingSet, num_classes: int, settings: TrainSetting
         with autocast(device):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss)
     return model.eval()
 
 
@@ -155,11 +165,7 @@ def train_fixmatch(data: TrainingSet, unlabelled: torch.Tensor, num_classes: int
     torch.manual_seed(seed)
     side = data.real_images.shape[-1]
     weak, strong = build_policy(fixmatch.weak, side), build_policy(fixmatch.strong, side)
-    model = SmallCNN(data.real_images.shape[1], num_classes, settings.widths).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps)))
-    model.train()
+    model, update = _trainable(data.real_images.shape[1], num_classes, settings, device)
     for _ in range(settings.steps):
         images_u8, labels, _ = data.batch(settings.batch_size, generator)
         index = torch.randint(len(unlabelled), (fixmatch.mu * settings.batch_size,), generator=generator)
@@ -173,10 +179,7 @@ def train_fixmatch(data: TrainingSet, unlabelled: torch.Tensor, num_classes: int
         mask = (confidence >= fixmatch.threshold).float()
         loss = (F.cross_entropy(logits[:n], labels.to(device))
                 + fixmatch.unlabelled_weight * (F.cross_entropy(logits_strong, pseudo, reduction="none") * mask).mean())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        update(loss)
     return model.eval()
 
 

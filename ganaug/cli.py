@@ -115,7 +115,12 @@ def _run_train(args) -> int:
     if args.dry_run:
         print(dump_yaml(cfg), end="")
         return 0
-    run(cfg, args.run_dir, config_file=args.config)
+    live_metrics = None
+    if cfg.log.metric_every:  # evaluation's imports cost seconds: only where they are used
+        from ganaug.evaluate.live import LiveMetrics
+
+        live_metrics = LiveMetrics
+    run(cfg, args.run_dir, config_file=args.config, live_metrics=live_metrics)
     return 0
 
 

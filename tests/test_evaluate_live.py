@@ -95,3 +95,16 @@ def test_two_process_training_with_metrics_finishes_and_keeps_best(tmp_path):
     assert [step for step, _ in scalars(run, "metrics/fd")] == [2, 4]
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert len(best["rng"]) == 2  # both ranks contributed to the collective state_dict()
+
+
+def test_training_as_a_library_is_told_to_pass_the_metrics_hook(tmp_path):
+    """Training knows nothing of evaluation (no package cycle): the command line hands it LiveMetrics;
+    a library caller who asks for metrics without the hook is told what to pass, before any work."""
+    from ganaug import train
+    from ganaug.config import load_config
+    from ganaug.errors import UserError
+
+    cfg = load_config(None, [*TINY, *METRICS, "train.steps=2"])
+    with pytest.raises(UserError, match="live_metrics=ganaug.evaluate.live.LiveMetrics"):
+        train.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

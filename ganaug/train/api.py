@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +63,16 @@ def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()
     return cfg
 
 
-def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None) -> TrainResult:
+def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None,
+        live_metrics: Callable | None = None) -> TrainResult:
     """Train `cfg` in `run_dir`, resuming the checkpoint there if it has one (then `cfg` must describe
-    the same model and data). `config_file`, if the config came from one, is never overwritten."""
+    the same model and data). `config_file`, if the config came from one, is never overwritten.
+    live_metrics: what measures FD and KID every log.metric_every steps, called as
+    live_metrics(data, features_dir, samples, seed) on rank 0 (`ganaug.evaluate.live.LiveMetrics`;
+    the command line passes it); needed only when log.metric_every > 0."""
+    if cfg.log.metric_every and live_metrics is None:
+        raise UserError("log.metric_every: in-training metrics need live_metrics=ganaug.evaluate.live.LiveMetrics "
+                        "in ganaug.train.run (ganaug train passes it)")
     from ganaug.data import load_dataset, load_unlabelled
     from ganaug.data.loader import worker_died
     from ganaug.models import ModelSpec
@@ -92,7 +100,7 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None)
             setup_logging(info.rank)
             try:
                 _check_same_resume_step(resume["step"] if resume else 0)
-                trainer = Trainer(cfg, run_dir, info, data, spec, unlabelled)
+                trainer = Trainer(cfg, run_dir, info, data, spec, unlabelled, live_metrics)
                 if resume:
                     trainer.load_state_dict(resume)
                     del resume

@@ -14,6 +14,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -55,7 +56,7 @@ class TrainingDiverged(UserError):
 
 class Trainer:
     def __init__(self, cfg: Config, run: RunDirectory, info: DistInfo, data: ImageData, spec: ModelSpec,
-                 unlabelled: ImageData | None = None):
+                 unlabelled: ImageData | None = None, live_metrics: Callable | None = None):
         self.cfg, self.run, self.info, self.spec = cfg, run, info, spec
         self.device = device = info.device
         self.class_names = data.class_names if spec.num_classes else []
@@ -100,9 +101,9 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.metrics = None
         if cfg.log.metric_every and info.is_main:
-            from ganaug.evaluate.live import LiveMetrics
-
-            self.metrics = LiveMetrics(data, run.features, cfg.log.metric_samples, tc.seed)
+            # A hook (ganaug.evaluate.live.LiveMetrics from the command line): training knows nothing of evaluation.
+            assert live_metrics is not None, "log.metric_every needs live_metrics (ganaug.train.run checks it)"
+            self.metrics = live_metrics(data, run.features, cfg.log.metric_samples, tc.seed)
         torch.manual_seed(tc.seed + RANK_SEED_STRIDE * info.rank)  # each rank its own noise and augmentation
         self.tb = TensorBoardLogger(run.tb) if info.is_main else NullLogger()
 

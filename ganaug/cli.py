@@ -222,7 +222,8 @@ def _add_augment(sub) -> None:
     p.add_argument("--policy", default="auto",
                    choices=("auto", "affine", "elastic", "trivialaugment", "randaugment"),
                    help="classical augmentation of the estimate's classifier (auto: the best on the folds)")
-    p.add_argument("--folds", type=whole_number(2, 100, "2..100"), default=5, help="folds of the labelled images")
+    p.add_argument("--folds", type=whole_number(2, 100, "2..100"),
+                   help="folds of the labelled images (default 5, or the image count of the rarest class if fewer)")
     p.add_argument("--seeds", type=whole_number(1, 100, "1..100"), default=1, help="classifier seeds per fold")
     p.add_argument("--gan-steps", type=step_count, default=2000, help="steps of each generator augment trains")
     p.add_argument("--synthetic-per-class", type=whole_number(1, 10**6, "1..10^6"), default=500,

@@ -345,3 +345,12 @@ def test_fixmatch_learns_from_two_labels_and_unlabelled_images_and_follows_the_s
     again = train_fixmatch(TrainingSet(labelled, labels), pool, 2, settings, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))
     assert accuracy(first, test, test_labels) > 0.9
+
+
+def test_folds_default_to_five_or_the_rarest_class_count(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "l.npz", images=rng.integers(0, 256, (9, 8, 8), dtype=np.uint8), labels=np.repeat(np.arange(3), 3))
+    assert main(["augment", "--labelled", str(tmp_path / "l.npz"), "--out", str(tmp_path / "o"), "--synthetic", "never",
+                 "--policy", "affine", "--classifier-steps", "4", "--no-progress", "data.resolution=8"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["estimate"]["folds"] == 3 and len(report["estimate"]["accuracy_per_fold"][CLASSICAL]) == 3

@@ -51,6 +51,7 @@ from ganaug.files import sha256_of, write_atomic
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+DEFAULT_FOLDS = 5
 CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH = "classical", "self-training", "synthetic", "self-training+synthetic"
 ARMS = (CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH)
 
@@ -155,6 +156,8 @@ class _Job:
         self._check_memory(resolution * resolution * self.data.channels)
         self.state = _State(self.work / output.STATE, settings.fingerprint())
         self.tree = output.Tree(self.out, self.class_names)
+        # Five folds, or as many as the rarest class has images (at least 2: stratified_folds says so).
+        self.folds = settings.folds or max(2, min(DEFAULT_FOLDS, int(present.min())))
         self.image_shape = (resolution, resolution, self.data.channels)
 
     def _check_memory(self, image_bytes: int) -> None:
@@ -223,7 +226,7 @@ class _Job:
         """Per arm, the held-out accuracy of every fold (the mean over its seeds); the policy chosen."""
         from tqdm import tqdm
 
-        folds = stratified_folds(self.data.labels.numpy(), self.s.folds, self.s.seed)
+        folds = stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed)
         pool_images = None
         if self.pool is not None:
             pool_images = self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
@@ -257,7 +260,7 @@ class _Job:
                                                     for key, unit in zip(keys, fold_units, strict=True)])))
         bar.close()
         return {"policy": policy, "policy_accuracy": {p: float(np.mean(v)) for p, v in scores.items()},
-                "per_fold": per_fold, "held_out_share": 1 / self.s.folds}
+                "folds": self.folds, "per_fold": per_fold, "held_out_share": 1 / self.folds}
 
     # -- 2. the decision ---------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def build_report(settings: AugmentSettings, estimate: dict, prepared: dict, rows
     return {
         "labelled": {"source": settings.labelled, "images": counts["real"], "classes": class_names},
         "unlabelled": {"source": settings.unlabelled, "images": n_unlabelled} if settings.unlabelled else None,
-        "estimate": {"folds": settings.folds, "seeds_per_fold": settings.seeds, "policy": estimate["policy"],
+        "estimate": {"folds": estimate["folds"], "seeds_per_fold": settings.seeds, "policy": estimate["policy"],
                      "policy_accuracy": estimate["policy_accuracy"], "accuracy_per_fold": estimate["per_fold"],
                      "interval": "95%, corrected resampled t (Nadeau and Bengio 2003)"},
         "decision": decision,

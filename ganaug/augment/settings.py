@@ -25,7 +25,7 @@ class AugmentSettings:
     model: str | None = None  # a ganaug generator ONNX; None: augment trains one per fold and one on all labels
     synthetic: str = "auto"  # auto: synthetic images where the estimate says they help; never: no generator at all
     seed: int = 0  # folds, classifiers, latents: the same seed gives the same output
-    folds: int = 5  # stratified folds of the labelled images for the estimate
+    folds: int | None = None  # stratified folds of the labelled images; None: 5, or fewer where a class has fewer
     seeds: int = 1  # classifier seeds per fold (averaged within the fold)
     policy: str = "auto"  # classical augmentation: one of policies.POLICIES, or auto (chosen on the folds)
     gan_config: dict = field(default_factory=dict)  # the resolved GAN config (ganaug.config)
@@ -45,7 +45,7 @@ class AugmentSettings:
         checks = (
             (self.synthetic in SYNTHETIC_CHOICES, f"--synthetic must be one of {', '.join(SYNTHETIC_CHOICES)}"),
             (self.policy in (*POLICIES, "auto"), f"--policy must be auto or one of {', '.join(POLICIES)}"),
-            (2 <= self.folds <= 100, f"--folds must be in 2..100, got {self.folds}"),
+            (self.folds is None or 2 <= self.folds <= 100, f"--folds must be in 2..100, got {self.folds}"),
             (1 <= self.seeds <= 100, f"--seeds must be in 1..100, got {self.seeds}"),
             (0 < self.synthetic_share < 1, f"--synthetic-share must be in (0, 1), got {self.synthetic_share}"),
             (0 < self.filter_confidence <= 1, f"--min-confidence must be in (0, 1], got {self.filter_confidence}"),

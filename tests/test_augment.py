@@ -16,7 +16,13 @@ from scipy import stats
 
 from ganaug.augment import output
 from ganaug.augment.api import BOTH, CLASSICAL, SELF_TRAINING, SYNTHETIC, _Job
-from ganaug.augment.estimate import corrected_difference, sentence, stratified_folds
+from ganaug.augment.estimate import (
+    MEASURABLY_BETTER,
+    NOT_MEASURABLY_WORSE,
+    corrected_difference,
+    sentence,
+    stratified_folds,
+)
 from ganaug.augment.settings import AugmentSettings
 from ganaug.augment.synthetic import keep_first_per_class
 from ganaug.cli import main
@@ -48,15 +54,20 @@ def test_corrected_interval_is_nadeau_bengio():
     assert half > naive  # wider than the plain t-interval that takes folds for independent
 
 
-def test_an_ingredient_is_kept_only_when_the_whole_interval_is_above_zero():
-    assert corrected_difference("a", "b", [0.9, 0.91, 0.92], [0.8, 0.8, 0.8], 0.2).worth_it
+def test_the_two_rules_keep_by_the_whole_interval():
+    better = corrected_difference("a", "b", [0.9, 0.91, 0.92], [0.8, 0.8, 0.8], 0.2)
     unsure = corrected_difference("a", "b", [0.9, 0.7, 0.95], [0.8, 0.8, 0.8], 0.2)
-    assert unsure.mean > 0 and not unsure.worth_it
-    assert "not measurably better; left out" in sentence(unsure, "synthetic images")
     worse = corrected_difference("a", "b", [0.7, 0.71, 0.7], [0.8, 0.8, 0.8], 0.2)
-    assert "measurably worse; left out" in sentence(worse, "synthetic images")
+    assert unsure.mean > 0 and unsure.low < 0 < unsure.high
+    # synthetic images: kept only where the whole interval is above zero
+    assert [d.keeps(MEASURABLY_BETTER) for d in (better, unsure, worse)] == [True, False, False]
+    assert sentence(unsure, "synthetic images", MEASURABLY_BETTER).endswith("not measurably better; left out.")
+    # pseudo-labels: left out only where the whole interval is below zero
+    assert [d.keeps(NOT_MEASURABLY_WORSE) for d in (better, unsure, worse)] == [True, True, False]
+    assert "not measurably worse; kept" in sentence(unsure, "pseudo-labels", NOT_MEASURABLY_WORSE)
+    assert sentence(worse, "pseudo-labels", NOT_MEASURABLY_WORSE).endswith("measurably worse; left out.")
     single = corrected_difference("a", "b", [0.9], [0.8], 0.5)
-    assert math.isnan(single.low) and not single.worth_it
+    assert math.isnan(single.low) and not single.keeps(MEASURABLY_BETTER) and single.keeps(NOT_MEASURABLY_WORSE)
 
 
 def test_folds_are_stratified_and_need_enough_images_of_every_class():
@@ -74,8 +85,8 @@ def _estimate(per_fold: dict) -> dict:
     return {"per_fold": per_fold, "held_out_share": 0.2, "policy": "affine", "policy_accuracy": {}}
 
 
-def test_the_decision_adds_an_ingredient_only_where_it_measurably_helps():
-    flat, up = [0.8, 0.8, 0.8], [0.9, 0.91, 0.92]
+def test_the_decision_keeps_pseudo_labels_unless_they_hurt_and_synthetic_images_only_where_they_help():
+    flat, up, unsure = [0.8, 0.8, 0.8], [0.9, 0.91, 0.92], [0.9, 0.7, 0.95]
     # Self-training helps, synthetic images add nothing on top of it: the synthetic images are
     # judged against self-training (their control), not against the labelled images alone.
     decision = _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: up, BOTH: up}))
@@ -87,6 +98,11 @@ def test_the_decision_adds_an_ingredient_only_where_it_measurably_helps():
     assert decision["recipe"] == SYNTHETIC and decision["differences"]["synthetic"]["worse"] == CLASSICAL
     decision = _Job.decide(_estimate({CLASSICAL: up, SYNTHETIC: flat}))
     assert decision["recipe"] == CLASSICAL and "recipe" not in decision["differences"]
+    # self-training not measurably better, nor worse: kept; unsure synthetic images: left out
+    decision = _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: unsure, SYNTHETIC: unsure, BOTH: unsure}))
+    assert decision["recipe"] == SELF_TRAINING and decision["rules"] == {"pseudo": NOT_MEASURABLY_WORSE,
+                                                                         "synthetic": MEASURABLY_BETTER}
+    assert _Job.decide(_estimate({CLASSICAL: up, SELF_TRAINING: flat}))["recipe"] == CLASSICAL
     assert _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: flat,
                                   BOTH: [0.95, 0.96, 0.97]}))["recipe"] == BOTH
 
@@ -248,7 +264,7 @@ def _forced(decision: dict):
     estimate says."""
     def decide(estimate):
         return {"recipe": decision["recipe"], "pseudo": decision["pseudo"], "synthetic": decision["synthetic"],
-                "differences": {}}
+                "rules": {}, "differences": {}}
     return staticmethod(decide)
 
 

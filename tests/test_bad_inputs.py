@@ -2224,7 +2224,7 @@ def _augment_part_manifest_damaged(env):
     env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
     original = _Job.decide
     _Job.decide = staticmethod(lambda estimate: {"recipe": "self-training", "pseudo": True, "synthetic": False,
-                                                 "differences": {}})
+                                                 "rules": {}, "differences": {}})
     try:
         assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"))) == 0
     finally:

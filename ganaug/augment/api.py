@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from ganaug.augment import output
-from ganaug.augment.estimate import Difference, corrected_difference, stratified_folds
+from ganaug.augment.estimate import (
+    MEASURABLY_BETTER,
+    NOT_MEASURABLY_WORSE,
+    Difference,
+    corrected_difference,
+    stratified_folds,
+)
 from ganaug.augment.pool import UnlabelledPool
 from ganaug.augment.settings import AugmentSettings
 from ganaug.augment.synthetic import keep_first_per_class, torch_scorer, train_generator
@@ -266,26 +272,27 @@ class _Job:
 
     @staticmethod
     def decide(estimate: dict) -> dict:
-        """Start from the labelled images with classical augmentation; add an ingredient only where
-        the estimate puts its gain above zero."""
+        """Start from the labelled images with classical augmentation; add pseudo-labels unless the
+        estimate shows they hurt, and synthetic images only where it shows they help (estimate.py)."""
         per_fold, share = estimate["per_fold"], estimate["held_out_share"]
 
         def diff(better: str, worse: str) -> Difference:
             return corrected_difference(better, worse, per_fold[better], per_fold[worse], share)
 
-        differences = {}
+        differences, rules = {}, {}
         use_pseudo = use_synthetic = False
         if SELF_TRAINING in per_fold:
-            differences["pseudo"] = diff(SELF_TRAINING, CLASSICAL)
-            use_pseudo = differences["pseudo"].worth_it
+            differences["pseudo"], rules["pseudo"] = diff(SELF_TRAINING, CLASSICAL), NOT_MEASURABLY_WORSE
+            use_pseudo = differences["pseudo"].keeps(NOT_MEASURABLY_WORSE)
         if SYNTHETIC in per_fold:
             differences["synthetic"] = diff(BOTH, SELF_TRAINING) if use_pseudo else diff(SYNTHETIC, CLASSICAL)
-            use_synthetic = differences["synthetic"].worth_it
+            rules["synthetic"] = MEASURABLY_BETTER
+            use_synthetic = differences["synthetic"].keeps(MEASURABLY_BETTER)
         recipe = {(False, False): CLASSICAL, (True, False): SELF_TRAINING, (False, True): SYNTHETIC,
                   (True, True): BOTH}[use_pseudo, use_synthetic]
         if recipe != CLASSICAL:
             differences["recipe"] = diff(recipe, CLASSICAL)
-        return {"recipe": recipe, "pseudo": use_pseudo, "synthetic": use_synthetic,
+        return {"recipe": recipe, "pseudo": use_pseudo, "synthetic": use_synthetic, "rules": rules,
                 "differences": {name: d.as_dict() for name, d in differences.items()}}
 
     # -- 3. the output -----------------------------------------------------------------------

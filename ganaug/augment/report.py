@@ -35,15 +35,14 @@ def build_report(settings: AugmentSettings, estimate: dict, prepared: dict, rows
     per_class = {name: Counter() for name in class_names}
     for row in rows:
         per_class[row["class_name"]][row["source"]] += 1
-    sentences = [sentence(Difference(**{k: v for k, v in d.items() if k != "worth_it"}), INGREDIENTS[name])
+    sentences = [sentence(Difference(**d), INGREDIENTS[name], decision["rules"][name])
                  for name, d in decision["differences"].items() if name != "recipe"]
     if "recipe" in decision["differences"]:
         recipe = decision["differences"]["recipe"]
         sentences.append(f"The recommended set ({decision['recipe']}) against the labelled images with classical "
-                         f"augmentation: {Difference(**{k: v for k, v in recipe.items() if k != 'worth_it'}).interval_text()}.")
+                         f"augmentation: {Difference(**recipe).interval_text()}.")
     else:
-        sentences.append("Nothing measurably beat the labelled images with classical augmentation: the output is "
-                         "the labelled images alone; train on them with the policy below.")
+        sentences.append("The output is the labelled images alone: train on them with the policy below.")
     if settings.model and settings.uses_generator:
         sentences.append(f"The generator was given (--model {settings.model}), not trained per fold: if it saw the "
                          "held-out labelled images, the synthetic images' estimate is optimistic.")

@@ -16,6 +16,12 @@ trained on the test side's behalf by each arm and scored once on the test split:
         --split-seeds 100,101,102 --out runs/augment_study -- --folds 3 --gan-steps 800
 
 Everything after `--` goes to `ganaug augment`. A finished unit (split, K) is skipped when run again.
+
+Classifiers nobody here tuned (goal 3): scikit-learn's logistic regression on the raw pixels, trained
+on the labelled images alone, on them plus the pool pseudo-labelled by the same model (tau 0.9), on
+augment's folder with its manifest weights as sample weights, and on that folder less its synthetic
+images. Added to every finished unit's results.json (`--other-classifiers` adds them to units
+measured before they existed; the test split is read once per arm there too).
 """
 
 from __future__ import annotations
@@ -72,6 +78,45 @@ def read_output(folder: Path, drop_synthetic: bool = False):
             for name, (images, labels) in groups.items()}
 
 
+def read_weighted(folder: Path, drop_synthetic: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """augment's folder as flat pixels in [0, 1], labels and the manifest's sampling weights."""
+    pixels, labels, weights = [], [], []
+    with open(folder / "manifest.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            if drop_synthetic and row["source"] == "synthetic":
+                continue
+            pixels.append(np.asarray(Image.open(folder / row["path"]), np.float32).ravel() / 255)
+            labels.append(int(row["label"]))
+            weights.append(float(row["weight"]))
+    return np.stack(pixels), np.asarray(labels), np.asarray(weights)
+
+
+def other_classifiers(data, split_seed: int, k: int, out: Path, test_size: int) -> dict:
+    """Held-out accuracy of scikit-learn's logistic regression per arm (its defaults, more iterations)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def flat(images: torch.Tensor) -> np.ndarray:
+        return images.reshape(len(images), -1).float().div(255).numpy()
+
+    def fit(x, y, weights=None):
+        return LogisticRegression(max_iter=2000).fit(x, y, sample_weight=weights)
+
+    train, test = split(data.labels, test_size, split_seed)
+    labelled = k_per_class(data.labels, torch.as_tensor(train), k, split_seed).numpy()
+    pool = flat(data.images[np.setdiff1d(train, labelled)])
+    x, y = flat(data.images[labelled]), data.labels[labelled].numpy()
+    test_x, test_y = flat(data.images[test]), data.labels[test].numpy()
+    teacher = fit(x, y)
+    probabilities = teacher.predict_proba(pool)
+    sure = probabilities.max(1) >= PSEUDO_LABEL_CONFIDENCE
+    models = {"labelled": teacher,
+              "self-training": fit(np.concatenate([x, pool[sure]]),
+                                   np.concatenate([y, teacher.classes_[probabilities[sure].argmax(1)]])),
+              "augment": fit(*read_weighted(out / "set", drop_synthetic=False)),
+              "augment-without-synthetic": fit(*read_weighted(out / "set", drop_synthetic=True))}
+    return {arm: float((model.predict(test_x) == test_y).mean()) for arm, model in models.items()}
+
+
 def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
     train, test = split(data.labels, args.test_size, split_seed)
     labelled = k_per_class(data.labels, torch.as_tensor(train), k, split_seed).numpy()
@@ -116,6 +161,7 @@ def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[
             results.setdefault(arm, []).append(accuracy(model, test_images, test_labels))
     return {"split_seed": split_seed, "k": k, "policy": policy, "recipe": report["decision"]["recipe"],
             "estimate": report["decision"]["differences"], "accuracy": results,
+            "logistic_regression": other_classifiers(data, split_seed, k, out, args.test_size),
             "pseudo_labels_right": float((pseudo[sure] == data.labels[pool][sure]).float().mean()),
             "augment_seconds": round(augment_seconds, 1)}
 
@@ -130,6 +176,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per arm")
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--other-classifiers", action="store_true",
+                        help="only add scikit-learn's arms to finished units that lack them")
     args, augment_args = parser.parse_known_args()
     augment_args = [a for a in augment_args if a != "--"]
     torch.set_num_threads(torch.get_num_threads())
@@ -137,6 +185,14 @@ def main() -> None:
     for split_seed in (int(s) for s in args.split_seeds.split(",")):
         for k in (int(k) for k in args.k.split(",")):
             out = Path(args.out) / f"split{split_seed}" / f"k{k}"
+            if args.other_classifiers:
+                if (out / "results.json").is_file():
+                    result = json.loads((out / "results.json").read_text())
+                    if "logistic_regression" not in result:
+                        result["logistic_regression"] = other_classifiers(data, split_seed, k, out, args.test_size)
+                        write_atomic(out / "results.json", json.dumps(result, indent=1))
+                    print(json.dumps({"split": split_seed, "k": k} | result["logistic_regression"]), flush=True)
+                continue
             if (out / "results.json").is_file():
                 continue
             out.mkdir(parents=True, exist_ok=True)

@@ -1565,6 +1565,40 @@ def _sample_out_corrupt_info(env):
     return env.sample(model, "--n", "3")
 
 
+@case("sample-overwrite-foreign-ganaug-names", "sample",
+      "--overwrite into a folder ganaug never wrote, holding a manifest.csv and a shard_00000.npz of the user's",
+      "is not empty and has no sample_info.json", survives=("out/manifest.csv", "out/shard_00000.npz"),
+      found="deleted the user's manifest.csv and shard_00000.npz (ganaug's file names), then wrote a sample set there")
+def _sample_overwrite_foreign_ganaug_names(env):
+    (env.tmp / "out").mkdir()
+    (env.tmp / "out" / "manifest.csv").write_text("my,own,manifest\n")
+    (env.tmp / "out" / "shard_00000.npz").write_bytes(b"my own data")
+    return env.sample(env.model(), "--n", "3", "--overwrite")
+
+
+@case("sample-overwrite-corrupt-info", "sample", "--overwrite where sample_info.json is not JSON",
+      "ganaug cannot tell which files there it wrote, so it deletes none", survives=("out",),
+      found="deleted manifest.csv and sample_info.json by their names, then refused over the class folder it "
+            "could no longer tell was its own")
+def _sample_overwrite_corrupt_info(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "3")) == 0
+    (env.tmp / "out" / "sample_info.json").write_text("{broken")
+    return env.sample(model, "--n", "3", "--overwrite")
+
+
+@case("sample-overwrite-info-class-dirs-number", "sample",
+      "--overwrite with another seed where sample_info.json says class_dirs: 5",
+      "is not a ganaug sample_info.json (no identity object, or class_dirs not a list of names)", survives=("out",),
+      found="TypeError traceback ('int' object is not iterable), exit 1")
+def _sample_overwrite_info_class_dirs_number(env):
+    model = env.model()
+    assert _quiet_main(env.sample(model, "--n", "3")) == 0
+    info = json.loads((env.tmp / "out" / "sample_info.json").read_text())
+    (env.tmp / "out" / "sample_info.json").write_text(json.dumps(info | {"class_dirs": 5}))
+    return env.sample(model, "--n", "3", "--seed", "2", "--overwrite")
+
+
 @case("sample-out-class-dir-symlink", "sample", "an interrupted set whose class folder became a symlink out of --out",
       "{tmp}/out/cat is a symbolic link; refusing to write through it", survives=("out", "elsewhere"))
 def _sample_out_class_dir_symlink(env):

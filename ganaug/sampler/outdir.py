@@ -3,7 +3,8 @@
 sample_info.json is written before the first image. On a later run (or another shard of the same
 set) it tells whether the directory holds the same set of images (same model, seed, count,
 classes, format...): then the run resumes and skips files already present and whole; otherwise it
-is refused unless --overwrite, which removes only files the earlier run wrote. A non-empty
+is refused unless --overwrite, which removes only files the earlier run wrote. That record is the
+only proof ganaug wrote anything here: without a readable one, --overwrite deletes nothing. A non-empty
 directory without sample_info.json is never written into: that would mix synthetic images into
 someone's data. Callers hold the state lock (locks.py).
 """
@@ -59,12 +60,19 @@ def read_info(path: str) -> dict | None:
         return None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         reason = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
-        raise UserError(f"cannot read {info_path} ({reason}); pass --overwrite to replace this output") from None
-    if not isinstance(info, dict):
-        raise UserError(
-            f"{info_path} is not a ganaug sample_info.json; pass --overwrite to replace this output"
-        )
+        raise UserError(f"cannot read {info_path} ({reason}); {_UNPROVEN}") from None
+    # The fields that steer resuming and deleting, checked like any input (it is a file from disk).
+    class_dirs = info.get("class_dirs", []) if isinstance(info, dict) else None
+    if not (isinstance(info, dict) and isinstance(info.get("identity"), dict) and isinstance(class_dirs, list)
+            and all(isinstance(name, str) for name in class_dirs)):
+        raise UserError(f"{info_path} is not a ganaug sample_info.json (no identity object, or class_dirs not a "
+                        f"list of names); {_UNPROVEN}")
     return info
+
+
+# Without its record, ganaug cannot prove which files in a directory it wrote, so it deletes none.
+_UNPROVEN = ("ganaug cannot tell which files there it wrote, so it deletes none: move them aside or choose "
+             "another --out")
 
 
 def write_info(path: str, info: dict) -> None:
@@ -92,10 +100,11 @@ def _is_plain_name(name) -> bool:
     )
 
 
-def remove_previous_output(path: str, old_info: dict | None, keep: Claim) -> None:
+def remove_previous_output(path: str, old_info: dict, keep: Claim) -> None:
     """Delete what an earlier run wrote (its images, shards, manifest, markers, scores, info), nothing else;
-    `keep` is this run's own claim. Only with no other run writing to `path`."""
-    for class_dir in (old_info or {}).get("class_dirs", []):
+    `keep` is this run's own claim. Only with no other run writing to `path`, and only with the earlier
+    run's record (`old_info`, checked by read_info)."""
+    for class_dir in old_info.get("class_dirs", []):
         if not _is_plain_name(class_dir):
             continue  # a tampered sample_info.json must not steer deletions elsewhere
         directory = os.path.join(path, class_dir)
@@ -127,12 +136,7 @@ def remove_previous_output(path: str, old_info: dict | None, keep: Claim) -> Non
 def open_for_run(path: str, identity: dict, overwrite: bool, running: list[Shard], claim: Claim) -> dict | None:
     """Check the directory against this run; return the set's sample_info.json when resuming it
     (None for a fresh start). `running`: the shards other processes write now."""
-    try:
-        old_info = read_info(path)
-    except UserError:
-        if not overwrite:
-            raise
-        old_info = None
+    old_info = read_info(path)
     if old_info is not None and old_info.get("identity") == identity:
         return old_info
     if old_info is not None and not overwrite:
@@ -142,12 +146,11 @@ def open_for_run(path: str, identity: dict, overwrite: bool, running: list[Shard
             f"{path} holds samples made with other settings ({'; '.join(differences)}); "
             "choose another --out or pass --overwrite to replace them"
         )
-    if overwrite:
+    if overwrite and old_info is not None:  # the record of what an earlier run wrote: only that goes
         if running:
             raise UserError(f"cannot --overwrite {path} while `ganaug sample --shard {running[0]}` is writing to it")
         remove_previous_output(path, old_info, claim)
-        if old_info is not None:
-            return None  # files of the user's own beside the old set stay, as they did
+        return None  # files of the user's own beside the old set stay, as they did
     foreign = [name for name in os.listdir(path) if not (is_temporary(name) or is_coordination_file(name))]
     if foreign:
         raise UserError(

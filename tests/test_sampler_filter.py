@@ -47,6 +47,11 @@ def filtered(model, out, classifier, *args, tau=TAU) -> int:
     return sample(model, out, "--filter", classifier, "--min-confidence", tau, *args)
 
 
+def records(out) -> list[str]:
+    """The score records of a filtered PNG set: files beside the manifest, never a folder."""
+    return sorted(name for name in os.listdir(out) if name.startswith(".scores"))
+
+
 def read_manifest(out) -> list[dict]:
     with open(os.path.join(out, "manifest.csv"), newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -100,9 +105,15 @@ def test_the_kept_png_set_is_the_brute_force_filter_and_a_subset_of_the_unfilter
     assert info["filter"]["images_kept"] == int(keep.sum()) and info["images"] == N
     assert info["arguments"]["filter"] == classifier and info["arguments"]["min_confidence"] == TAU
     # Every image's score, kept or rejected, stays recorded: a re-run verifies without scoring.
-    recorded = np.concatenate([np.load(out / ".scores" / name) for name in sorted(os.listdir(out / ".scores"))])
-    assert sorted(os.listdir(out / ".scores"))[0] == "0-of-1-000000000.npy"
+    recorded = np.concatenate([np.load(out / name) for name in records(out)])
+    assert records(out)[0] == ".scores-0-of-1-000000000.npy"
     assert recorded == pytest.approx(scores, abs=1e-5)
+    # torchvision's ImageFolder reads the set as it is: every kept image, labelled by its class
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(out))
+    assert {os.path.relpath(path, out): label for path, label in folder.samples} == {
+        row["path"]: int(row["label"]) for row in read_manifest(out)}
 
 
 def test_the_kept_npz_set_holds_images_labels_indices_and_scores(model, classifier, tmp_path):
@@ -170,7 +181,7 @@ def test_an_unfiltered_set_keeps_its_format(model, tmp_path):
     assert (tmp_path / "out" / "manifest.csv").read_text().splitlines()[0] == "path,label,class_name,index,seed"
     info = json.loads((tmp_path / "out" / "sample_info.json").read_text())
     assert "filter" not in info and "filter" not in info["identity"] and "filter" not in info["arguments"]
-    assert not (tmp_path / "out" / ".scores").exists()
+    assert not records(tmp_path / "out")
 
 
 def test_a_class_the_filter_keeps_nothing_of_gets_no_directory_or_an_empty_shard(model, tmp_path, capsys):
@@ -184,7 +195,8 @@ def test_a_class_the_filter_keeps_nothing_of_gets_no_directory_or_an_empty_shard
     bias.CopyFrom(numpy_helper.from_array(np.array([20, 0, 0], np.float32), "b"))
     onnx.save(proto, sure)
     assert filtered(model, tmp_path / "out", sure, "--n", 12, tau=0.5) == 0
-    assert sorted(os.listdir(tmp_path / "out")) == [".scores", "cat", "manifest.csv", "sample_info.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == [".scores-0-of-1-000000000.npy", "cat", "manifest.csv",
+                                                    "sample_info.json"]
     err = capsys.readouterr().err
     assert "WARNING the filter kept no image of class 'dog'" in err and "class 'fox'" in err
     assert "wrote 4 images (8 rejected by the filter)" in err
@@ -234,7 +246,7 @@ def test_a_resume_scores_only_what_no_record_holds(model, classifier, tmp_path, 
     with pytest.raises(Crash):
         filtered(model, out, classifier, "--n", N, "--batch-size", 5)
     monkeypatch.setattr(scores_module.ScoreRecords, "write", original_write)
-    assert not (out / "manifest.csv").exists() and len(os.listdir(out / ".scores")) == 4
+    assert not (out / "manifest.csv").exists() and len(records(out)) == 4
     scored = _count_scored(monkeypatch)
     assert filtered(model, out, classifier, "--n", N, "--batch-size", 64) == 0
     assert sum(scored) == N - 4 * BLOCK  # the four recorded blocks are not scored again
@@ -277,7 +289,7 @@ def test_resume_after_sigkill_is_byte_identical(model, classifier, tmp_path):
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     kill_once_written(process, out, timeout_s=120)
-    assert not (out / "manifest.csv").exists() and os.listdir(out / ".scores")
+    assert not (out / "manifest.csv").exists() and records(out)
     assert filtered(model, out, classifier, "--n", n, "--batch-size", 64) == 0
     assert tree(out) == tree(reference)
 
@@ -294,7 +306,7 @@ def test_shards_equal_one_unsharded_filtered_run(model, classifier, tmp_path, fm
     assert filtered(model, out, classifier, *args, "--shard", "0/3", "--batch-size", 4) == 0
     assert not (out / "manifest.csv").exists()
     if fmt == "png":  # records of split 3 until the set is finished
-        assert {name.split("-")[0] + "-of-3" for name in os.listdir(out / ".scores")} == {"0-of-3", "2-of-3"}
+        assert {name.split("-")[1] + "-of-3" for name in records(out)} == {"0-of-3", "2-of-3"}
     assert filtered(model, out, classifier, *args, "--shard", "1/3") == 0
     assert tree(out) == tree(tmp_path / "reference")  # images, manifest, sample_info and records
 
@@ -330,7 +342,7 @@ def test_another_filter_or_none_on_the_same_set_is_refused_by_name(model, classi
     assert "filter {'classifier_sha256'" in error and "there, None now" in error
     assert tree(out) == before
     assert sample(model, out, "--n", 12, "--overwrite") == 0
-    assert not (out / ".scores").exists()  # --overwrite removed the records too
+    assert not records(out)  # --overwrite removed the records too
 
 
 @pytest.mark.parametrize(("value", "message"), [

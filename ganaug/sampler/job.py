@@ -52,7 +52,7 @@ from ganaug.sampler.part import (
 from ganaug.sampler.progress import Progress
 from ganaug.sampler.rng import SCHEME
 from ganaug.sampler.sampler import Sampler
-from ganaug.sampler.scores import RECORD_DIR, ScoreRecords, block_count, block_indices, record_bytes_bound
+from ganaug.sampler.scores import ScoreRecords, block_count, block_indices, record_bytes_bound
 from ganaug.sampler.session import physical_cores, short_provider
 from ganaug.sampler.shards import Shard
 from ganaug.sampler.space import (
@@ -231,13 +231,6 @@ def _write_filtered_manifest(request: SampleRequest, layout: Layout, class_names
     return [int(kept[c]) for c in request.classes]
 
 
-def _records_dir(request: SampleRequest, image_filter: ImageFilter | None) -> list[str]:
-    """DIR/.scores where a filtered PNG set records its scores."""
-    if image_filter is None or request.format != "png":
-        return []
-    return [os.path.join(request.out_dir, RECORD_DIR)]
-
-
 def _class_directories(request: SampleRequest, layout: Layout) -> list[str]:
     """The class directories of a PNG set; only classes that get images (ImageFolder refuses an empty one)."""
     if request.format != "png":
@@ -257,9 +250,9 @@ def _make_class_dir(directory: str) -> None:
         raise UserError(f"cannot create {directory}: {exc.strerror or exc}") from None
 
 
-def _clean_temporaries(request: SampleRequest, layout: Layout, image_filter: ImageFilter | None) -> None:
+def _clean_temporaries(request: SampleRequest, layout: Layout) -> None:
     """Remove temporaries of killed runs; only while no other run writes (they could be its own)."""
-    directories = [request.out_dir, *_class_directories(request, layout), *_records_dir(request, image_filter)]
+    directories = [request.out_dir, *_class_directories(request, layout)]
     stale = sum(clean_temporaries(d) for d in directories)
     if stale:
         log.info("removed %d temporary files left by an interrupted run", stale)
@@ -287,10 +280,10 @@ def _open(sampler: Sampler, request: SampleRequest, part: Part, layout: Layout, 
     _check_space(sampler, request, part, layout, identity, workers, image_filter)
     if not resuming:
         write_info(request.out_dir, _info(sampler, request, layout, identity, False, image_filter))
-    for directory in [*_class_directories(request, layout), *_records_dir(request, image_filter)]:
+    for directory in _class_directories(request, layout):
         _make_class_dir(directory)
     if not running:
-        _clean_temporaries(request, layout, image_filter)
+        _clean_temporaries(request, layout)
     return resuming
 
 
@@ -348,7 +341,7 @@ def _finish(sampler: Sampler, request: SampleRequest, layout: Layout, identity: 
     write_info(request.out_dir, _info(sampler, request, layout, identity, True, image_filter, kept))
     remove_coordination_files(request.out_dir, keep=claim)
     if not running_shards(request.out_dir, claim):
-        _clean_temporaries(request, layout, image_filter)
+        _clean_temporaries(request, layout)
     return []
 
 

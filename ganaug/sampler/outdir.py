@@ -126,7 +126,7 @@ def remove_previous_output(path: str, old_info: dict, keep: Claim) -> None:
             or is_coordination_file(entry.name)
         ):
             os.unlink(entry.path)
-    remove_records(path)  # a filtered set's scores (DIR/.scores)
+    remove_records(path)  # a filtered set's scores (DIR/.scores-*.npy)
     # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
     info_path = os.path.join(path, INFO_NAME)
     if os.path.isfile(info_path) and not os.path.islink(info_path):

@@ -2,12 +2,14 @@
 
 A filtered PNG set has no file for a rejected image, so a missing file alone cannot tell "rejected"
 from "not generated yet". Each process records the classifier's score of every image it classifies,
-kept or rejected, in DIR/.scores/: one small float32 .npy per RECORD_IMAGES images of its shard,
-written atomically once that block is scored. Before or after the block's PNGs, either order is
+kept or rejected, in files DIR/.scores-*.npy: one small float32 .npy per RECORD_IMAGES images of its
+shard, written atomically once that block is scored. They are files beside manifest.csv, not a
+folder: torchvision's ImageFolder takes every folder of DIR for a class (a `.scores/` folder shifted
+every label by one). Before or after the block's PNGs, either order is
 safe: a recorded kept image whose file is missing or damaged is generated again (not re-scored), and
 an image no record holds is generated and scored again.
 
-Record `S-of-N-BBBBBBBBB.npy` holds the scores of shard S of an N-way split (--shard S/N; 0-of-1
+Record `.scores-S-of-N-BBBBBBBBB.npy` holds the scores of shard S of an N-way split (--shard S/N; 0-of-1
 unsharded) for the images at positions j = i // N of that shard in block B: i = S + N x j, j in
 [B x R, (B + 1) x R). A score is a fact about image i, whichever split recorded it, so a run looks
 it up in every split's records. The run that finishes the set rewrites them as the unsharded
@@ -27,18 +29,18 @@ import re
 import numpy as np
 
 from ganaug.errors import UserError
-from ganaug.files import is_temporary, write_atomic
+from ganaug.files import write_atomic
 from ganaug.sampler.shards import Shard
 
-RECORD_DIR = ".scores"
+RECORD_PREFIX = ".scores-"
 RECORD_IMAGES = 4096  # images of one shard per record: 16 KiB of scores
 WHOLE = Shard(0, 1)
-_NAME = re.compile(r"([0-9]{1,9})-of-([0-9]{1,9})-([0-9]{9,18})\.npy")
+_NAME = re.compile(re.escape(RECORD_PREFIX) + r"([0-9]{1,9})-of-([0-9]{1,9})-([0-9]{9,18})\.npy")
 _CACHED = 64  # records kept in memory: a block of split N touches up to N records of the unsharded split
 
 
 def record_name(shard: Shard, block: int) -> str:
-    return f"{shard.index}-of-{shard.count}-{block:09d}.npy"
+    return f"{RECORD_PREFIX}{shard.index}-of-{shard.count}-{block:09d}.npy"
 
 
 def is_record_name(name: str) -> bool:
@@ -68,10 +70,10 @@ def _npy_bytes(scores: np.ndarray) -> bytes:
 
 
 class ScoreRecords:
-    """The records in DIR/.scores of one set of n images (see the module docstring)."""
+    """The records (DIR/.scores-*.npy) of one set of n images (see the module docstring)."""
 
     def __init__(self, out_dir: str, n: int):
-        self.directory = os.path.join(out_dir, RECORD_DIR)
+        self.directory = out_dir
         self.n = n
         self._present: dict[int, set[tuple[int, int]]] = {}  # split count -> {(shard index, block)}
         self._cache: collections.OrderedDict[tuple[Shard, int], np.ndarray | None] = collections.OrderedDict()
@@ -80,8 +82,6 @@ class ScoreRecords:
     def rescan(self) -> None:
         """Take stock of the records on disk (other processes may have written more since)."""
         self._present, self._cache = {}, collections.OrderedDict()
-        if os.path.islink(self.directory):
-            return
         try:
             entries = list(os.scandir(self.directory))
         except (FileNotFoundError, NotADirectoryError):
@@ -154,7 +154,7 @@ class ScoreRecords:
             if not known.all():
                 first = int(indices[np.flatnonzero(~known)[0]])
                 raise UserError(
-                    f"{self.directory} lacks the scores of {int((~known).sum())} images (image {first} first), "
+                    f"{self.directory} lacks the recorded scores of {int((~known).sum())} images (image {first} first), "
                     "which every shard should have recorded; run the same command without --shard to score them again"
                 )
             self.write(WHOLE, block, scores)
@@ -174,12 +174,7 @@ class ScoreRecords:
 
 
 def remove_records(out_dir: str) -> None:
-    """Delete DIR/.scores and the records and temporaries in it, nothing else (--overwrite)."""
-    directory = os.path.join(out_dir, RECORD_DIR)
-    if os.path.islink(directory) or not os.path.isdir(directory):
-        return
-    for entry in os.scandir(directory):
-        if entry.is_file(follow_symlinks=False) and (is_record_name(entry.name) or is_temporary(entry.name)):
+    """Delete the score records in DIR, nothing else (--overwrite; DIR's temporaries are cleaned apart)."""
+    for entry in os.scandir(out_dir):
+        if entry.is_file(follow_symlinks=False) and is_record_name(entry.name):
             os.unlink(entry.path)
-    if not os.listdir(directory):
-        os.rmdir(directory)

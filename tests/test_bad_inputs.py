@@ -274,7 +274,7 @@ def _train_image_truncated_skipped(env):
 
 
 @case("train-non-image-files", "train", "a flat image folder that also holds notes.txt and data.csv",
-      "data: ignored 2 files without an image suffix", outcome="warning", survives=("flat",),
+      "data: ignored 2 files under", outcome="warning", survives=("flat",),
       check=lambda env: _assert_trained(env, steps=1, images_seen=4))
 def _train_non_image_files(env):
     root = env.tmp / "flat"
@@ -302,7 +302,8 @@ def _odd_modes(root: Path) -> None:
     Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(rng.integers(0, 255, (12, 12, 4), dtype=np.uint8), "RGBA").save(folder / "rgba.png")
     frames = [Image.fromarray(rng.integers(0, 255, (12, 12), dtype=np.uint8)) for _ in range(3)]
-    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    # multi-frame TIFF: ImageFolder does not read .gif (docs/reliability.md, "One rule for class folders")
+    frames[0].save(folder / "animated.tif", save_all=True, append_images=frames[1:])
 
 
 @case("train-image-odd-modes", "train",
@@ -325,6 +326,36 @@ def _train_image_mixed_sizes(env):
     for w, h in ((1, 1), (2, 300), (300, 2), (64, 48), (17, 17)):
         Image.fromarray(np.full((h, w), (w * 7 + h) % 255, np.uint8)).save(folder / f"{w}x{h}.png")
     return env.train(env.source("data"), "train.batch_size=2", "train.steps=1", "ckpt.every=1")
+
+
+@case("train-hidden-class-folder", "train", "a hidden folder (.ipynb_checkpoints) beside the class folders",
+      "is a hidden folder, which torchvision's ImageFolder takes for a class", survives=("data",),
+      found="trained without it (ganaug skipped hidden folders), so its labels were ImageFolder's shifted by one")
+def _train_hidden_class_folder(env):
+    root = env.class_folder("data")
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.new("L", (8, 8)).save(root / ".ipynb_checkpoints" / "x.png")
+    return env.train(env.source("data"), "train.steps=1", "train.batch_size=2", "ckpt.every=1")
+
+
+@case("train-class-folder-link-to-another-class", "train", "a class folder holding a link to another class's folder",
+      "leads out of its class folder", survives=("data",),
+      found="trained on the linked images under this class's label")
+def _train_class_folder_link_to_another_class(env):
+    root = env.class_folder("data")
+    (root / "dog" / "cats").symlink_to(root / "cat", target_is_directory=True)
+    return env.train(env.source("data"), "train.steps=1", "train.batch_size=2", "ckpt.every=1")
+
+
+@case("train-class-folder-latin1-name", "train", "a class folder whose name is Latin-1 bytes, not UTF-8",
+      "has a name that is not valid UTF-8", survives=("data",),
+      found="trained (exit 0); an outside pass saw ganaug sample then refuse the exported model's class name")
+def _train_class_folder_latin1_name(env):
+    root = env.class_folder("data")
+    latin1 = os.fsencode(root) + b"/caf\xe9"
+    os.mkdir(latin1)
+    Image.new("L", (8, 8)).save(os.fsdecode(latin1 + b"/x.png"))
+    return env.train(env.source("data"), "train.steps=1", "train.batch_size=2", "ckpt.every=1")
 
 
 @case("train-class-folder-empty", "train", "an empty class folder beside full ones",

@@ -40,7 +40,7 @@ def write_class_folder(root, modes=("L", "RGB")):
     Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), "L").save(root / "cat" / "b.jpg")
     rgba = rng.integers(0, 255, (10, 10, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(root / "cat" / "c.png")
-    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), "RGB").convert("P").save(root / "dog" / "d.gif")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), "RGB").convert("P").save(root / "dog" / "d.png")
     Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).save(root / "dog" / "e.png")
     (root / "dog" / "notes.txt").write_text("not an image")
     return {"cat": 3, "dog": 2}
@@ -62,7 +62,7 @@ def test_class_folder_of_mixed_modes_and_sizes(tmp_path, caplog):
     assert data.channels == 3  # colour images present
     assert data.images.shape == (5, 3, 8, 8)
     assert torch.bincount(data.labels).tolist() == list(expected.values())
-    assert "ignored 1 files without an image suffix" in caplog.text
+    assert "ignored 1 files" in caplog.text and "that ImageFolder does not read" in caplog.text
     # 16-bit grey is scaled into 0..255, not clipped at 255: its bright corner stays below white
     sixteen_bit = data.images[4]
     assert 0 < sixteen_bit.float().mean() < 255 and (sixteen_bit[0] == sixteen_bit[1]).all()
@@ -228,20 +228,41 @@ def test_batch_larger_than_the_data_is_a_clear_error():
         ShardedBatches(data, 1000, 0, 2, 0, CPU)
 
 
-def test_class_folders_take_images_at_any_depth_as_imagefolder_does(tmp_path):
+def test_class_folders_are_read_exactly_as_imagefolder_reads_them(tmp_path):
+    """torchvision's own rules: images at any depth, hidden sub-folders and files included, its
+    extensions only (a .gif is not read); the same files in the same order with the same labels."""
     from torchvision.datasets import ImageFolder
 
     root = tmp_path / "data"
-    for relative in ("cat/a.png", "cat/indoor/b.png", "cat/indoor/deep/c.png", "dog/d.png", "dog/.hidden/e.png"):
+    for relative in ("cat/a.png", "cat/indoor/b.png", "cat/indoor/deep/c.png", "dog/d.png", "dog/.hidden/e.png",
+                     "dog/.f.png", "dog/g.gif", "dog/H.PNG"):
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.new("L", (8, 8), 200 if relative.startswith("cat") else 50).save(path)
-    (root / "dog" / "loop").symlink_to(root / "dog", target_is_directory=True)  # a cycle is read once
-    data = load_dataset(data_cfg(root))
-    assert data.class_names == ["cat", "dog"]
-    assert data.labels.tolist() == [0, 0, 0, 1]
-    reference = ImageFolder(str(root), is_valid_file=lambda p: "/." not in p and "/loop/" not in p)
-    assert [label for _, label in reference.samples] == data.labels.tolist()
+        Image.new("L", (8, 8), 200 if relative.startswith("cat") else 50).save(path, format="PNG")
+    data = load_dataset(data_cfg(root, in_memory=False))
+    reference = ImageFolder(str(root))
+    assert data.class_names == reference.classes == ["cat", "dog"]
+    assert [str(path) for path in data.files] == [path for path, _ in reference.samples]
+    assert data.labels.tolist() == [label for _, label in reference.samples] == [0, 0, 0, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("make", ["loop", "other_class", "hidden_class"])
+def test_what_imagefolder_would_read_wrongly_is_refused_in_one_line(tmp_path, make):
+    root = tmp_path / "data"
+    for relative in ("cat/a.png", "dog/b.png"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (8, 8)).save(root / relative)
+    if make == "loop":  # ImageFolder walks it until the path is too long, labelling every copy a dog
+        (root / "dog" / "loop").symlink_to(root / "dog", target_is_directory=True)
+        message = "dog/loop leads out of its class folder"
+    elif make == "other_class":  # the cats behind the link would be labelled dogs
+        (root / "dog" / "cats").symlink_to(root / "cat", target_is_directory=True)
+        message = "dog/cats leads out of its class folder"
+    else:  # ImageFolder takes it for a class
+        (root / ".ipynb_checkpoints").mkdir()
+        message = ".ipynb_checkpoints is a hidden folder, which torchvision's ImageFolder takes for a class"
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_dataset(data_cfg(root))
 
 
 def test_npz_class_names_as_bytes_are_decoded(tmp_path):

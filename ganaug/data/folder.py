@@ -1,7 +1,8 @@
 """A folder of images: class sub-folders give labels (as torchvision's ImageFolder), a flat folder none.
 
-A class folder's images are taken at any depth (ImageFolder does the same), so `cat/indoor/1.png`
-is a cat; class folders are sorted by name, so class i is the i-th name in sorted order.
+The tree is read by torchvision's own ImageFolder rules, so class i is the i-th folder name in
+sorted order and `cat/indoor/1.png` is a cat; what those rules would take wrongly (a hidden folder as
+a class, a link into another class) is refused in one line.
 
 Images of any size and mode are decoded once into memory when they fit (`data.in_memory`), else
 streamed from disk by DataLoader workers. An unreadable file is an error naming it, or with
@@ -26,61 +27,77 @@ from ganaug.memory import check_fits
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _images_in(folder: Path) -> tuple[list[Path], int]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    return images, len(files) - len(images)
+def _is_image(path: str) -> bool:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    return has_file_allowed_extension(path, IMG_EXTENSIONS)
 
 
-def _images_under(folder: Path) -> tuple[list[Path], int]:
-    """A class folder's images at any depth, as torchvision's ImageFolder takes them (sorted walk,
-    links followed), minus hidden entries; a folder reached twice through links is read once."""
-    images, ignored, seen = [], 0, set()
-    for directory, subdirs, _ in os.walk(folder, followlinks=True):
+def _check_class_folder(root: Path, name: str) -> int:
+    """What ImageFolder would read differently or wrongly: refused, never guessed around. A hidden
+    folder is a class to ImageFolder; a name that is not UTF-8 cannot go into a model's metadata; a
+    link out of the class folder (to another class, or a loop back up) gives its images this label.
+    Returns how many of its files are not images ImageFolder reads."""
+    if name.startswith("."):
+        raise DataError(f"{root / name} is a hidden folder, which torchvision's ImageFolder takes for a class; "
+                        "move it out of the data folder")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # repr: the name itself cannot be printed (its undecodable bytes are lone surrogates)
+        raise DataError(f"class folder {name!r} in {root} has a name that is not valid UTF-8; rename it") from None
+    top = os.path.realpath(root / name)
+    seen, ignored = set(), 0
+    for directory, subdirs, files in os.walk(root / name, followlinks=True):
         real = os.path.realpath(directory)
-        if real in seen:
-            subdirs[:] = []
-            continue
+        if real in seen or os.path.commonpath([top, real]) != top:
+            raise DataError(f"{directory} leads out of its class folder {root / name} (a link to another folder "
+                            "or back up the tree): its images would take this class's label; remove the link")
         seen.add(real)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found, skipped = _images_in(Path(directory))
-        images += found
-        ignored += skipped
-    return images, ignored
+        subdirs.sort()
+        ignored += sum(not _is_image(file) for file in files)
+    return ignored
 
 
 def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
-    """Files, labels (None for a flat folder) and class names, in a sorted, reproducible order."""
+    """Files, labels (None for a flat folder) and class names, in a sorted, reproducible order.
+
+    Class folders and their images are exactly what torchvision's ImageFolder takes (its own
+    find_classes and make_dataset: every folder is a class, images at any depth, its extensions), so
+    a model's labels are ImageFolder's indices of the same tree; what it would read differently is
+    refused (_check_class_folder). A flat folder's images follow the same extensions."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
     try:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        loose, ignored = _images_in(root)
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+        subdirs = [entry.name for entry in entries if entry.is_dir()]
+        loose = [Path(entry.path) for entry in entries if entry.is_file() and _is_image(entry.path)]
+        ignored = sum(entry.is_file() and not _is_image(entry.path) for entry in entries)
     except OSError as exc:
         raise DataError(f"cannot read folder {root}: {exc.strerror or exc}") from None
     if subdirs and loose:
         raise DataError(f"{root} has both image files and class sub-folders; "
                         f"use one layout (e.g. move {loose[0].name} into a class folder)")
     if not subdirs:
-        files, labels, names = loose, None, []
-    else:
-        files, labels, names = [], [], []
-        for label, subdir in enumerate(subdirs):
-            images, skipped = _images_under(subdir)
-            ignored += skipped
-            if not images:
-                raise DataError(f"class folder {subdir} has no images "
-                                f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
-            files += images
-            labels += [label] * len(images)
-            names.append(subdir.name)
+        if ignored:
+            log.warning("data: ignored %d files under %s that ImageFolder does not read (extensions: %s)",
+                        ignored, root, " ".join(IMG_EXTENSIONS))
+        if not loose:
+            raise DataError(f"no images found in {root}")
+        return loose, None, []
+    ignored += sum(_check_class_folder(root, name) for name in subdirs)
     if ignored:
-        log.warning("data: ignored %d files without an image suffix under %s", ignored, root)
-    if not files:
-        raise DataError(f"no images found in {root}")
-    return files, labels, names
+        log.warning("data: ignored %d files under %s that ImageFolder does not read (extensions: %s)", ignored, root,
+                    " ".join(IMG_EXTENSIONS))
+    names, class_to_index = find_classes(root)
+    samples = make_dataset(str(root), class_to_index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    empty = sorted(set(names) - {names[label] for _, label in samples})
+    if empty:  # ImageFolder refuses it too
+        raise DataError(f"class folder {root / empty[0]} has no images (extensions: {' '.join(IMG_EXTENSIONS)})")
+    return [Path(path) for path, _ in samples], [label for _, label in samples], names
 
 
 def open_image(path: Path) -> Image.Image:

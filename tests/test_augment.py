@@ -370,3 +370,20 @@ def test_folds_default_to_five_or_the_rarest_class_count(tmp_path):
                  "--policy", "affine", "--classifier-steps", "4", "--no-progress", "data.resolution=8"]) == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["estimate"]["folds"] == 3 and len(report["estimate"]["accuracy_per_fold"][CLASSICAL]) == 3
+
+
+@pytest.mark.parametrize(("state", "message"), [
+    ("[" * 10_000 + "]" * 10_000, "nested"),
+    ('{"format": 1, "settings": {}, "units": {"policy/affine/fold0/seed0": "high"}}', "is not an accuracy"),
+    ('{"format": 1, "settings": {}, "units": {"prepared": {"labeller": "../../elsewhere"}}}', "names no classifier"),
+])
+def test_a_tampered_state_is_refused_in_one_line(tmp_path, capsys, state, message):
+    """The work directory's state is read back like input: it cannot steer what is loaded or crash."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "l.npz", images=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), labels=np.repeat([0, 1], 3))
+    (tmp_path / "o.work").mkdir()
+    (tmp_path / "o.work" / "state.json").write_text(state)
+    assert main(["augment", "--labelled", str(tmp_path / "l.npz"), "--out", str(tmp_path / "o"), "--synthetic",
+                 "never", "--no-progress", "data.resolution=8"]) == 2
+    line = error_line(capsys.readouterr().err, "augment")
+    assert "is not a ganaug augment state" in line and message in line

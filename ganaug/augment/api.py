@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganaug import safejson
 from ganaug.augment import output
 from ganaug.augment.estimate import (
     MEASURABLY_BETTER,
@@ -57,6 +58,9 @@ from ganaug.files import sha256_of, write_atomic
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+MAX_STATE_CHARS = 64 << 20  # a state holds a few numbers per classifier trained: far below this
+MAX_STATE_DEPTH = 8
+CLASSIFIER_NAMES = ("teacher", "synthetic_teacher")  # work/<name>.pt and DIR/<name>.onnx
 DEFAULT_FOLDS = 5
 CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH = "classical", "self-training", "synthetic", "self-training+synthetic"
 ARMS = (CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH)
@@ -84,7 +88,10 @@ def run(settings: AugmentSettings) -> AugmentResult:
 def _locked(path: Path):
     """One process at a time prepares and finishes (shards wait here, then reuse what it made)."""
     with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock (some network mounts)
+            raise UserError(f"cannot lock {path}: {exc.strerror or exc}; put --work-dir on a local disk") from None
         try:
             yield
         finally:
@@ -99,9 +106,11 @@ class _State:
         self.units: dict = {}
         if path.is_file():
             try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(saved, dict) or not isinstance(saved.get("units"), dict):
-                    raise ValueError("not an object with settings and units")
+                text = path.read_text(encoding="utf-8")
+                if len(text) > MAX_STATE_CHARS:
+                    raise ValueError(f"longer than {MAX_STATE_CHARS >> 20} Mi characters")
+                saved = safejson.loads(text, max_depth=MAX_STATE_DEPTH)
+                _check_units(saved)
             except (OSError, ValueError) as exc:
                 raise UserError(f"{path} is not a ganaug augment state ({exc}); delete the work directory "
                                 f"{path.parent} and --out to start afresh") from None
@@ -122,6 +131,20 @@ class _State:
     def record(self, key: str, value) -> None:
         self.units[key] = value
         self._write()
+
+
+def _check_units(saved) -> None:
+    """The state is a file from disk, so it is checked like input before it steers anything: the
+    accuracies are numbers in [0, 1], and the classifier a shard reloads is one of augment's names."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("units"), dict):
+        raise ValueError("not an object with settings and units")
+    for key, value in saved["units"].items():
+        if key.startswith(("policy/", "arm/")) and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
+            raise ValueError(f"unit {key!r} is not an accuracy")
+    prepared = saved["units"].get("prepared")
+    if prepared is not None and not (isinstance(prepared, dict) and prepared.get("labeller") in CLASSIFIER_NAMES):
+        raise ValueError("its prepared output names no classifier of augment's")
 
 
 class _Job:
@@ -324,12 +347,13 @@ class _Job:
         log.info("recipe: %s (policy %s)", decision["recipe"], policy)
 
         teacher = self._train(self.data.images, self.data.labels, n, seed, policy)
-        teacher_sha = self._save_classifier(teacher, "teacher")
+        teacher_name, synthetic_teacher_name = CLASSIFIER_NAMES
+        teacher_sha = self._save_classifier(teacher, teacher_name)
         rows = [self.tree.row("real", int(label), i, str(i), None, "")
                 for i, label in enumerate(self.data.labels.tolist())]
         for i, row in enumerate(rows):
             self.tree.write(row["path"], self.data.images[i].permute(1, 2, 0).numpy())
-        labeller, labeller_sha, synthetic_info = "teacher", teacher_sha, None
+        labeller, labeller_sha, synthetic_info = teacher_name, teacher_sha, None
         if decision["synthetic"]:
             generator = self.model or train_generator(self.data.images, self.data.labels, self.class_names,
                                                       self.gan, self.work / "final", self.s.gan_steps)
@@ -343,7 +367,7 @@ class _Job:
             synthetic_info = {"generator": str(generator), "generator_sha256": generator_sha, "drawn": kept.drawn,
                               "kept": len(kept.labels)}
             if decision["pseudo"]:
-                labeller = "synthetic_teacher"
+                labeller = synthetic_teacher_name
                 labeller_sha = self._save_classifier(
                     self._train(self.data.images, self.data.labels, n, seed, policy, tensors), labeller)
         output.write_rows(self.work / "prepared.csv", rows)

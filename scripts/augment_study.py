@@ -166,6 +166,55 @@ def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[
             "augment_seconds": round(augment_seconds, 1)}
 
 
+ARMS = ("classical", "self-training", "fixmatch", "augment", "augment-without-synthetic")
+COMPARISONS = (("augment", "classical"), ("augment", "self-training"), ("augment", "fixmatch"),
+               ("augment", "augment-without-synthetic"), ("self-training", "classical"),
+               ("fixmatch", "classical"))
+
+
+def interval(values: list[float]) -> str:
+    """mean [95% t-interval] in points; units (split, K) are independent draws of the data."""
+    from scipy import stats
+
+    values = np.asarray(values, np.float64) * 100
+    if len(values) < 2:
+        return f"{values.mean():+.1f} (one unit)"
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return f"{values.mean():+.1f} [{values.mean() - half:+.1f}, {values.mean() + half:+.1f}]"
+
+
+def summary(out: Path) -> str:
+    """Markdown tables of every finished unit under `out`, pooled per K (all units measured)."""
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("split*/k*/results.json"))]
+    lines = []
+    for k in sorted({r["k"] for r in results}):
+        units = [r for r in results if r["k"] == k]
+        lines += [f"K = {k}: {len(units)} unit(s), split seeds {', '.join(str(r['split_seed']) for r in units)}", "",
+                  "| split | policy | augment's recipe | " + " | ".join(ARMS) + " |",
+                  "|---" * (len(ARMS) + 3) + "|"]
+        for r in units:
+            accuracy = {arm: float(np.mean(r["accuracy"][arm])) for arm in ARMS}
+            lines.append(f"| {r['split_seed']} | {r['policy']} | {r['recipe']} | "
+                         + " | ".join(f"{100 * accuracy[arm]:.1f}" for arm in ARMS) + " |")
+        lines += ["", "| held-out difference (points) | mean [95% interval] |", "|---|---|"]
+        for better, worse in COMPARISONS:
+            values = [float(np.mean(r["accuracy"][better])) - float(np.mean(r["accuracy"][worse])) for r in units]
+            lines.append(f"| {better} - {worse} | {interval(values)} |")
+        regression = [r for r in units if "logistic_regression" in r]
+        if regression:
+            lines += ["", "| logistic regression | " + " | ".join(regression[0]["logistic_regression"]) + " |",
+                      "|---" * (len(regression[0]["logistic_regression"]) + 1) + "|"]
+            for r in regression:
+                lines.append(f"| split {r['split_seed']} | "
+                             + " | ".join(f"{100 * v:.1f}" for v in r["logistic_regression"].values()) + " |")
+        agree = [(r["estimate"]["recipe"]["mean"] > 0) == (np.mean(r["accuracy"]["augment"])
+                                                             > np.mean(r["accuracy"]["classical"]))
+                 for r in units if "recipe" in r["estimate"]]
+        lines += ["", f"augment's estimate of its recipe against classical agrees in sign with the held-out "
+                      f"difference in {sum(agree)} of {len(agree)} unit(s) where its recipe was not classical.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="mnist5k")
@@ -176,9 +225,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per arm")
     parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--summary", action="store_true", help="only print the tables of the finished units")
     parser.add_argument("--other-classifiers", action="store_true",
                         help="only add scikit-learn's arms to finished units that lack them")
     args, augment_args = parser.parse_known_args()
+    if args.summary:
+        print(summary(Path(args.out)))
+        return
     augment_args = [a for a in augment_args if a != "--"]
     torch.set_num_threads(torch.get_num_threads())
     data = load_dataset(DataConfig(source=args.data, resolution=args.resolution, in_memory=True))

@@ -292,12 +292,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     text_choice = typing.get_origin(tp) is Literal and all(isinstance(c, str) for c in typing.get_args(tp))
     if tp is str or text_choice or typing.get_origin(tp) is list or _is_optional_bool(tp):
         return key, raw  # read as typed: a name, a comma list, true/false/auto
-    return key, _safe_yaml(raw, f"{key}: cannot read value {raw!r}")
+    shown = raw if len(raw) <= 60 else f"{raw[:40]}...({len(raw)} characters)"
+    return key, _safe_yaml(raw, f"{key}: cannot read value {shown!r}")
 
 
 def _strict_loader():
-    """PyYAML's SafeLoader without aliases (a 1 KB alias bomb expands without bound) and with
-    duplicate keys refused (YAML would silently keep the last of two `train:` sections)."""
+    """PyYAML's SafeLoader without aliases (a 1 KB alias bomb expands without bound), with
+    duplicate keys refused (YAML would silently keep the last of two `train:` sections) and keys
+    that are plain values (`? [a, b]` makes a list a key, which no dict can hold)."""
     import yaml
 
     class StrictLoader(yaml.SafeLoader):
@@ -310,6 +312,9 @@ def _strict_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise ConfigError(f"a key must be a plain name, not a {key_node.id} "
+                                      f"(line {key_node.start_mark.line + 1})")
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
@@ -329,6 +334,8 @@ def _safe_yaml(text: str, what: str):
         raise ConfigError(f"{what}: {str(exc).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{what}: nested too deeply") from None
+    except ValueError as exc:  # Python's own bound: an integer of more than 4,300 digits
+        raise ConfigError(f"{what}: {str(exc).split(';')[0]}") from None
     finally:
         loader.dispose()
 

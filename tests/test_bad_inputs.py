@@ -701,6 +701,31 @@ def _train_config_yaml_python_tag(env):
     return env.train(f"train.steps=!!python/object/apply:os.system ['touch {env.marker}']")
 
 
+@case("train-config-unhashable-key", "train", "a config file whose key is a list (? [a, b])",
+      "a key must be a plain name, not a sequence (line 1)", survives=("list_key.yaml",),
+      found="TypeError traceback (unhashable type: 'list'), exit 1")
+def _train_config_unhashable_key(env):
+    (env.tmp / "list_key.yaml").write_text("? [a, b]\n: 1\n")
+    return [*env.train(), "--config", str(env.tmp / "list_key.yaml")]
+
+
+@case("train-config-huge-integer", "train", "a config file with a 100,000-digit train.steps",
+      "Exceeds the limit (4300 digits) for integer string conversion", survives=("huge.yaml",),
+      found="ValueError traceback from Python's integer parser, exit 1")
+def _train_config_huge_integer(env):
+    (env.tmp / "huge.yaml").write_text("train:\n  steps: " + "9" * 100_000 + "\n")
+    return [*env.train(), "--config", str(env.tmp / "huge.yaml")]
+
+
+@case("train-npz-big-endian-labels", "train", "an .npz whose labels are big-endian int64",
+      "big-endian labels are read as the file says", outcome="accepted", survives=("d.npz",),
+      found="ValueError traceback from torch (byte order different from the native one), exit 1",
+      check=lambda env: _assert_trained(env, steps=1, images_seen=4))
+def _train_npz_big_endian_labels(env):
+    env.npz("d.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1], dtype=">i8"))
+    return env.train(env.source("d.npz"), "train.steps=1", "train.batch_size=2", "ckpt.every=1")
+
+
 @case("train-config-file-missing", "train", "--config naming a missing file", "cannot read config file {tmp}/nope.yaml")
 def _train_config_file_missing(env):
     return [*env.train(), "--config", str(env.tmp / "nope.yaml")]

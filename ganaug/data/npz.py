@@ -57,7 +57,8 @@ def _labels(path: Path, arrays: dict, count: int) -> tuple[torch.Tensor | None, 
                             f"({len(class_names)} names)")
     else:
         class_names = [str(i) for i in range(num_classes)]
-    return torch.as_tensor(labels, dtype=torch.int64), class_names
+    # astype: native int64 whatever the file's byte order (torch takes no big-endian array)
+    return torch.from_numpy(labels.astype(np.int64)), class_names
 
 
 def _class_names(path: Path, names: np.ndarray) -> list[str]:

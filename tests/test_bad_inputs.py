@@ -2178,6 +2178,14 @@ def _evaluate_study_class_of_one_image(env):
     return env.study("--data", str(env.tmp / "d.npz"))
 
 
+@case("evaluate-study-one-class", "evaluate", "study --data whose images are all of one class",
+      "has 1 class; the study measures a classifier and needs at least 2", survives=("one.npz",),
+      found="an outside pass saw it run to a verdict")
+def _evaluate_study_one_class(env):
+    env.npz("one.npz", images=np.zeros((20, 8, 8), np.uint8), labels=np.zeros(20, np.int64))
+    return env.study("--data", str(env.tmp / "one.npz"))
+
+
 @case("evaluate-study-gan-steps-huge", "evaluate", "study --gan-steps 10^10",
       "argument --gan-steps: 10000000000 is not in 1..10^9",
       found="one line naming train.steps instead of --gan-steps, after the data was split and written")
@@ -2226,6 +2234,13 @@ def _augment_labelled_class_without_images(env):
     env.npz("l.npz", images=np.zeros((6, 8, 8), np.uint8), labels=np.array([0, 0, 0, 1, 1, 1]),
             class_names=np.array(CLASSES))
     return env.augment(labelled=str(env.tmp / "l.npz"))
+
+
+@case("augment-one-class", "augment", "--labelled: every image of one class", "needs at least 2",
+      survives=("one.npz",))
+def _augment_one_class(env):
+    env.npz("one.npz", images=np.zeros((6, 8, 8), np.uint8), labels=np.zeros(6, np.int64))
+    return env.augment(labelled=str(env.tmp / "one.npz"))
 
 
 @case("augment-folds-past-class-size", "augment", "--folds 4 with 3 labelled images per class",

@@ -172,6 +172,9 @@ class _Job:
             raise UserError(f"--labelled {settings.labelled} has no labels (a flat folder or an .npz without "
                             "labels); give class sub-folders or labels, and pass unlabelled images as --unlabelled")
         self.class_names = list(self.data.class_names)
+        if len(self.class_names) < 2:  # a classifier of one class is right by construction: nothing to estimate
+            raise UserError(f"--labelled {settings.labelled} has {len(self.class_names)} class; augment estimates "
+                            "what helps a classifier and needs at least 2")
         present = torch.bincount(self.data.labels, minlength=len(self.class_names))
         if (present == 0).any():
             missing = [self.class_names[i] for i in torch.nonzero(present == 0).flatten().tolist()]

@@ -295,6 +295,9 @@ class Study:
             raise UserError(f"data.source {self.cfg.data.source!r}: the study needs labelled images that fit in "
                             "memory")
         self.class_names = self.data.class_names
+        if len(self.class_names) < 2:  # a classifier of one class is right by construction: no verdict
+            raise UserError(f"data.source {self.cfg.data.source!r} has {len(self.class_names)} class; the study "
+                            "measures a classifier and needs at least 2")
         self.train_index, self.test_index = stratified_split(self.data.labels, settings.test_fraction,
                                                              settings.split_seed)
         self.state = StudyState(out_dir / "state.json", settings.fingerprint())

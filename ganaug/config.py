@@ -155,6 +155,13 @@ class Config:
         return self
 
 
+def field_bounds(key: str) -> tuple[float, float]:
+    """(min, max) of a numeric config key such as 'model.z_dim' (infinite where it has none)."""
+    section, name = key.split(".")
+    meta = next(f.metadata for f in dataclasses.fields(getattr(Config(), section)) if f.name == name)
+    return (-math.inf if meta["min"] is None else meta["min"]), (math.inf if meta["max"] is None else meta["max"])
+
+
 def _check_bounds(key: str, value: Any, meta: dict) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return

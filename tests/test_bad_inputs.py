@@ -1130,6 +1130,14 @@ def _export_checkpoint_not_a_dict(env):
     return env.export(env.tmp / "list.pt")
 
 
+@case("export-checkpoint-huge-z-dim", "export", "a checkpoint whose model description says z_dim = 10^10",
+      "model field z_dim is 10000000000, outside model.z_dim's 1..4096", survives=("huge.pt",),
+      found="MemoryError traceback while building a 10^10-wide generator, exit 1 (an outside pass)")
+def _export_checkpoint_huge_z_dim(env):
+    model = dict(env.checkpoint_state()["model"], z_dim=10**10)
+    return env.export(env.tampered_checkpoint("huge.pt", model=model))
+
+
 @case("export-checkpoint-other-schema", "export", "a checkpoint of schema 3",
       "has schema 3; this ganaug reads schemas 1 and 2", survives=("c.pt",))
 def _export_checkpoint_other_schema(env):

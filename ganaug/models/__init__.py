@@ -59,7 +59,33 @@ class ModelSpec:
             raise TypeError(f"unknown model field {unknown[0]!r}")
         spec = cls(**values)
         _check_arch(spec)
+        _check_sizes(spec)
         return spec
+
+
+# A model description read back from a file is input: the same bounds as the config keys it came from,
+# so a tampered checkpoint cannot make export allocate a 10^10-wide layer (a MemoryError traceback).
+MAX_CLASSES = 1 << 16  # the ONNX contract's bound (ganaug.contract.MAX_CLASSES)
+_CONFIG_KEYS = {"z_dim": "model.z_dim", "g_channels": "model.g_channels", "d_channels": "model.d_channels",
+                "embed_dim": "model.embed_dim", "resolution": "data.resolution"}
+
+
+def _check_sizes(spec: ModelSpec) -> None:
+    from ganaug.config import field_bounds
+
+    for name in (*_CONFIG_KEYS, "num_classes", "channels"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"model field {name} is {value!r}, not a whole number")
+    for name, key in _CONFIG_KEYS.items():
+        low, high = field_bounds(key)
+        if not low <= getattr(spec, name) <= high:
+            raise ValueError(f"model field {name} is {getattr(spec, name)}, outside {key}'s {low}..{high}")
+    if spec.channels not in (1, 3) or not 0 <= spec.num_classes <= MAX_CLASSES:
+        raise ValueError(f"model fields channels {spec.channels} and num_classes {spec.num_classes} must be 1 or 3 "
+                         f"and 0..{MAX_CLASSES}")
+    if not isinstance(spec.spectral_norm, bool):
+        raise ValueError(f"model field spectral_norm is {spec.spectral_norm!r}, not true or false")
 
 
 def _check_arch(spec: ModelSpec) -> None:

@@ -29,7 +29,6 @@ from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.evaluate.policies import POLICIES, build_policy, elastic
 from ganaug.evaluate.study import write_labelled_npz
-from ganaug.sampler import Batch
 from tests.conftest import error_line
 
 # A tiny but real run: 8x8 digits, 2 folds, 10-step classifiers, 4-step GANs.
@@ -142,11 +141,13 @@ class _FakeSampler:
     class meta:  # noqa: N801 (the Sampler's attribute name)
         num_classes = 2
 
-    def batches(self, n, start=0, seed=0, batch_size=256):
-        for offset in range(0, n, batch_size):
-            indices = np.arange(start + offset, start + min(offset + batch_size, n), dtype=np.int64)
-            images = np.broadcast_to((indices % 256).astype(np.uint8)[:, None, None, None], (len(indices), 2, 2, 1))
-            yield Batch(indices, images.copy(), indices % 2)
+    def __init__(self):
+        self.generated = []
+
+    def images_for(self, indices, labels, seed=0):
+        assert (labels == indices % 2).all()  # image i is of class i % classes
+        self.generated += indices.tolist()
+        return np.broadcast_to((indices % 256).astype(np.uint8)[:, None, None, None], (len(indices), 2, 2, 1)).copy()
 
 
 def _every_third(images, labels):
@@ -162,11 +163,15 @@ def test_synthetic_count_is_images_kept_per_class_in_index_order_whatever_the_ba
     assert (kept.scores == 1).all() and (kept.images[:, 0, 0, 0] == kept.indices).all()
 
 
-def test_a_class_the_teacher_never_keeps_is_left_short_after_a_bounded_number_of_draws(caplog):
+def test_a_class_the_teacher_never_keeps_is_left_short_after_a_bounded_number_of_its_own_draws(caplog):
     never_odd = lambda images, labels: (labels == 0).astype(np.float32)  # noqa: E731
-    kept = keep_first_per_class(_FakeSampler(), never_odd, per_class=2, min_confidence=0.5, seed=0)
+    sampler = _FakeSampler()
+    kept = keep_first_per_class(sampler, never_odd, per_class=2, min_confidence=0.5, seed=0, batch_size=8)
     assert np.bincount(kept.labels, minlength=2).tolist() == [2, 0]
-    assert kept.drawn == 2 * 2 * 50 and "fewer than 2 images of class(es) [1]" in caplog.text
+    even = [i for i in sampler.generated if i % 2 == 0]
+    assert even == list(range(0, 16, 2))  # the first window only: a full class is not drawn again
+    assert len(sampler.generated) - len(even) == 2 * 50 == kept.drawn - len(even)
+    assert "fewer than 2 images of class(es) [1] in 100 draws of each" in caplog.text
 
 
 # ------------------------------------------------------------------------------ output

@@ -21,8 +21,8 @@ from ganaug.train import with_overrides
 
 log = logging.getLogger(__name__)
 
-# Draws per class before giving up on filling it: a class the teacher rejects 49 times in 50 is
-# left short (and the report says so) rather than drawn without end.
+# Draws per kept image of a class before giving up on filling it: a class the teacher rejects 49 times
+# in 50 is left short (and the report says so) rather than drawn without end.
 MAX_DRAWS_PER_KEPT = 50
 
 
@@ -38,28 +38,42 @@ class KeptImages:
 def keep_first_per_class(sampler, score: Callable[[np.ndarray, np.ndarray], np.ndarray], per_class: int,
                          min_confidence: float, seed: int, batch_size: int = 256) -> KeptImages:
     """The first `per_class` images of every class of `sampler` (a ganaug.sampler.Sampler) whose
-    score (the probability of their own class) is at least `min_confidence`."""
+    score (the probability of their own class) is at least `min_confidence`.
+
+    Image i has class i % classes; indices are visited in order, and an image of a class already
+    full is never generated, so a class the teacher rarely keeps costs draws of that class alone."""
     classes = sampler.meta.num_classes
-    have = np.zeros(classes, np.int64)
+    have, drawn = np.zeros(classes, np.int64), np.zeros(classes, np.int64)
+    limit = per_class * MAX_DRAWS_PER_KEPT  # draws per class
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    limit = per_class * classes * MAX_DRAWS_PER_KEPT
-    drawn = 0
-    while have.min() < per_class and drawn < limit:
-        for batch in sampler.batches(min(batch_size, limit - drawn), start=drawn, seed=seed):
-            scores = score(batch.images, batch.labels)
-            take = np.zeros(len(scores), bool)
-            for row in np.flatnonzero(scores >= min_confidence):  # index order, so the batch size does not matter
-                label = batch.labels[row]
-                if have[label] < per_class:
-                    have[label] += 1
+    start = 0
+    while ((have < per_class) & (drawn < limit)).any():
+        # batch_size images of each class; windows start at multiples of `classes`, so position p of
+        # the window holds the (p // classes)-th image of its class in it
+        window = np.arange(start, start + batch_size * classes, dtype=np.int64)
+        start += len(window)
+        labels = window % classes
+        wanted = (have[labels] < per_class) & (drawn[labels] + np.arange(len(window)) // classes < limit)
+        window, labels = window[wanted], labels[wanted]
+        for offset in range(0, len(window), batch_size):
+            indices, batch_labels = window[offset:offset + batch_size], labels[offset:offset + batch_size]
+            images = sampler.images_for(indices, batch_labels, seed=seed)
+            scores = score(images, batch_labels)
+            take = np.zeros(len(indices), bool)
+            for row in np.flatnonzero(scores >= min_confidence):  # index order: the batch size does not matter
+                if have[batch_labels[row]] < per_class:
+                    have[batch_labels[row]] += 1
                     take[row] = True
-            kept.append((batch.images[take], batch.labels[take], scores[take], batch.indices[take]))
-            drawn += len(batch.indices)
+            np.add.at(drawn, batch_labels, 1)
+            kept.append((images[take], batch_labels[take], scores[take], indices[take]))
     short = [int(c) for c in np.flatnonzero(have < per_class)]
     if short:
-        log.warning("the teacher kept fewer than %d images of class(es) %s in %d draws", per_class, short, drawn)
+        log.warning("the teacher kept fewer than %d images of class(es) %s in %d draws of each", per_class, short,
+                    limit)
     images, labels, scores, indices = (np.concatenate(parts) for parts in zip(*kept, strict=True))
-    return KeptImages(images, labels.astype(np.int64), scores.astype(np.float32), indices.astype(np.int64), drawn)
+    order = np.argsort(indices, kind="stable")
+    return KeptImages(images[order], labels[order].astype(np.int64), scores[order].astype(np.float32),
+                      indices[order].astype(np.int64), int(drawn.sum()))
 
 
 def torch_scorer(model: torch.nn.Module) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:

@@ -33,7 +33,7 @@ from ganaug import safejson
 from ganaug.augment import output
 from ganaug.augment.estimate import (
     MEASURABLY_BETTER,
-    NOT_MEASURABLY_WORSE,
+    NOT_WORSE_ON_AVERAGE,
     Difference,
     corrected_difference,
     stratified_folds,
@@ -298,8 +298,9 @@ class _Job:
 
     @staticmethod
     def decide(estimate: dict) -> dict:
-        """Start from the labelled images with classical augmentation; add pseudo-labels unless the
-        estimate shows they hurt, and synthetic images only where it shows they help (estimate.py)."""
+        """Start from the labelled images with classical augmentation; add pseudo-labels where the
+        estimate's mean gain is not negative, synthetic images only where its interval is above zero
+        (estimate.py)."""
         per_fold, share = estimate["per_fold"], estimate["held_out_share"]
 
         def diff(better: str, worse: str) -> Difference:
@@ -308,8 +309,8 @@ class _Job:
         differences, rules = {}, {}
         use_pseudo = use_synthetic = False
         if SELF_TRAINING in per_fold:
-            differences["pseudo"], rules["pseudo"] = diff(SELF_TRAINING, CLASSICAL), NOT_MEASURABLY_WORSE
-            use_pseudo = differences["pseudo"].keeps(NOT_MEASURABLY_WORSE)
+            differences["pseudo"], rules["pseudo"] = diff(SELF_TRAINING, CLASSICAL), NOT_WORSE_ON_AVERAGE
+            use_pseudo = differences["pseudo"].keeps(NOT_WORSE_ON_AVERAGE)
         if SYNTHETIC in per_fold:
             differences["synthetic"] = diff(BOTH, SELF_TRAINING) if use_pseudo else diff(SYNTHETIC, CLASSICAL)
             rules["synthetic"] = MEASURABLY_BETTER

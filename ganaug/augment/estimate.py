@@ -11,9 +11,11 @@ Two rules decide with that interval, one per kind of ingredient:
 - MEASURABLY_BETTER (the synthetic images): kept only where the whole interval is above zero. Their
   gain has been small or negative wherever ganaug measured it (docs/evaluation.md), so the burden
   of proof is on them.
-- NOT_MEASURABLY_WORSE (pseudo-labels): left out only where the whole interval is below zero.
-  Self-training gained 0.7 to 2.7 points at 5 to 20 labels per class in every study here, and a
-  3-fold estimate on 50 images cannot show a gain of that size: the first rule would throw it away.
+- NOT_WORSE_ON_AVERAGE (pseudo-labels): kept where the mean difference is not negative, the usual
+  choice on validation data. Self-training gained 0.7 to 2.7 points at 5 to 20 labels per class on
+  the digits, and a 3-fold estimate on 50 images cannot show a gain of that size: the first rule
+  would throw it away. (Left out only where the whole interval was below zero, it was kept on
+  MNIST-5k where all three folds put it 6 to 18 points below classical augmentation.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from ganaug.errors import UserError
 
 CONFIDENCE = 0.95
-MEASURABLY_BETTER, NOT_MEASURABLY_WORSE = "measurably better", "not measurably worse"
+MEASURABLY_BETTER, NOT_WORSE_ON_AVERAGE = "measurably better", "not worse on average"
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -66,7 +68,7 @@ class Difference:
 
     def keeps(self, rule: str) -> bool:
         """Whether `rule` keeps the ingredient (an interval of NaN, from one fold, shows nothing)."""
-        return self.worth_it if rule == MEASURABLY_BETTER else not self.harmful
+        return self.worth_it if rule == MEASURABLY_BETTER else self.mean >= 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,4 +104,6 @@ def sentence(difference: Difference, ingredient: str, rule: str) -> str:
         return f"{text}, measurably worse; left out."
     if rule == MEASURABLY_BETTER:
         return f"{text}, not measurably better; left out."
-    return f"{text}, not measurably worse; kept (self-training is kept unless the estimate shows it hurts)."
+    if difference.keeps(rule):
+        return f"{text}, not worse on average; kept."
+    return f"{text}, worse on average; left out."

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ganaug.errors import UserError
-from ganaug.models import ARCHS, base_resolution
+from ganaug.models import ARCHS, SIZE_BOUNDS, base_resolution
 
 
 class ConfigError(UserError):
@@ -53,7 +53,7 @@ class DataConfig:
     root: str = option("data", "where torchvision datasets (mnist, fashion_mnist, cifar10) are looked for")
     download: bool = option(False, "let torchvision download its dataset into data.root when missing")
     resolution: int = option(32, "image side in pixels: 4..7 times a power of two up to 1024, e.g. 16, 28, 32, 64",
-                             min=8, max=1024)
+                             min=SIZE_BOUNDS["resolution"][0], max=SIZE_BOUNDS["resolution"][1])
     channels: Channels = option(0, "image channels, 1 or 3; 0 takes them from the data")
     in_memory: bool | None = option(None, "hold the dataset as one tensor on the device; auto: when it fits")
     max_memory_mb: int = option(4096, "with in_memory=auto, stream from disk above this decoded size",
@@ -66,11 +66,14 @@ class DataConfig:
 class ModelConfig:
     arch: Arch = option("dcgan", "dcgan (resize+conv G) | dcgan_tconv (transposed-conv G) | resnet (residual G "
                                  "with class-conditional BatchNorm, residual D) | article28 (the DCGAN article's 28x28 nets)")
-    z_dim: int = option(100, "latent size", min=1, max=4096)
+    z_dim: int = option(100, "latent size", min=SIZE_BOUNDS["z_dim"][0], max=SIZE_BOUNDS["z_dim"][1])
     conditional: bool | None = option(None, "condition on labels; auto: when the data has labels")
-    g_channels: int = option(32, "generator width: channels of its last hidden layer", min=4, max=4096)
-    d_channels: int = option(32, "discriminator width: channels of its first layer", min=4, max=4096)
-    embed_dim: int = option(32, "size of the generator's label embedding (conditional models)", min=1, max=4096)
+    g_channels: int = option(32, "generator width: channels of its last hidden layer",
+                             min=SIZE_BOUNDS["g_channels"][0], max=SIZE_BOUNDS["g_channels"][1])
+    d_channels: int = option(32, "discriminator width: channels of its first layer",
+                             min=SIZE_BOUNDS["d_channels"][0], max=SIZE_BOUNDS["d_channels"][1])
+    embed_dim: int = option(32, "size of the generator's label embedding (conditional models)",
+                            min=SIZE_BOUNDS["embed_dim"][0], max=SIZE_BOUNDS["embed_dim"][1])
     spectral_norm: bool = option(True, "spectral normalisation on the discriminator's layers")
 
 
@@ -153,13 +156,6 @@ class Config:
         except ValueError as exc:
             raise ConfigError(f"data.resolution: {exc}") from None
         return self
-
-
-def field_bounds(key: str) -> tuple[float, float]:
-    """(min, max) of a numeric config key such as 'model.z_dim' (infinite where it has none)."""
-    section, name = key.split(".")
-    meta = next(f.metadata for f in dataclasses.fields(getattr(Config(), section)) if f.name == name)
-    return (-math.inf if meta["min"] is None else meta["min"]), (math.inf if meta["max"] is None else meta["max"])
 
 
 def _check_bounds(key: str, value: Any, meta: dict) -> None:

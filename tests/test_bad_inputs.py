@@ -1131,7 +1131,7 @@ def _export_checkpoint_not_a_dict(env):
 
 
 @case("export-checkpoint-huge-z-dim", "export", "a checkpoint whose model description says z_dim = 10^10",
-      "model field z_dim is 10000000000, outside model.z_dim's 1..4096", survives=("huge.pt",),
+      "model field z_dim is 10000000000, outside 1..4096", survives=("huge.pt",),
       found="MemoryError traceback while building a 10^10-wide generator, exit 1 (an outside pass)")
 def _export_checkpoint_huge_z_dim(env):
     model = dict(env.checkpoint_state()["model"], z_dim=10**10)

@@ -13,6 +13,11 @@ from ganaug.errors import UserError
 
 # The architectures; config.py's model.arch takes its choices from here.
 ARCHS = ("dcgan", "dcgan_tconv", "resnet", "article28")
+# The sizes a network may have, here and as the bounds of their config keys (model.z_dim, ...,
+# data.resolution), one owner for both.
+SIZE_BOUNDS = {"z_dim": (1, 4096), "g_channels": (4, 4096), "d_channels": (4, 4096), "embed_dim": (1, 4096),
+               "resolution": (8, 1024)}
+MAX_CLASSES = 1 << 16  # the ONNX contract's bound (ganaug.contract.MAX_CLASSES)
 
 
 def base_resolution(resolution: int) -> tuple[int, int]:
@@ -63,24 +68,16 @@ class ModelSpec:
         return spec
 
 
-# A model description read back from a file is input: the same bounds as the config keys it came from,
-# so a tampered checkpoint cannot make export allocate a 10^10-wide layer (a MemoryError traceback).
-MAX_CLASSES = 1 << 16  # the ONNX contract's bound (ganaug.contract.MAX_CLASSES)
-_CONFIG_KEYS = {"z_dim": "model.z_dim", "g_channels": "model.g_channels", "d_channels": "model.d_channels",
-                "embed_dim": "model.embed_dim", "resolution": "data.resolution"}
-
-
 def _check_sizes(spec: ModelSpec) -> None:
-    from ganaug.config import field_bounds
-
-    for name in (*_CONFIG_KEYS, "num_classes", "channels"):
+    """A model description read back from a file is input: held to the bounds its config keys have
+    (SIZE_BOUNDS), so a tampered checkpoint cannot make export allocate a 10^10-wide layer."""
+    for name in (*SIZE_BOUNDS, "num_classes", "channels"):
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"model field {name} is {value!r}, not a whole number")
-    for name, key in _CONFIG_KEYS.items():
-        low, high = field_bounds(key)
+    for name, (low, high) in SIZE_BOUNDS.items():
         if not low <= getattr(spec, name) <= high:
-            raise ValueError(f"model field {name} is {getattr(spec, name)}, outside {key}'s {low}..{high}")
+            raise ValueError(f"model field {name} is {getattr(spec, name)}, outside {low}..{high}")
     if spec.channels not in (1, 3) or not 0 <= spec.num_classes <= MAX_CLASSES:
         raise ValueError(f"model fields channels {spec.channels} and num_classes {spec.num_classes} must be 1 or 3 "
                          f"and 0..{MAX_CLASSES}")

@@ -63,7 +63,6 @@ MAX_STATE_DEPTH = 8
 CLASSIFIER_NAMES = ("teacher", "synthetic_teacher")  # work/<name>.pt and DIR/<name>.onnx
 DEFAULT_FOLDS = 5
 CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH = "classical", "self-training", "synthetic", "self-training+synthetic"
-ARMS = (CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH)
 
 
 @dataclass(frozen=True)

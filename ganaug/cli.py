@@ -235,7 +235,7 @@ def _add_augment(sub) -> None:
                    help="the teacher's probability an unlabelled image needs to be kept with its label")
     p.add_argument("--classifier-steps", type=step_count, default=400, help="steps of each classifier (at least)")
     p.add_argument("--estimate-unlabelled", type=whole_number(1, 10**6, "1..10^6"), default=2000,
-                   help="unlabelled images the estimate pseudo-labels in each fold")
+                   help="unlabelled images the FixMatch teachers train on and the estimate pseudo-labels")
     p.add_argument("--config", help="GAN config file (YAML) for the generators augment trains")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. data.resolution=28")

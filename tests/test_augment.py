@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 
 from ganaug.augment import output
-from ganaug.augment.api import BOTH, CLASSICAL, SELF_TRAINING, SYNTHETIC, _Job
+from ganaug.augment.api import BOTH, CLASSICAL, PSEUDO, SYNTHETIC, _Job
 from ganaug.augment.estimate import (
     MEASURABLY_BETTER,
     NOT_WORSE_ON_AVERAGE,
@@ -29,6 +29,7 @@ from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.evaluate.policies import POLICIES, build_policy, elastic
 from ganaug.evaluate.study import write_labelled_npz
+from ganaug.files import sha256_of
 from tests.conftest import error_line
 
 # A tiny but real run: 8x8 digits, 2 folds, 10-step classifiers, 4-step GANs.
@@ -89,23 +90,23 @@ def _estimate(per_fold: dict) -> dict:
 
 def test_the_decision_keeps_pseudo_labels_unless_they_hurt_and_synthetic_images_only_where_they_help():
     flat, up, unsure = [0.8, 0.8, 0.8], [0.9, 0.91, 0.92], [0.9, 0.7, 0.95]
-    # Self-training helps, synthetic images add nothing on top of it: the synthetic images are
-    # judged against self-training (their control), not against the labelled images alone.
-    decision = _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: up, BOTH: up}))
-    assert decision["recipe"] == SELF_TRAINING and decision["pseudo"] and not decision["synthetic"]
-    assert decision["differences"]["synthetic"]["worse"] == SELF_TRAINING
-    assert decision["differences"]["recipe"]["better"] == SELF_TRAINING
+    # Pseudo-labels help, synthetic images add nothing on top of them: the synthetic images are
+    # judged against the pseudo-labels arm (their control), not against the labelled images alone.
+    decision = _Job.decide(_estimate({CLASSICAL: flat, PSEUDO: up, SYNTHETIC: up, BOTH: up}))
+    assert decision["recipe"] == PSEUDO and decision["pseudo"] and not decision["synthetic"]
+    assert decision["differences"]["synthetic"]["worse"] == PSEUDO
+    assert decision["differences"]["recipe"]["better"] == PSEUDO
     # Without unlabelled images the synthetic images are judged against classical augmentation.
     decision = _Job.decide(_estimate({CLASSICAL: flat, SYNTHETIC: up}))
     assert decision["recipe"] == SYNTHETIC and decision["differences"]["synthetic"]["worse"] == CLASSICAL
     decision = _Job.decide(_estimate({CLASSICAL: up, SYNTHETIC: flat}))
     assert decision["recipe"] == CLASSICAL and "recipe" not in decision["differences"]
-    # self-training better on average, not measurably: kept; unsure synthetic images: left out
-    decision = _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: unsure, SYNTHETIC: unsure, BOTH: unsure}))
-    assert decision["recipe"] == SELF_TRAINING and decision["rules"] == {"pseudo": NOT_WORSE_ON_AVERAGE,
-                                                                         "synthetic": MEASURABLY_BETTER}
-    assert _Job.decide(_estimate({CLASSICAL: up, SELF_TRAINING: flat}))["recipe"] == CLASSICAL
-    assert _Job.decide(_estimate({CLASSICAL: flat, SELF_TRAINING: up, SYNTHETIC: flat,
+    # pseudo-labels better on average, not measurably: kept; unsure synthetic images: left out
+    decision = _Job.decide(_estimate({CLASSICAL: flat, PSEUDO: unsure, SYNTHETIC: unsure, BOTH: unsure}))
+    assert decision["recipe"] == PSEUDO and decision["rules"] == {"pseudo": NOT_WORSE_ON_AVERAGE,
+                                                                  "synthetic": MEASURABLY_BETTER}
+    assert _Job.decide(_estimate({CLASSICAL: up, PSEUDO: flat}))["recipe"] == CLASSICAL
+    assert _Job.decide(_estimate({CLASSICAL: flat, PSEUDO: up, SYNTHETIC: flat,
                                   BOTH: [0.95, 0.96, 0.97]}))["recipe"] == BOTH
 
 
@@ -253,7 +254,7 @@ def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_l
     rows = _image_folder_agrees_with_manifest(out)
     report = json.loads((out / "report.json").read_text())
     assert report["estimate"]["folds"] == 2 and set(report["estimate"]["accuracy_per_fold"]) == {
-        CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH}
+        CLASSICAL, PSEUDO, SYNTHETIC, BOTH}
     assert sum(r["source"] == "real" for r in rows) == 50
     assert report["output"]["images"] == {s: sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows}}
     assert (out / "teacher.onnx").is_file() and "## The estimate" in (out / "report.md").read_text()
@@ -301,7 +302,9 @@ def test_shards_of_the_unlabelled_pool_together_equal_one_run(few_labels, tmp_pa
     assert share == pytest.approx(0.5, rel=1e-4)
     pseudo = [r for r in rows if r["source"] == "pseudo"]
     assert pseudo and all(r["model"].startswith("teacher:") for r in pseudo)
-    assert (whole / "synthetic_teacher.onnx").is_file()  # the pseudo-labels come from the synthetic-taught teacher
+    teacher = f"teacher:{sha256_of(whole / 'teacher.onnx')}"  # the FixMatch teacher labelled and filtered
+    assert all(r["model"] == teacher for r in pseudo) and not (whole / "synthetic_teacher.onnx").exists()
+    assert json.loads((whole / "report.json").read_text())["output"]["teacher"] == "fixmatch"
 
 
 def test_the_teacher_is_a_filter_the_sampler_takes(few_labels, tmp_path, monkeypatch, trained_run):
@@ -383,7 +386,7 @@ def test_folds_default_to_five_or_the_rarest_class_count(tmp_path):
 @pytest.mark.parametrize(("state", "message"), [
     ("[" * 10_000 + "]" * 10_000, "nested"),
     ('{"format": 1, "settings": {}, "units": {"policy/affine/fold0/seed0": "high"}}', "is not an accuracy"),
-    ('{"format": 1, "settings": {}, "units": {"prepared": {"labeller": "../../elsewhere"}}}', "names no classifier"),
+    ('{"format": 1, "settings": {}, "units": {"prepared": {"decision": "keep everything"}}}', "not one augment wrote"),
 ])
 def test_a_tampered_state_is_refused_in_one_line(tmp_path, capsys, state, message):
     """The work directory's state is read back like input: it cannot steer what is loaded or crash."""

@@ -3,13 +3,21 @@
 1. Estimate, on the user's labels: stratified folds of the labelled images; in each fold the same
    classifier trains on the fold's labelled images with classical augmentation (the policy chosen
    on the folds when --policy auto), then with each ingredient: pseudo-labels of the unlabelled
-   images (self-training), synthetic images of a generator that saw only the fold's labelled images
-   (filtered by the fold's teacher), and both (the pseudo-labels then come from the classifier that
-   saw the synthetic images). Accuracy on the held-out fold; paired differences (estimate.py).
-2. Decide: an ingredient is kept only where its interval is above zero.
+   images by a FixMatch-trained teacher (the fold's labelled images and the unlabelled ones),
+   synthetic images of a generator that saw only the fold's labelled images (filtered by the
+   fold's classical classifier), and both (pseudo-labels and filter then from the FixMatch teacher,
+   so that "both" differs from "pseudo-labels" by the synthetic images alone). Accuracy on the
+   held-out fold; paired differences (estimate.py).
+2. Decide (estimate.py's two rules): pseudo-labels where they are not worse on average, synthetic
+   images only where their interval is above zero.
 3. Write: the labelled images, and the kept ingredients made with a teacher trained on every
-   labelled image (and a generator trained on every labelled image, or --model), into DIR
-   (output.py); teacher.onnx; report.md and report.json.
+   labelled image (FixMatch-style where pseudo-labels are kept; and a generator trained on every
+   labelled image, or --model), into DIR (output.py); teacher.onnx; report.md and report.json.
+
+Why a FixMatch teacher: a student of the plain classifier's confident pseudo-labels lost 1 to 4
+points to that classifier on held-out MNIST-5k, while FixMatch gained 6 to 8 (docs/evaluation.md).
+augment can only hand its gain on as data, and a student of the FixMatch teacher's pseudo-labels
+kept it (validation images of the train side, docs/evaluation.md "What was tried").
 
 Every finished unit is recorded in the work directory's state.json, so an interrupted run resumes;
 `--shard I/N` splits the pseudo-labelling of a large unlabelled pool across processes (the
@@ -52,17 +60,18 @@ from ganaug.evaluate.classifier import (
     export_classifier_onnx,
     predict_proba,
     train_classifier,
+    train_fixmatch,
 )
 from ganaug.files import sha256_of, write_atomic
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: pseudo-labels from a FixMatch teacher
 MAX_STATE_CHARS = 64 << 20  # a state holds a few numbers per classifier trained: far below this
 MAX_STATE_DEPTH = 8
-CLASSIFIER_NAMES = ("teacher", "synthetic_teacher")  # work/<name>.pt and DIR/<name>.onnx
+TEACHER = "teacher"  # work/teacher.pt (what shards reload) and DIR/teacher.onnx (the user's)
 DEFAULT_FOLDS = 5
-CLASSICAL, SELF_TRAINING, SYNTHETIC, BOTH = "classical", "self-training", "synthetic", "self-training+synthetic"
+CLASSICAL, PSEUDO, SYNTHETIC, BOTH = "classical", "pseudo-labels", "synthetic", "pseudo-labels+synthetic"
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,8 @@ class _State:
 
 def _check_units(saved) -> None:
     """The state is a file from disk, so it is checked like input before it steers anything: the
-    accuracies are numbers in [0, 1], and the classifier a shard reloads is one of augment's names."""
+    accuracies are numbers in [0, 1], and the prepared output's decision and teacher are what
+    augment wrote (a shard reads them to decide what to write)."""
     if not isinstance(saved, dict) or not isinstance(saved.get("units"), dict):
         raise ValueError("not an object with settings and units")
     for key, value in saved["units"].items():
@@ -142,8 +152,11 @@ def _check_units(saved) -> None:
                 isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1):
             raise ValueError(f"unit {key!r} is not an accuracy")
     prepared = saved["units"].get("prepared")
-    if prepared is not None and not (isinstance(prepared, dict) and prepared.get("labeller") in CLASSIFIER_NAMES):
-        raise ValueError("its prepared output names no classifier of augment's")
+    if prepared is not None and not (
+            isinstance(prepared, dict) and isinstance(prepared.get("decision"), dict)
+            and all(isinstance(prepared["decision"].get(key), bool) for key in ("pseudo", "synthetic"))
+            and isinstance(prepared.get("teacher_sha256"), str) and len(prepared["teacher_sha256"]) == 64):
+        raise ValueError("its prepared output is not one augment wrote")
 
 
 class _Job:
@@ -222,6 +235,19 @@ class _Job:
         return train_classifier(data, len(self.class_names), self._budget(n_labelled), seed=seed, augment=True,
                                 policy=policy)
 
+    def _fixmatch(self, images, labels, unlabelled: torch.Tensor, seed: int) -> SmallCNN:
+        """The pseudo-labelling teacher: the same network, budget and steps, trained FixMatch-style on
+        the labelled images and `unlabelled`."""
+        return train_fixmatch(TrainingSet(images, labels), unlabelled, len(self.class_names),
+                              self._budget(len(labels)), seed=seed)
+
+    def _pool_sample(self) -> torch.Tensor:
+        """The unlabelled images the estimate and the teacher train on (at most --estimate-unlabelled,
+        a seeded subsample of the pool, held in memory)."""
+        if not hasattr(self, "_pool_images"):
+            self._pool_images = self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
+        return self._pool_images
+
     def _pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         confidence, labels = predict_proba(teacher, images).max(1)
         keep = confidence >= self.s.pseudo_label_confidence
@@ -239,7 +265,7 @@ class _Job:
     def _arms(self) -> tuple[str, ...]:
         arms = [CLASSICAL]
         if self.pool is not None:
-            arms.append(SELF_TRAINING)
+            arms.append(PSEUDO)
         if self.s.uses_generator:
             arms.append(SYNTHETIC)
             if self.pool is not None:
@@ -258,9 +284,7 @@ class _Job:
         from tqdm import tqdm
 
         folds = stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed)
-        pool_images = None
-        if self.pool is not None:
-            pool_images = self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
+        pool_images = self._pool_sample() if self.pool is not None else None
         policies, arms = self.s.policies, self._arms()
         total = len(folds) * self.s.seeds * (len(policies) + len(arms) - 1)
         done = sum(1 for key in self.state.units if key.startswith(("policy/", "arm/")))
@@ -307,14 +331,14 @@ class _Job:
 
         differences, rules = {}, {}
         use_pseudo = use_synthetic = False
-        if SELF_TRAINING in per_fold:
-            differences["pseudo"], rules["pseudo"] = diff(SELF_TRAINING, CLASSICAL), NOT_WORSE_ON_AVERAGE
+        if PSEUDO in per_fold:
+            differences["pseudo"], rules["pseudo"] = diff(PSEUDO, CLASSICAL), NOT_WORSE_ON_AVERAGE
             use_pseudo = differences["pseudo"].keeps(NOT_WORSE_ON_AVERAGE)
         if SYNTHETIC in per_fold:
-            differences["synthetic"] = diff(BOTH, SELF_TRAINING) if use_pseudo else diff(SYNTHETIC, CLASSICAL)
+            differences["synthetic"] = diff(BOTH, PSEUDO) if use_pseudo else diff(SYNTHETIC, CLASSICAL)
             rules["synthetic"] = MEASURABLY_BETTER
             use_synthetic = differences["synthetic"].keeps(MEASURABLY_BETTER)
-        recipe = {(False, False): CLASSICAL, (True, False): SELF_TRAINING, (False, True): SYNTHETIC,
+        recipe = {(False, False): CLASSICAL, (True, False): PSEUDO, (False, True): SYNTHETIC,
                   (True, True): BOTH}[use_pseudo, use_synthetic]
         if recipe != CLASSICAL:
             differences["recipe"] = diff(recipe, CLASSICAL)
@@ -323,18 +347,19 @@ class _Job:
 
     # -- 3. the output -----------------------------------------------------------------------
 
-    def _save_classifier(self, model: SmallCNN, name: str) -> str:
-        """work/NAME.pt (what shards reload) and DIR/NAME.onnx (the user's); the ONNX file's sha256."""
-        torch.save(model.state_dict(), self.work / f"{name}.pt")
-        path = export_classifier_onnx(model, self.out / f"{name}.onnx", self.image_shape, self.class_names)
-        return sha256_of(path)
+    def _save_teacher(self, model: SmallCNN) -> str:
+        """work/teacher.pt (what shards reload) and DIR/teacher.onnx (the user's); the ONNX file's sha256."""
+        torch.save(model.state_dict(), self.work / f"{TEACHER}.pt")
+        return sha256_of(export_classifier_onnx(model, self.out / f"{TEACHER}.onnx", self.image_shape,
+                                                self.class_names))
 
-    def _load_classifier(self, name: str) -> SmallCNN:
+    def _load_teacher(self) -> SmallCNN:
+        path = self.work / f"{TEACHER}.pt"
         model = SmallCNN(self.data.channels, len(self.class_names), self._budget(1).widths)
         try:
-            model.load_state_dict(torch.load(self.work / f"{name}.pt", weights_only=True))
+            model.load_state_dict(torch.load(path, weights_only=True))
         except (OSError, RuntimeError, ValueError) as exc:
-            raise UserError(f"{self.work / f'{name}.pt'} is unreadable ({str(exc).splitlines()[0]}); delete "
+            raise UserError(f"{path} is unreadable ({str(exc).splitlines()[0]}); delete "
                             f"{self.work / output.STATE} and rerun") from None
         return model.eval()
 
@@ -349,19 +374,21 @@ class _Job:
         policy, seed, n = estimate["policy"], self.s.seed, len(self.data.labels)
         log.info("recipe: %s (policy %s)", decision["recipe"], policy)
 
-        teacher = self._train(self.data.images, self.data.labels, n, seed, policy)
-        teacher_name, synthetic_teacher_name = CLASSIFIER_NAMES
-        teacher_sha = self._save_classifier(teacher, teacher_name)
+        # The teacher filters the synthetic images and makes the pseudo-labels: FixMatch-trained where
+        # pseudo-labels are kept (as in the estimate's arms), the classical classifier otherwise.
+        teacher = (self._fixmatch(self.data.images, self.data.labels, self._pool_sample(), seed)
+                   if decision["pseudo"] else self._train(self.data.images, self.data.labels, n, seed, policy))
+        teacher_sha = self._save_teacher(teacher)
         rows = [self.tree.row("real", int(label), i, str(i), None, "")
                 for i, label in enumerate(self.data.labels.tolist())]
         for i, row in enumerate(rows):
             self.tree.write(row["path"], self.data.images[i].permute(1, 2, 0).numpy())
-        labeller, labeller_sha, synthetic_info = teacher_name, teacher_sha, None
+        synthetic_info = None
         if decision["synthetic"]:
             generator = self.model or train_generator(self.data.images, self.data.labels, self.class_names,
                                                       self.gan, self.work / "final", self.s.gan_steps)
             generator_sha = sha256_of(generator)
-            kept, tensors = self._synthetic(generator, teacher)
+            kept, _ = self._synthetic(generator, teacher)
             for image, label, score, index in zip(kept.images, kept.labels, kept.scores, kept.indices, strict=True):
                 row = self.tree.row("synthetic", int(label), int(index), str(int(index)), float(score),
                                     f"generator:{generator_sha}")
@@ -369,12 +396,8 @@ class _Job:
                 rows.append(row)
             synthetic_info = {"generator": str(generator), "generator_sha256": generator_sha, "drawn": kept.drawn,
                               "kept": len(kept.labels)}
-            if decision["pseudo"]:
-                labeller = synthetic_teacher_name
-                labeller_sha = self._save_classifier(
-                    self._train(self.data.images, self.data.labels, n, seed, policy, tensors), labeller)
         output.write_rows(self.work / "prepared.csv", rows)
-        self.state.record("prepared", {"decision": decision, "labeller": labeller, "labeller_sha256": labeller_sha,
+        self.state.record("prepared", {"decision": decision, "teacher": "fixmatch" if decision["pseudo"] else "classical",
                                        "teacher_sha256": teacher_sha, "synthetic": synthetic_info,
                                        "seconds": round(time.perf_counter() - start, 1)})
 
@@ -389,12 +412,12 @@ class _Job:
             return
         from tqdm import tqdm
 
-        labeller, model = self._load_classifier(prepared["labeller"]), f"teacher:{prepared['labeller_sha256']}"
+        teacher, model = self._load_teacher(), f"teacher:{prepared['teacher_sha256']}"
         indices = np.arange(shard.index, len(self.pool), shard.count)
         rows = []
         with tqdm(total=len(indices), unit="img", desc="pseudo-labels", disable=not self.s.progress) as bar:
             for part, images in self.pool.chunks(indices):
-                confidence, labels = predict_proba(labeller, images).max(1)
+                confidence, labels = predict_proba(teacher, images).max(1)
                 for row_index in torch.nonzero(confidence >= self.s.pseudo_label_confidence).flatten().tolist():
                     i = int(part[row_index])
                     row = self.tree.row("pseudo", int(labels[row_index]), i, self.pool.origin(i),
@@ -448,25 +471,33 @@ class _FoldUnit:
             self._made[name] = make()
         return self._made[name]
 
-    def _student(self, pseudo_labeller: SmallCNN | None, with_synthetic: bool) -> SmallCNN:
+    def _student(self, teacher: str | None, pseudo: bool, synthetic: bool) -> SmallCNN:
+        """The classifier on the fold's labelled images, plus the pseudo-labels and/or the synthetic
+        images that `teacher` ("classical" or "fixmatch") made."""
         images, labels = self.real, self.real_labels
-        if pseudo_labeller is not None:
-            extra, extra_labels = self.job._pseudo(pseudo_labeller, self.pool_images)
+        if pseudo:
+            extra, extra_labels = self.job._pseudo(self.teacher(teacher), self.pool_images)
             images, labels = torch.cat([images, extra]), torch.cat([labels, extra_labels])
         return self.job._train(images, labels, len(self.real), self.seed, self.policy,
-                               self.synthetic() if with_synthetic else None)
+                               self.synthetic(teacher) if synthetic else None)
 
-    def synthetic(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fold generator's images that this unit's teacher keeps (the generator saw this fold's
-        labelled images only)."""
-        return self._once("synthetic", lambda: self.job._synthetic(
-            self.job._fold_generator(self.fold, self.train_index), self.classifier(CLASSICAL))[1])
+    def teacher(self, kind: str) -> SmallCNN:
+        if kind == "classical":
+            return self.classifier(CLASSICAL)
+        return self._once("fixmatch", lambda: self.job._fixmatch(self.real, self.real_labels, self.pool_images,
+                                                                 self.seed))
+
+    def synthetic(self, teacher: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fold generator's images that `teacher` keeps (the generator saw this fold's labelled
+        images only)."""
+        return self._once(f"synthetic:{teacher}", lambda: self.job._synthetic(
+            self.job._fold_generator(self.fold, self.train_index), self.teacher(teacher))[1])
 
     def classifier(self, arm: str) -> SmallCNN:
         recipes = {
-            CLASSICAL: lambda: self._student(None, False),  # the teacher
-            SELF_TRAINING: lambda: self._student(self.classifier(CLASSICAL), False),
-            SYNTHETIC: lambda: self._student(None, True),
-            BOTH: lambda: self._student(self.classifier(SYNTHETIC), True),  # taught by the synthetic arm
+            CLASSICAL: lambda: self._student(None, False, False),
+            PSEUDO: lambda: self._student("fixmatch", True, False),
+            SYNTHETIC: lambda: self._student("classical", False, True),
+            BOTH: lambda: self._student("fixmatch", True, True),  # = PSEUDO plus synthetic images
         }
         return self._once(f"classifier:{arm}", recipes[arm])

@@ -11,7 +11,7 @@ from ganaug.augment.estimate import Difference, sentence
 from ganaug.augment.settings import AugmentSettings
 from ganaug.files import write_atomic
 
-INGREDIENTS = {"pseudo": "pseudo-labelled unlabelled images (self-training)",
+INGREDIENTS = {"pseudo": "pseudo-labels of the unlabelled images by a FixMatch-trained teacher",
                "synthetic": "synthetic images",
                "recipe": "the recommended set against the labelled images with classical augmentation"}
 
@@ -56,7 +56,8 @@ def build_report(settings: AugmentSettings, estimate: dict, prepared: dict, rows
         "sentences": sentences,
         "output": {"images": dict(counts), "per_class": {name: dict(c) for name, c in per_class.items()},
                    "synthetic_share": settings.synthetic_share if counts["synthetic"] else 0.0,
-                   "teacher_sha256": prepared["teacher_sha256"], "synthetic": prepared["synthetic"]},
+                   "teacher": prepared["teacher"], "teacher_sha256": prepared["teacher_sha256"],
+                   "synthetic": prepared["synthetic"]},
         "settings": {k: v for k, v in settings.fingerprint().items() if k != "gan_config"},
     }
 

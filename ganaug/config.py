@@ -361,7 +361,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """Defaults, then `base` (a resumed run's config), then the file, then the overrides."""
+    """Defaults, then `base` (e.g. a resumed run's config.yaml, read_yaml), then the file, then the overrides."""
     cfg = Config()
     if base is not None:
         apply_dict(cfg, base)
@@ -370,21 +370,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     for text in overrides:
         _set(cfg, *parse_override(text))
     return cfg.validate()
-
-
-# Keys whose default changes what training does, with the value that reproduces ganaug before the key
-# existed. A run saved then resumes as it started instead of switching to the new default mid-run.
-BEFORE_KEY_EXISTED = {"train": {"diversity_weight": 0.0}}
-
-
-def as_saved_then(saved: dict) -> dict:
-    """A saved run's config (a checkpoint's) with every key of BEFORE_KEY_EXISTED that it lacks set to
-    the value the version that wrote it trained with."""
-    values = {section: dict(keys) if isinstance(keys, dict) else keys for section, keys in saved.items()}
-    for section, keys in BEFORE_KEY_EXISTED.items():
-        if isinstance(values.get(section), dict):
-            values[section] = {**keys, **values[section]}
-    return values
 
 
 def config_from_dict(values: dict) -> Config:

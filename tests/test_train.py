@@ -5,12 +5,14 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY, error_line
 
 from ganaug.cli import main
 from ganaug.config import load_config
 from ganaug.data import load_dataset
+from ganaug.errors import UserError
 from ganaug.models import ModelSpec
 from ganaug.train.dist import read_env
 from ganaug.train.rundir import RunDirectory
@@ -239,49 +241,46 @@ def test_unlabelled_images_join_training_through_the_semi_supervised_term(tmp_pa
     assert [e.step for e in events.Scalars("loss/d_unlabelled")] == [1, 2, 3]
 
 
-def test_a_schema_1_checkpoint_resumes_and_exports(tmp_path, trained_run):
-    """Runs of ganaug 0.1 (schema 1: no objective state, no image count, string config values)."""
+def test_a_checkpoint_written_before_the_first_release_is_refused_by_name(tmp_path, trained_run, capsys):
+    """Schema 1 (no objective state, no image count) has no upgrade path: one line, nothing changed."""
     import shutil
 
     run = shutil.copytree(trained_run(), tmp_path / "run")
     last = run / "checkpoints" / "last.pt"
     state = load(last)
     state["schema"] = 1
-    del state["objective"], state["images_seen"], state["unlabelled_data"]
-    state["config"]["train"]["diffaug"] = ",".join(state["config"]["train"]["diffaug"])
-    state["config"]["model"]["conditional"] = "auto"
-    state["config"]["data"]["in_memory"] = "auto"
-    del state["config"]["data"]["unlabelled"]
     torch.save(state, last)
     for step_file in (run / "checkpoints").glob("step_*.pt"):
         step_file.unlink()
-    (run / "config.yaml").write_text("data:\n  source: digits\n")  # 0.1 wrote it without the mark
-    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
-    resumed = load(last)
-    assert resumed["schema"] == 2 and resumed["step"] == 6
-    assert resumed["images_seen"] == 6 * 16  # 4 steps of 16 images counted from the old step, then 2 more
-    assert main(["export", str(run), "--out", str(tmp_path / "g.onnx")]) == 0
+    before = last.read_bytes()
+    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 2
+    assert "has schema 1; this ganaug reads schema 2" in error_line(capsys.readouterr().err, "train")
+    assert main(["export", str(run), "--out", str(tmp_path / "g.onnx")]) == 2
+    assert last.read_bytes() == before and not (tmp_path / "g.onnx").exists()
 
 
-def test_a_run_saved_before_a_key_existed_resumes_with_what_it_trained_with(tmp_path, trained_run):
-    """train.diversity_weight came with a non-zero default: a run saved before it trained without the
-    term and must go on without it, not pick up the new default half-way."""
+def test_a_resume_starts_from_the_runs_config_yaml_not_from_the_checkpoints_copy(tmp_path, trained_run):
+    """A checkpoint is a file from elsewhere as far as a resume knows: its stored config cannot steer
+    which data the run reads. The run's own config.yaml (marked as ganaug's) is the base."""
     import shutil
 
-    from ganaug.config import BEFORE_KEY_EXISTED, Config
     from ganaug.train import resolve_config
 
     run = shutil.copytree(trained_run(), tmp_path / "run")
     last = run / "checkpoints" / "last.pt"
     state = load(last)
-    del state["config"]["train"]["diversity_weight"]  # as an earlier version saved it
+    state["config"]["data"]["source"] = str(tmp_path / "somewhere_else.npz")
+    state["config"]["train"]["lr_g"] = 0.5
     torch.save(state, last)
-    assert Config().train.diversity_weight != BEFORE_KEY_EXISTED["train"]["diversity_weight"] == 0.0
-    assert resolve_config(run).train.diversity_weight == 0.0
-    assert resolve_config(run, overrides=["train.diversity_weight=0.5"]).train.diversity_weight == 0.5
-    assert main(["train", "--run-dir", str(run), "train.steps=6"]) == 0
-    assert load(last)["config"]["train"]["diversity_weight"] == 0.0
-    assert resolve_config(tmp_path / "new").train.diversity_weight == Config().train.diversity_weight
+    saved = resolve_config(run)
+    assert saved.data.source == "digits" and saved.train.lr_g != 0.5
+    assert resolve_config(run, overrides=["train.lr_g=0.001"]).train.lr_g == 0.001
+    assert main(["train", "--run-dir", str(run), f"train.steps={state['step'] + 2}"]) == 0
+    assert load(last)["config"]["data"]["source"] == "digits"
+    # a config.yaml that is not ganaug's is neither trained on nor overwritten
+    (run / "config.yaml").write_text("data:\n  source: elsewhere.npz\n")
+    with pytest.raises(UserError, match="was not written by ganaug train"):
+        resolve_config(run)
 
 
 def test_the_config_and_final_numbers_reach_the_hparams_dashboard(tmp_path):

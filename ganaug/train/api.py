@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ganaug.config import Config, as_saved_then, dump_yaml, load_config
+from ganaug.config import Config, dump_yaml, load_config, read_yaml
 from ganaug.errors import UserError
 from ganaug.logs import setup_logging
-from ganaug.train import checkpoint
 from ganaug.train.checks import check_compile
 from ganaug.train.dist import cpu_threads, destroy_distributed, gather_objects, init_distributed, read_env
 from ganaug.train.rundir import RunDirectory
@@ -38,16 +37,9 @@ class TrainResult:
 
 
 def resolve_config(run_dir: Path | None, config_file: str | Path | None = None, overrides=()) -> Config:
-    """Defaults < a resumed run's saved config < the config file < key=value overrides."""
-    saved = _saved_config(run_dir) if run_dir is not None else None
-    return load_config(config_file, list(overrides), base=saved)
-
-
-def _saved_config(run_dir: Path) -> dict | None:
-    """The config of the run a resume would continue, with a key added since it was saved reading as
-    the version that saved it trained (None for a new run)."""
-    saved = checkpoint.saved_config(Path(run_dir) / "checkpoints")
-    return None if saved is None else as_saved_then(saved)
+    """Defaults < a resumed run's RUN/config.yaml < the config file < key=value overrides."""
+    saved = RunDirectory(Path(run_dir)).saved_config() if run_dir is not None else None
+    return load_config(config_file, list(overrides), base=read_yaml(saved) if saved else None)
 
 
 def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()) -> Config:
@@ -56,9 +48,8 @@ def preflight(run_dir: Path, config_file: str | Path | None = None, overrides=()
     it starts any worker, so that a typo is one line instead of one failed worker per process."""
     from ganaug.data import check_sources
 
-    saved = _saved_config(run_dir)
-    cfg = load_config(config_file, list(overrides), base=saved)
-    RunDirectory(Path(run_dir), cfg.ckpt.keep).check(resuming=saved is not None, config_file=config_file)
+    cfg = resolve_config(run_dir, config_file, overrides)
+    RunDirectory(Path(run_dir), cfg.ckpt.keep).check(config_file)
     check_sources(cfg.data)
     return cfg
 
@@ -81,7 +72,7 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None,
     run_dir = RunDirectory(Path(run_dir), cfg.ckpt.keep)
     env = read_env()
     resume = run_dir.checkpoints.latest()
-    run_dir.check(resuming=resume is not None, config_file=config_file)
+    run_dir.check(config_file)
     if cfg.train.compile:
         check_compile(env.device)
     threads = torch.get_num_threads()

@@ -9,8 +9,8 @@ RUN/checkpoints holds
     best.pt, best.json       the state with the best in-training FD, and its measurement
     diverged_step_NNNNNNN.pt the state when training stopped on non-finite gradients
 
-Nothing else in ganaug names these files or opens a checkpoint by hand. Schema 1 (ganaug 0.1)
-files are upgraded in memory when loaded, so old runs still resume and export.
+Nothing else in ganaug names these files or opens a checkpoint by hand. A file of another schema
+is refused by name (ganaug keeps no upgrade paths for files written before its first release).
 """
 
 from __future__ import annotations
@@ -102,11 +102,9 @@ def check(state, path: Path, entries: tuple[str, ...] = EXPORT_ENTRIES) -> dict:
         raise UserError(f"checkpoint {path} is not a ganaug checkpoint (got {type(state).__name__})")
     if "schema" not in state:
         raise UserError(f"checkpoint {path} is not a ganaug checkpoint (no 'schema' entry)")
-    if state["schema"] == 1:
-        state = _upgrade_from_schema_1(state)
     if state["schema"] != SCHEMA:
-        raise UserError(f"checkpoint {path} has schema {state['schema']!r}; this ganaug reads schemas 1 and "
-                        f"{SCHEMA} (use the ganaug version that wrote it)")
+        raise UserError(f"checkpoint {path} has schema {state['schema']!r}; this ganaug reads schema {SCHEMA} "
+                        "(use the ganaug version that wrote it, or train again)")
     missing = [key for key in entries if key not in state]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete ganaug checkpoint")
@@ -118,20 +116,6 @@ def check(state, path: Path, entries: tuple[str, ...] = EXPORT_ENTRIES) -> dict:
         ModelSpec.from_dict(state["model"])
     except (TypeError, ValueError) as exc:
         raise UserError(f"checkpoint {path}: the model description does not fit this ganaug ({exc})") from None
-    return state
-
-
-def _upgrade_from_schema_1(state: dict) -> dict:
-    """Schema 1 (ganaug 0.1) -> 2: the 'seed' preset is called article28; objective state (fixed
-    DiffAugment, no LeCam) and the image count that the EMA horizon is measured in are added."""
-    state = dict(state, schema=SCHEMA)
-    for model in (state.get("model"), (state.get("config") or {}).get("model")):
-        if isinstance(model, dict) and model.get("arch") == "seed":
-            model["arch"] = "article28"
-    state.setdefault("objective", {"augment": {"p": 1.0}, "lecam": [0.0, 0.0]})
-    if "images_seen" not in state and isinstance(state.get("config"), dict) and isinstance(state.get("rng"), list):
-        batch = state["config"].get("train", {}).get("batch_size", 0)
-        state["images_seen"] = int(state.get("step", 0)) * int(batch) * len(state["rng"])
     return state
 
 
@@ -207,6 +191,10 @@ class Checkpointer:
             log.warning("%s is unreadable; the next measurement becomes the best", self.best_json)
             return math.inf
 
+    def exist(self) -> bool:
+        """Whether a resume would find a checkpoint to continue (loadable or not)."""
+        return self.last.is_file() or any(p.is_file() for p in self.step_files())
+
     def latest(self) -> dict | None:
         """The state to resume: last.pt, else the newest loadable step file; None for a new run."""
         candidates = [self.last, *reversed(self.step_files())]
@@ -224,19 +212,6 @@ class Checkpointer:
         if any(p.is_file() for p in candidates):
             raise UserError(f"no loadable checkpoint in {self.folder}; move the directory aside to start afresh")
         return None
-
-
-def saved_config(folder: Path) -> dict | None:
-    """The config of the run a resume would continue (None for a new run), without its warnings."""
-    checkpoints = Checkpointer(folder)
-    for path in [checkpoints.last, *reversed(checkpoints.step_files())]:
-        if path.is_file():
-            try:
-                state = safe_load(path, f"checkpoint {path}")
-            except UserError:
-                continue  # latest() reports it, once, when the run starts
-            return check(state, path, RESUME_ENTRIES)["config"]
-    return None
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -1,6 +1,7 @@
 """The run directory: its layout, its lock, and which files in it a run may replace.
 
-    RUN/config.yaml      the resolved config (marked as ganaug's on its first line)
+    RUN/config.yaml      the resolved config (marked as ganaug's on its first line); a resumed run
+                         starts from it (train/api.py resolve_config), never from a checkpoint's copy
     RUN/checkpoints/     see train/checkpoint.py
     RUN/tb/              TensorBoard event files (rank 0 only)
     RUN/samples/         image grids
@@ -34,7 +35,7 @@ class RunDirectory:
         self.samples = self.path / "samples"
         self.features = self.path / "features"
 
-    def check(self, resuming: bool, config_file: str | Path | None = None) -> None:
+    def check(self, config_file: str | Path | None = None) -> None:
         """Refuse, before any training, every layout the run could not write into without loss."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--run-dir {self.path} is a file, not a directory")
@@ -48,10 +49,21 @@ class RunDirectory:
             if config_file is not None and Path(config_file).exists() and self.config.samefile(config_file):
                 raise UserError(f"--config {config_file} is the file a run writes its resolved config to "
                                 f"({self.config}); give the run a --run-dir of its own")
-            # A run resuming owns its config.yaml (ganaug 0.1 wrote it without the mark).
-            if not resuming and not self.config.read_bytes().startswith(CONFIG_MARK.encode()):
+            self._check_mark()
+
+    def _check_mark(self) -> None:
+        with open(self.config, "rb") as f:
+            if f.read(len(CONFIG_MARK.encode())) != CONFIG_MARK.encode():
                 raise UserError(f"{self.config} was not written by ganaug train; move it aside or use another "
-                                "--run-dir (a run never overwrites files it did not write)")
+                                "--run-dir (a run never overwrites files it did not write, nor trains on them)")
+
+    def saved_config(self) -> Path | None:
+        """The config.yaml a resumed run starts from: the one this run wrote (None for a new run, or
+        a run whose config.yaml is gone: its checkpoint's model is still checked against the data)."""
+        if not (self.checkpoints.exist() and self.config.is_file()):
+            return None
+        self._check_mark()
+        return self.config
 
     def prepare(self) -> None:
         """Create the folders the run writes into, proving they take files (rank 0, before step 1)."""

@@ -831,6 +831,43 @@ def _train_run_dir_foreign_config(env):
     return env.train()
 
 
+RESUMED = ("run/config.yaml", "run/checkpoints/last.pt", "run/checkpoints/steps.json")  # what a resumed run rewrites
+
+
+def _resumed_with_foreign_step_names(env, make) -> list[str]:
+    """A trained run without step files, `make(path)` under the name of the step it saves next,
+    then a resume that saves every step and keeps one step file."""
+    run = env.run_copy()
+    _drop_step_files(run)
+    step = env.checkpoint_state()["step"]
+    make(run / "checkpoints" / f"step_{step + 1:07d}.pt")
+    return ["train", "--run-dir", str(run), "ckpt.every=1", "ckpt.keep=1", f"train.steps={step + 3}"]
+
+
+@case("train-checkpoints-foreign-step-file", "train",
+      "a step_NNNNNNN.pt of the user's, named like the step a resumed run saves next (ckpt.keep=1)",
+      "exists and ganaug did not write it: left alone", outcome="warning",
+      survives=("run/checkpoints/step_0000000.pt", "run/checkpoints/step_0000005.pt"),  # the trained run is at 4
+      may_change=RESUMED,
+      found="replaced by the run's checkpoint of that step, then deleted by retention")
+def _train_checkpoints_foreign_step_file(env):
+    def make(path):
+        path.write_bytes(b"the user's own")
+        shutil.copyfile(path, path.with_name("step_0000000.pt"))  # and an older one of the user's
+    return _resumed_with_foreign_step_names(env, make)
+
+
+@case("train-checkpoints-step-name-is-a-folder", "train", "a folder named like the step file a resumed run saves next",
+      "exists and ganaug did not write it: left alone", outcome="warning",
+      survives=("run/checkpoints/step_0000005.pt/notes.txt",), may_change=RESUMED,
+      found="IsADirectoryError traceback when the run saved that step, exit 1")
+def _train_checkpoints_step_name_is_a_folder(env):
+    def make(path):
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    return _resumed_with_foreign_step_names(env, make)
+
+
 @case("train-run-dir-tb-is-a-file", "train", "RUN/tb exists as a file", "{tmp}/run/tb exists and is not a directory",
       survives=("run/tb",))
 def _train_run_dir_tb_is_a_file(env):

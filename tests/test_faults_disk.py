@@ -93,7 +93,7 @@ def test_train_checkpoint_past_the_file_size_limit_is_one_error_and_keeps_the_pr
     folder = run / "checkpoints"
     first = (folder / "last.pt").read_bytes()
     listing = sorted(p.name for p in folder.iterdir())
-    assert listing == ["last.pt", "step_0000002.pt"]
+    assert listing == ["last.pt", "step_0000002.pt", "steps.json"]
 
     limit = len(first) // 2  # config.yaml and TensorBoard's few hundred bytes fit; a checkpoint does not
     result = run_limited(["train", "--run-dir", str(run), "train.steps=4"], limit)

@@ -186,7 +186,7 @@ def test_train_sh_runs_nproc_workers_with_config_file_and_overrides(train_sh_run
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["ckpt"]["every"] == 4  # from CONFIG
     assert resolved["train"]["steps"] == 8 and resolved["data"]["resolution"] == 16  # from the arguments
-    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt"]
+    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt", "steps.json"]
     assert len(list((run_dir / "tb").iterdir())) == 1
 
 
@@ -217,7 +217,7 @@ def test_two_agents_on_loopback_train_one_model_in_a_shared_run_dir(launch, tmp_
 
     # Only rank 0 wrote: one TensorBoard file, one set of checkpoints, no stray temporaries.
     assert len(list((run_dir / "tb").iterdir())) == 1
-    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt"]
+    assert checkpoint_names(run_dir) == ["last.pt", "step_0000004.pt", "step_0000008.pt", "steps.json"]
     saved = load(run_dir / "checkpoints" / "last.pt")
     assert saved["step"] == 8 and len(saved["rng"]) == 2
 

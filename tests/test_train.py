@@ -128,9 +128,29 @@ def test_checkpoint_holds_only_safe_values_and_the_run_layout(tmp_path):
             "scaler_g", "scaler_d", "data", "rng", "objective", "images_seen"} <= set(state)
     assert state["schema"] == 2 and state["images_seen"] == 4 * 16
     assert state["step"] == 4 and state["class_names"] == [str(i) for i in range(10)]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000004.pt",
+                                                                       "steps.json"]
     assert (run / "config.yaml").read_text().startswith("# ganaug train: the resolved config")
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+
+
+def test_retention_deletes_only_the_step_files_ganaug_wrote(tmp_path, capsys):
+    """A step file of the user's (even one named like the next step's) and a folder under a step
+    file's name are left alone; the run's own old step files still go."""
+    run = tmp_path / "run"
+    folder = run / "checkpoints"
+    assert train(run, "train.steps=1", "ckpt.every=1", "ckpt.keep=2") == 0
+    (folder / "step_0000000.pt").write_bytes(b"the user's own, older than any step")
+    (folder / "step_0000002.pt").write_bytes(b"the user's own, named like the next step")
+    (folder / "step_0000003.pt").mkdir()
+    assert train(run, "train.steps=5", "ckpt.every=1", "ckpt.keep=2") == 0
+    assert (folder / "step_0000000.pt").read_bytes().startswith(b"the user's own")
+    assert (folder / "step_0000002.pt").read_bytes().startswith(b"the user's own") and (folder / "step_0000003.pt").is_dir()
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == [f"step_000000{i}.pt" for i in (0, 2, 3, 4, 5)]
+    assert "step_0000002.pt exists and ganaug did not write it: left alone" in capsys.readouterr().err
+    (folder / "steps.json").write_text('["../../elsewhere.pt"]')  # a damaged record deletes nothing
+    assert train(run, "train.steps=6", "ckpt.every=1", "ckpt.keep=2") == 0
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == [f"step_000000{i}.pt" for i in (0, 2, 3, 4, 5, 6)]
 
 
 def test_tensorboard_scalars_images_and_config_are_readable(tmp_path):

@@ -6,6 +6,7 @@ RUN/checkpoints holds
 
     last.pt                  the newest state, replaced atomically
     step_NNNNNNN.pt          the newest `ckpt.keep` states (hard links to what last.pt was)
+    steps.json               the step files ganaug wrote: retention deletes these and nothing else
     best.pt, best.json       the state with the best in-training FD, and its measurement
     diverged_step_NNNNNNN.pt the state when training stopped on non-finite gradients
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 2
 STEP_PATTERN = re.compile(r"step_(\d{7,})\.pt$")
+MAX_RECORD_CHARS = 1 << 20  # steps.json lists ckpt.keep names
 # What each use reads from a checkpoint; a file without them is refused by name.
 EXPORT_ENTRIES = ("step", "model", "class_names", "G", "G_ema")
 RESUME_ENTRIES = (*EXPORT_ENTRIES, "config", "D", "opt_g", "opt_d", "scaler_g", "scaler_d", "data", "rng",
@@ -130,6 +132,7 @@ class Checkpointer:
         self.last = self.folder / "last.pt"
         self.best = self.folder / "best.pt"
         self.best_json = self.folder / "best.json"
+        self.record = self.folder / "steps.json"
 
     def step_path(self, step: int) -> Path:
         return self.folder / f"step_{step:07d}.pt"
@@ -155,17 +158,45 @@ class Checkpointer:
     # -- writing ------------------------------------------------------------------------------
 
     def save(self, state: dict) -> None:
-        """last.pt, and a step file linked to it when any are kept (the oldest beyond `keep` go)."""
+        """last.pt, and a step file linked to it when any are kept (the oldest beyond `keep` that
+        steps.json lists go: a step file ganaug did not write is never replaced or deleted)."""
         save_atomic(state, self.last)
-        if self.keep:
-            target = self.step_path(state["step"])
-            target.unlink(missing_ok=True)
-            try:
-                os.link(self.last, target)  # no space or time; replacing last.pt later leaves it alone
-            except OSError:
-                shutil.copyfile(self.last, target)
-            for old in self.step_files()[: -self.keep]:
-                old.unlink(missing_ok=True)
+        if not self.keep:
+            return
+        written = self._written_steps()
+        target = self.step_path(state["step"])
+        if os.path.lexists(target) and target.name not in written:
+            log.warning("%s exists and ganaug did not write it: left alone, step %d kept in last.pt only",
+                         target, state["step"])
+            return
+        target.unlink(missing_ok=True)
+        try:
+            os.link(self.last, target)  # no space or time; replacing last.pt later leaves it alone
+        except OSError:
+            shutil.copyfile(self.last, target)
+        written = sorted({*written, target.name}, key=lambda name: int(STEP_PATTERN.search(name).group(1)))
+        write_atomic(self.record, json.dumps(written[-self.keep:]))
+        for name in written[: -self.keep]:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def _written_steps(self) -> list[str]:
+        """The step files steps.json lists, read back as input: an unreadable record lists nothing,
+        so nothing is deleted on its word."""
+        if not self.record.is_file():
+            return []
+        try:
+            with open(self.record, encoding="utf-8") as f:
+                text = f.read(MAX_RECORD_CHARS + 1)
+            if len(text) > MAX_RECORD_CHARS:
+                raise ValueError("too long")
+            names = json.loads(text)
+        except (OSError, ValueError) as exc:
+            log.warning("%s is unreadable (%s): no old step file is deleted", self.record, exc)
+            return []
+        if not (isinstance(names, list) and all(isinstance(n, str) and STEP_PATTERN.fullmatch(n) for n in names)):
+            log.warning("%s is not a list of step files: no old step file is deleted", self.record)
+            return []
+        return names
 
     def save_best(self, state: dict, metrics: dict) -> None:
         save_atomic({**state, "metrics": metrics}, self.best)

@@ -61,13 +61,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | memoryview | str | Callable[[BinaryIO], None],
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, replace: bool = True) -> None:
     """Create or replace `path` atomically with `data`: bytes, text (UTF-8), or `fill(file)` that
     streams the contents into a binary file.
 
     fsync=True makes the new file durable before it replaces the old one (checkpoints, models,
-    manifests). On any failure the temporary is removed and `path` is untouched; an OSError
-    becomes a UserError naming `path` and the reason.
+    manifests). replace=False creates `path` only if nothing is there at that moment (a hard link
+    fails where a name exists, so two writers cannot both win). On any failure the temporary is
+    removed and `path` is untouched; an OSError becomes a UserError naming `path` and the reason.
     """
     check_regular_target(path)
     temp = temporary_beside(path)
@@ -83,7 +84,14 @@ def write_atomic(path: str | os.PathLike, data: bytes | memoryview | str | Calla
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise UserError(f"{path} was created by someone else meanwhile; it was left as it is") from None
+            os.unlink(temp)
         if fsync:
             fsync_dir(os.path.dirname(os.fspath(path)) or ".")
     except OSError as exc:

@@ -16,6 +16,7 @@ import torch
 
 import ganaug.export.api as entry
 from ganaug.cli import main
+from ganaug.errors import UserError
 from ganaug.export.output import OutputFile
 
 
@@ -201,6 +202,19 @@ def test_output_file_replaces_only_on_commit(tmp_path):
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["g.onnx"]  # checked, untouched
     output.commit(b"new")
     assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["g.onnx"]  # no temporary file left
+
+
+def test_two_exports_to_one_path_without_force_cannot_both_win(tmp_path):
+    """The second export checked --out before the first wrote it: its commit is refused, the first
+    export's model stays, no temporary is left."""
+    path = tmp_path / "g.onnx"
+    first, second = OutputFile(path), OutputFile(path)
+    first.commit(b"first")
+    with pytest.raises(UserError, match="appeared while exporting .* pass --force to replace it"):
+        second.commit(b"second")
+    assert path.read_bytes() == b"first" and os.listdir(tmp_path) == ["g.onnx"]
+    OutputFile(path, force=True).commit(b"forced")  # with --force, the last one wins by design
+    assert path.read_bytes() == b"forced"
 
 
 def test_commit_removes_a_killed_exports_temporaries_but_not_one_in_flight(tmp_path):

@@ -21,7 +21,7 @@ STALE_TEMPORARY_S = 600
 
 class OutputFile:
     def __init__(self, path: str | Path, force: bool = False):
-        self.path = Path(path)
+        self.path, self.force = Path(path), force
         self._check(force)
 
     def _check(self, force: bool) -> None:
@@ -43,6 +43,13 @@ class OutputFile:
             raise UserError(f"--out {path} cannot be written: {exc.strerror or exc}") from None
 
     def commit(self, data: bytes) -> None:
-        """Write the model, durable before it replaces an older file."""
-        write_atomic(self.path, data, fsync=True)  # checks again: the path may have changed meanwhile
+        """Write the model, durable before it replaces an older file; without --force, only where no
+        file appeared meanwhile (two exports to one path: the second is refused, not a silent winner)."""
+        try:
+            write_atomic(self.path, data, fsync=True, replace=self.force)  # checks the path again, too
+        except UserError as exc:
+            if self.force or not self.path.exists():
+                raise
+            raise UserError(f"--out {self.path} appeared while exporting (another export?); nothing was "
+                            "replaced: pass --force to replace it") from exc
         clean_temporaries(self.path.parent, older_than_s=STALE_TEMPORARY_S)

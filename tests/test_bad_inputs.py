@@ -487,6 +487,14 @@ def _train_folder_in_memory_past_memory(env):
     return env.train(env.source("data"), "data.in_memory=true", "data.resolution=1024", "data.channels=3")
 
 
+@case("train-npz-class-without-images", "train", ".npz whose class_names name a class no label uses",
+      "names classes without any image (fox)", survives=("c.npz",),
+      found="trained without a word: the generator learnt a class it never saw")
+def _train_npz_class_without_images(env):
+    env.npz("c.npz", images=np.zeros((40, 8, 8), np.uint8), labels=np.arange(40) % 2, class_names=np.array(CLASSES))
+    return env.train(env.source("c.npz"), "train.steps=1")
+
+
 @case("train-npz-no-images", "train", ".npz without an 'images' array", "has no 'images' array (found: pictures)",
       survives=("d.npz",))
 def _train_npz_no_images(env):

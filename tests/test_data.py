@@ -127,15 +127,15 @@ def test_cifar10_format_files_from_root(tmp_path, monkeypatch):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 255, (2, 3072), dtype=np.uint8), "labels": [1, 7]}
+        batch = {"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), "labels": list(range(10))}  # every class
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
     # Hand-made files cannot match torchvision's MD5 list; the format is what this test is about.
     monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
     data = load_dataset(DataConfig(source="cifar10", root=str(tmp_path), resolution=16))
-    assert data.images.shape == (10, 3, 16, 16) and data.class_names[7] == "c7"
-    assert data.labels.tolist() == [1, 7] * 5
+    assert data.images.shape == (50, 3, 16, 16) and data.class_names[7] == "c7"
+    assert data.labels.tolist() == list(range(10)) * 5
 
 
 def test_missing_torchvision_dataset_says_how_to_get_it(tmp_path):

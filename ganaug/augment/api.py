@@ -187,11 +187,7 @@ class _Job:
         if len(self.class_names) < 2:  # a classifier of one class is right by construction: nothing to estimate
             raise UserError(f"--labelled {settings.labelled} has {len(self.class_names)} class; augment estimates "
                             "what helps a classifier and needs at least 2")
-        present = torch.bincount(self.data.labels, minlength=len(self.class_names))
-        if (present == 0).any():
-            missing = [self.class_names[i] for i in torch.nonzero(present == 0).flatten().tolist()]
-            raise UserError(f"--labelled {settings.labelled} names classes without any image ({', '.join(missing[:5])}); "
-                            "every class needs labelled images")
+        present = torch.bincount(self.data.labels, minlength=len(self.class_names))  # none is 0 (load_dataset)
         if self.model is not None and list(meta.class_names) != self.class_names:
             raise UserError(f"--model {self.model} draws classes {list(meta.class_names)[:10]}, the labelled images "
                             f"have {self.class_names[:10]}: a generator of the same classes, in the same order, is needed")

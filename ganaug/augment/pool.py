@@ -26,7 +26,7 @@ class UnlabelledPool:
     @classmethod
     def load(cls, source: str, labelled: DataConfig, channels: int) -> UnlabelledPool:
         cfg = dataclasses.replace(labelled, source=source, channels=channels, in_memory=None)
-        return cls(load_dataset(cfg, key="--unlabelled"))
+        return cls(load_dataset(cfg, key="--unlabelled", labels_used=False))
 
     def __len__(self) -> int:
         return len(self.data)

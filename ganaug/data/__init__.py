@@ -48,14 +48,23 @@ class ImageData:
         return self.files is None
 
 
-def load_dataset(cfg: DataConfig, key: str = "data.source") -> ImageData:
-    """Read `cfg.source` into an ImageData; every problem with the data is a UserError naming `key`."""
+def load_dataset(cfg: DataConfig, key: str = "data.source", labels_used: bool = True) -> ImageData:
+    """Read `cfg.source` into an ImageData; every problem with the data is a UserError naming `key`.
+    labels_used: the labels will be trained on, so every class named must have images (a model of a
+    class it never saw would draw noise under its name, silently)."""
     try:
         data = _load(cfg)
     except DataError as exc:
         raise UserError(f"{key}: {exc}") from None
     if len(data) == 0:
         raise UserError(f"{key}: {cfg.source!r} holds no images")
+    if labels_used and data.labels is not None and data.class_names:
+        present = torch.bincount(data.labels, minlength=len(data.class_names))
+        missing = [data.class_names[i] for i in torch.nonzero(present == 0).flatten().tolist()]
+        if missing:
+            raise UserError(f"{key}: {cfg.source} names classes without any image ({', '.join(missing[:5])}"
+                            f"{', ...' if len(missing) > 5 else ''}); every class needs images: add them or drop "
+                            "the class from its class names")
     return data
 
 
@@ -113,7 +122,7 @@ def load_unlabelled(cfg: DataConfig, labelled: ImageData) -> ImageData | None:
     if not cfg.unlabelled:
         return None
     data = load_dataset(dataclasses.replace(cfg, source=cfg.unlabelled, channels=labelled.channels),
-                        key="data.unlabelled")
+                        key="data.unlabelled", labels_used=False)
     if data.labels is not None:
         log.info("data.unlabelled: %s has labels; they are not used", cfg.unlabelled)
     return dataclasses.replace(data, labels=None, class_names=[])

@@ -273,7 +273,7 @@ class _Job:
             return self.model
         index = torch.as_tensor(train_index)
         return train_generator(self.data.images[index], self.data.labels[index], self.class_names, self.gan,
-                               self.work / "folds" / f"fold{fold}", self.s.gan_steps)
+                               self.work / "folds" / f"fold{fold}", self.s.gan_steps, self.s.progress)
 
     def estimate(self) -> dict:
         """Per arm, the held-out accuracy of every fold (the mean over its seeds); the policy chosen."""
@@ -382,7 +382,7 @@ class _Job:
         synthetic_info = None
         if decision["synthetic"]:
             generator = self.model or train_generator(self.data.images, self.data.labels, self.class_names,
-                                                      self.gan, self.work / "final", self.s.gan_steps)
+                                                      self.gan, self.work / "final", self.s.gan_steps, self.s.progress)
             generator_sha = sha256_of(generator)
             kept, _ = self._synthetic(generator, teacher)
             for image, label, score, index in zip(kept.images, kept.labels, kept.scores, kept.indices, strict=True):

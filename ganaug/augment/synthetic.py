@@ -88,7 +88,7 @@ def torch_scorer(model: torch.nn.Module) -> Callable[[np.ndarray, np.ndarray], n
 
 
 def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], gan: Config,
-                    work: Path, steps: int) -> Path:
+                    work: Path, steps: int, progress: bool = True) -> Path:
     """Train (or resume) a GAN on these labelled images alone and export it; the ONNX model's path.
     The images go to work/labelled.npz, so the run provably sees nothing else."""
     from ganaug import train
@@ -102,7 +102,8 @@ def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: lis
     if not npz.is_file():
         write_labelled_npz(npz, images, labels, class_names)
     cfg = with_overrides(gan, data={"source": str(npz), "unlabelled": ""},
-                         train={"steps": steps, "batch_size": min(gan.train.batch_size, len(images))})
+                         train={"steps": steps, "batch_size": min(gan.train.batch_size, len(images))},
+                         log={"progress": progress})
     log.info("training a generator on %d labelled images (%d steps) in %s", len(images), steps, work / "run")
     result = train.run(cfg, work / "run")
     if not result.completed:  # a signal stopped training (saved): stop here too, resumable

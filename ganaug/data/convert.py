@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+GREY_MODES = {"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N"}
+# 32-bit integer and float pixels carry no range in the file (is 1.0 white, or 255, or 65535?):
+# refused by name rather than guessed (open_image), so a float image in [0, 1] never trains as black.
+RANGELESS_MODES = {"I": "32-bit integer", "F": "floating-point"}
 
 
 def is_grey(image: Image.Image) -> bool:
@@ -18,11 +21,10 @@ def is_grey(image: Image.Image) -> bool:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit and float greys are scaled, not clipped, to 0..255 (PIL's convert('L') would clip)."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    """16-bit greys are scaled from their full range, 0..65535, to 0..255 (PIL's convert('L') would clip)."""
+    if image.mode.startswith("I;16"):
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        return Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(values * (255.0 / 65535.0) + 0.5, 0, 255).astype(np.uint8), "L")
     return image
 
 

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ganaug.config import DataConfig
 from ganaug.data import DataError, ImageData
-from ganaug.data.convert import is_grey, pil_to_array
+from ganaug.data.convert import RANGELESS_MODES, is_grey, pil_to_array
 from ganaug.errors import UserError
 from ganaug.memory import check_fits
 
@@ -100,32 +100,47 @@ def scan_folder(root: Path) -> tuple[list[Path], list[int] | None, list[str]]:
     return [Path(path) for path, _ in samples], [label for _, label in samples], names
 
 
+def _refuse_rangeless(image: Image.Image, path: Path) -> None:
+    if image.mode in RANGELESS_MODES:
+        raise UserError(f"data: image {path} has {RANGELESS_MODES[image.mode]} pixels (mode {image.mode}), whose "
+                        "range the file does not give; save it as 8- or 16-bit")
+
+
 def open_image(path: Path) -> Image.Image:
     """Decode a whole image now (PIL is lazy), so a truncated file fails here, naming itself."""
     try:
         with Image.open(path) as image:
+            _refuse_rangeless(image, path)
             image.load()
             return image.copy()
     except BAD_IMAGE_ERRORS as exc:
         raise UserError(f"data: cannot read image {path}: {exc}") from None
 
 
-def _guess_channels(files: list[Path], skip_bad: bool) -> int:
-    """Grey (1) when every one of a sample of images is grey, else colour (3)."""
-    step = max(1, len(files) // 64)
-    for path in files[::step]:
+def _channels_of(files: list[Path], skip_bad: bool) -> int:
+    """data.channels=auto: grey (1) when every image is grey, else colour (3). Every file's header is
+    read (PIL's open reads no pixels): one colour image among grey ones makes the set colour, which
+    a sample could miss. Set data.channels to skip the scan on a huge folder."""
+    if len(files) > 10_000:
+        log.info("data.channels=auto: reading the mode of %d image headers (set data.channels to skip)", len(files))
+    colour = False
+    for path in files:
         try:
-            if not is_grey(Image.open(path)):
-                return 3
+            with Image.open(path) as image:
+                _refuse_rangeless(image, path)
+                colour = colour or not is_grey(image)
         except BAD_IMAGE_ERRORS as exc:
             if not skip_bad:
                 raise UserError(f"data: cannot read image {path}: {exc}") from None
-    return 1
+        except UserError:
+            if not skip_bad:
+                raise
+    return 3 if colour else 1
 
 
 def load_folder(root: Path, cfg: DataConfig) -> ImageData:
     files, labels, names = scan_folder(root)
-    channels = cfg.channels or _guess_channels(files, cfg.skip_bad)
+    channels = cfg.channels or _channels_of(files, cfg.skip_bad)
     decoded_mb = len(files) * channels * cfg.resolution**2 / 2**20
     stream = cfg.in_memory is False or (cfg.in_memory is None and decoded_mb > cfg.max_memory_mb)
     label_tensor = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)

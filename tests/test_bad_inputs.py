@@ -903,6 +903,18 @@ def _train_checkpoints_step_name_is_a_folder(env):
     return _resumed_with_foreign_step_names(env, make)
 
 
+@case("train-grid-name-is-a-folder", "train", "a folder named like the sample grid the run writes",
+      "training goes on without this grid", outcome="warning",
+      survives=("run/samples/step_0000001.png/notes.txt",),
+      check=lambda env: _assert_trained(env, steps=2, images_seen=1797),
+      found="IsADirectoryError traceback from torchvision's save_image at the first grid, exit 1")
+def _train_grid_name_is_a_folder(env):
+    folder = env.tmp / "run" / "samples" / "step_0000001.png"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    return env.train("log.image_every=1", "train.steps=2")
+
+
 @case("train-run-dir-tb-is-a-file", "train", "RUN/tb exists as a file", "{tmp}/run/tb exists and is not a directory",
       survives=("run/tb",))
 def _train_run_dir_tb_is_a_file(env):

@@ -23,6 +23,7 @@ from ganaug.config import Config, dump_yaml
 from ganaug.data import ImageData
 from ganaug.data.loader import ShardedBatches
 from ganaug.errors import UserError
+from ganaug.files import write_atomic
 from ganaug.models import ModelSpec, build_discriminator, build_generator
 from ganaug.train.checkpoint import SCHEMA
 from ganaug.train.dist import (
@@ -394,7 +395,11 @@ class Trainer:
         self.refresh_ema_statistics()
         grid = make_grid(self.generate(z, labels).add(1).div(2).clamp(0, 1), nrow=GRID_COLUMNS, padding=2,
                          pad_value=0.5)
-        save_image(grid, self.run.samples / f"step_{self.step:07d}.png")
+        path = self.run.samples / f"step_{self.step:07d}.png"
+        try:  # a side output: a grid that cannot be written costs a warning, not the run
+            write_atomic(path, lambda f: save_image(grid, f, format="png"))
+        except UserError as exc:
+            log.warning("%s; training goes on without this grid", exc)
         self.tb.image("samples/ema" if self.ema else "samples/g", grid, self.step)
 
     def _metric_sample(self) -> torch.Tensor:

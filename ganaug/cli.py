@@ -428,12 +428,35 @@ def launch_main(argv: list[str] | None = None) -> int:
 
     parser.error = usage_error
     args = parser.parse_args(argv)
+    _check_torchrun_values(args, usage_error)
     command = ganaug_arguments(args)
     if command is not None:
         status = preflight(command)
         if status:
             return status
     return run_torchrun(args)
+
+
+MAX_PROCESSES_PER_NODE = 1024  # more is a typo, not a node: each process is a Python interpreter
+
+
+def _check_torchrun_values(args, usage_error) -> None:
+    """torchrun checks its values (node counts, restarts, endpoint, processes per node) with asserts
+    and ValueErrors deep in its launch, a traceback; its own `config_from_args` runs here first, on a
+    copy, so a bad value is one line before anything starts."""
+    import copy
+
+    from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+    from torch.distributed.run import config_from_args
+
+    try:
+        config, _, _ = config_from_args(copy.copy(args))
+        if args.rdzv_endpoint and not args.standalone:  # the user's; --standalone replaces it
+            parse_rendezvous_endpoint(args.rdzv_endpoint, default_port=29400)
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        usage_error(str(exc) or f"torchrun refused its arguments ({type(exc).__name__})")
+    if not 1 <= config.nproc_per_node <= MAX_PROCESSES_PER_NODE:
+        usage_error(f"--nproc-per-node {config.nproc_per_node}: 1 to {MAX_PROCESSES_PER_NODE} processes per node")
 
 
 def preflight(argv: list[str]) -> int:

@@ -429,6 +429,13 @@ def test_a_worker_leaves_its_line_only_for_the_launcher_that_started_it(tmp_path
     (["--nproc-per-node"], "argument --nproc-per-node/--nproc_per_node: expected one argument"),
     (["--standalone"], "the following arguments are required: training_script"),
     (["--no-such-flag", "-m", "ganaug", "train"], "unrecognized arguments: --no-such-flag"),
+    # torchrun's values, which it checks with asserts deep in its launch (a traceback there)
+    (["--nproc-per-node", "abc", "-m", "ganaug", "train"], "Unsupported nproc_per_node value: abc"),
+    (["--nproc-per-node", "0", "-m", "ganaug", "train"], "--nproc-per-node 0: 1 to 1024 processes per node"),
+    (["--nproc-per-node", "10000000000", "-m", "ganaug", "train"], "1 to 1024 processes per node"),
+    (["--nnodes", "2:1", "-m", "ganaug", "train"], "min_nodes must be > 0 and <= max_nodes"),
+    (["--max-restarts", "-1", "-m", "ganaug", "train"], "max_restarts must be >= 0"),
+    (["--rdzv-endpoint", "localhost:notaport", "-m", "ganaug", "train"], "'localhost:notaport' must be an integer"),
 ])
 def test_torchruns_own_argument_mistakes_are_one_line_too(argv, fragment, capsys):
     from ganaug.cli import launch_main

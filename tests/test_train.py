@@ -97,8 +97,28 @@ def test_fp16_uses_a_grad_scaler_per_optimizer(tmp_path):
     assert state["config"]["train"]["precision"] == "fp16"
 
 
-def test_resume_continues_the_same_trajectory(tmp_path):
+def _class_folder(root: Path, per_class: int = 20) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("variant", ["in-memory", "streamed-mid-epoch", "ada-between-adjustments"])
+def test_resume_continues_the_same_trajectory(tmp_path, variant):
+    """Stopped at step 3 and resumed, a run ends where an uninterrupted one does: weights, optimiser,
+    data order. Streamed: 40 images, 2 batches an epoch, so step 3 is mid-epoch and the resume makes
+    a new DataLoader there. ADA: it adjusts every 4 steps, so step 3 holds 3 steps of pending signs."""
     common = ["train.r1_gamma=0.5", "train.r1_every=2", "ckpt.every=3", "train.loss=bce"]
+    if variant == "streamed-mid-epoch":
+        common += [f"data.source={_class_folder(tmp_path / 'data')}", "data.in_memory=false", "data.num_workers=1"]
+    if variant == "ada-between-adjustments":
+        common += ["train.ada_target=0.01", "train.ada_kimg=0.1", "train.lr_d=0.005"]  # D sure early: p rises
     assert train(tmp_path / "straight", *common, "train.steps=6") == 0
     assert train(tmp_path / "split", *common, "train.steps=3") == 0
     assert load(tmp_path / "split" / "checkpoints" / "last.pt")["step"] == 3
@@ -109,7 +129,9 @@ def test_resume_continues_the_same_trajectory(tmp_path):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
     assert all(torch.equal(x, y) for x, y in zip(a["opt_g"]["state"][0].values(), b["opt_g"]["state"][0].values()))
-    assert a["data"] == b["data"]
+    assert a["data"] == b["data"] and a["objective"] == b["objective"] and a["ada_pending"] == b["ada_pending"]
+    if variant == "ada-between-adjustments":
+        assert a["objective"]["augment"]["p"] > 0  # ADA moved p at step 4, in both runs
 
 
 def test_same_seed_gives_the_same_weights_and_another_seed_does_not(tmp_path):

@@ -88,9 +88,13 @@ class ShardedBatches:
 
         shard = epoch_shard(len(self.data), self.seed, self.epoch, self.rank, self.world)
         shard = shard[self.batch * self.batch_size : self.batches_per_epoch * self.batch_size]
+        # A generator of its own: without one, each new iterator draws its workers' base seed from the
+        # global RNG, so a run resumed mid-epoch (a new iterator there) would draw other noise after it.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         loader = torch.utils.data.DataLoader(
             _Caught(StreamingImages(self.data, self.skip_bad)), batch_sampler=_Batches(shard.tolist(), self.batch_size),
-            num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.type == "cuda")
+            num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            generator=generator)
         return iter(loader)
 
     def _next_streamed(self):

@@ -41,7 +41,7 @@ MAX_RECORD_CHARS = 1 << 20  # steps.json lists ckpt.keep names
 # What each use reads from a checkpoint; a file without them is refused by name.
 EXPORT_ENTRIES = ("step", "model", "class_names", "G", "G_ema")
 RESUME_ENTRIES = (*EXPORT_ENTRIES, "config", "D", "opt_g", "opt_d", "scaler_g", "scaler_d", "data", "rng",
-                  "objective", "images_seen")
+                  "objective", "ada_pending", "images_seen")
 
 
 # ---------------------------------------------------------------------------------- torch files

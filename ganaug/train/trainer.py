@@ -97,6 +97,7 @@ class Trainer:
         self.global_batch = tc.batch_size * info.world_size
         self.step = self.images_seen = 0
         self.nonfinite_in_a_row = self.skipped_steps = 0
+        self.ada_signs, self.ada_steps = torch.zeros((), device=self.device), 0  # since ADA last adjusted
         self.stop_signal: int | None = None
         self.best_fd = run.checkpoints.best_fd()
         self.last_metrics: dict[str, float] = {}
@@ -129,6 +130,7 @@ class Trainer:
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
             "objective": self.objective.state_dict(),
+            "ada_pending": self._ada_pending_state(),
             "data": self.batches.state_dict(),
             "unlabelled_data": self.unlabelled.state_dict() if self.unlabelled else None,
             "rng": gather_objects(rng),
@@ -145,6 +147,10 @@ class Trainer:
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
         self.objective.load_state_dict(state["objective"])
+        # The saved sum is every rank's: rank 0 carries it, so the next all-reduce counts it once.
+        pending = state["ada_pending"]
+        self.ada_signs = torch.tensor(float(pending["sign_sum"]) if self.info.rank == 0 else 0.0, device=self.device)
+        self.ada_steps = int(pending["steps"])
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         rng = state["rng"]
@@ -221,10 +227,16 @@ class Trainer:
             self.skipped_steps += 1
         return {**stats, **g_stats, "grad_norm/d": norm_d, "grad_norm/g": norm_g}
 
-    def _adjust_augmentation(self, real_sign_sum: torch.Tensor, steps: int) -> None:
-        """ADA: every few steps, the mean sign of D's real scores over all ranks moves p."""
-        mean = float(all_reduce_(real_sign_sum.clone()) / (steps * self.info.world_size))
-        self.objective.augment.adjust(mean, steps * self.global_batch)
+    def _adjust_augmentation(self) -> None:
+        """ADA: every ADA_INTERVAL steps, the mean sign of D's real scores over all ranks moves p."""
+        mean = float(all_reduce_(self.ada_signs.clone()) / (self.ada_steps * self.info.world_size))
+        self.objective.augment.adjust(mean, self.ada_steps * self.global_batch)
+        self.ada_signs, self.ada_steps = torch.zeros((), device=self.device), 0
+
+    def _ada_pending_state(self) -> dict:
+        """The signs gathered since ADA's last adjustment, summed over every rank (collective), so a
+        run resumed between two adjustments adjusts when and as an uninterrupted one would."""
+        return {"sign_sum": float(all_reduce_(self.ada_signs.clone())), "steps": self.ada_steps}
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -270,7 +282,6 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        real_signs, ada_steps = torch.zeros((), device=self.device), 0
         interval_start, interval_steps = time.perf_counter(), 0
         stopped = False
         try:
@@ -282,10 +293,9 @@ class Trainer:
                 interval_steps += 1
                 progress.update(1)
                 if self.objective.augment.adaptive:
-                    real_signs, ada_steps = real_signs + stats["d/real_sign"], ada_steps + 1
-                    if ada_steps == ADA_INTERVAL:
-                        self._adjust_augmentation(real_signs, ada_steps)
-                        real_signs, ada_steps = torch.zeros((), device=self.device), 0
+                    self.ada_signs, self.ada_steps = self.ada_signs + stats["d/real_sign"], self.ada_steps + 1
+                    if self.ada_steps == ADA_INTERVAL:
+                        self._adjust_augmentation()
                 if self.nonfinite_in_a_row >= tc.max_nonfinite_steps:
                     self._diverged()
                 if self.step % cfg.log.every == 0 or self.step == tc.steps:

@@ -73,6 +73,37 @@ def test_sigterm_twice_finishes_the_step_saves_and_exits_zero_then_resume_contin
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == step + 3
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigterm_to_the_whole_process_group_while_data_streams_saves_and_exits_zero(tmp_path):
+    """A scheduler signals every process of the job, DataLoader workers included: the workers leave
+    the stop to the training process, which finishes the step and saves, instead of dying under it."""
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data" / "only"
+    data.mkdir(parents=True)
+    for i in range(64):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8), dtype=np.uint8)).save(data / f"{i}.png")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "ganaug", "train", "--run-dir", str(run), *TINY, "train.steps=100000",
+               "ckpt.every=100000", "log.every=5", f"data.source={data.parent}", "data.in_memory=false",
+               "data.num_workers=2"]
+    process = subprocess.Popen(command, env=worker_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not list((run / "tb").glob("events*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "stopped by signal 15" in stderr and "streaming 64 images" in stderr
+    assert 0 < torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] < 100000
+
+
 def test_ranks_that_found_different_checkpoints_stop_with_one_clear_error(monkeypatch):
     from ganaug.errors import UserError
     from ganaug.train import api as entry

@@ -94,7 +94,7 @@ class ShardedBatches:
         loader = torch.utils.data.DataLoader(
             _Caught(StreamingImages(self.data, self.skip_bad)), batch_sampler=_Batches(shard.tolist(), self.batch_size),
             num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
-            generator=generator)
+            generator=generator, worker_init_fn=_leave_stop_signals_to_the_trainer)
         return iter(loader)
 
     def _next_streamed(self):
@@ -116,6 +116,16 @@ class ShardedBatches:
         images = images.to(self.device, non_blocking=True)
         labels = None if self.data.labels is None else labels.to(self.device, non_blocking=True)
         return images, labels
+
+
+def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
+    """A scheduler's SIGTERM (or a terminal's SIGINT) often reaches the whole process group: a worker
+    that died of it would end the run with a dead-worker error before the trainer could save. The
+    trainer finishes its step, saves and closes the loader, which stops its workers."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Batches(torch.utils.data.Sampler):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import time
@@ -237,12 +238,11 @@ class _Job:
         return train_fixmatch(TrainingSet(images, labels), unlabelled, len(self.class_names),
                               self._budget(len(labels)), seed=seed)
 
-    def _pool_sample(self) -> torch.Tensor:
+    @functools.cached_property
+    def pool_sample(self) -> torch.Tensor:
         """The unlabelled images the estimate and the teacher train on (at most --estimate-unlabelled,
         a seeded subsample of the pool, held in memory)."""
-        if not hasattr(self, "_pool_images"):
-            self._pool_images = self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
-        return self._pool_images
+        return self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
 
     def _pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         confidence, labels = predict_proba(teacher, images).max(1)
@@ -280,7 +280,7 @@ class _Job:
         from tqdm import tqdm
 
         folds = stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed)
-        pool_images = self._pool_sample() if self.pool is not None else None
+        pool_images = self.pool_sample if self.pool is not None else None
         policies, arms = self.s.policies, self._arms()
         total = len(folds) * self.s.seeds * (len(policies) + len(arms) - 1)
         done = sum(1 for key in self.state.units if key.startswith(("policy/", "arm/")))
@@ -372,7 +372,7 @@ class _Job:
 
         # The teacher filters the synthetic images and makes the pseudo-labels: FixMatch-trained where
         # pseudo-labels are kept (as in the estimate's arms), the classical classifier otherwise.
-        teacher = (self._fixmatch(self.data.images, self.data.labels, self._pool_sample(), seed)
+        teacher = (self._fixmatch(self.data.images, self.data.labels, self.pool_sample, seed)
                    if decision["pseudo"] else self._train(self.data.images, self.data.labels, n, seed, policy))
         teacher_sha = self._save_teacher(teacher)
         rows = [self.tree.row("real", int(label), i, str(i), None, "")

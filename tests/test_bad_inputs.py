@@ -2187,8 +2187,8 @@ def _evaluate_study_other_settings(env):
     return env.study()
 
 
-@case("evaluate-study-older-protocol", "evaluate", "study --out holding a study of protocol 2 (synthetic images warped too)",
-      "holds a study of protocol 2, whose arms mean other things", survives=("study",))
+@case("evaluate-study-older-protocol", "evaluate", "study --out holding a study of an older protocol (no protocol mark)",
+      "holds a study of protocol unknown (it names none), whose arms mean other things", survives=("study",))
 def _evaluate_study_older_protocol(env):
     (env.tmp / "study").mkdir()
     settings = {"ks": [5], "filter_path": "teacher.onnx"}  # protocol 2's mark

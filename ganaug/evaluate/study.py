@@ -90,10 +90,9 @@ ARMS = ("real", "real+classical", "real+synthetic", "real+classical+synthetic", 
 UNLABELLED_ARMS = tuple(arm for arm in ARM_RECIPES if arm not in ARMS)
 TEACHER_ARM = "real+classical"  # its classifier filters the synthetic images and pseudo-labels for the GAN
 ALL = None  # K = all labelled training images
-# Every arm trains at least 400 steps, or this many passes over the K labelled images where that is more
-# (K = all, on the digits): at 400 steps the mixed arms at K = all saw each real image about 10 times
-# (half of each batch is synthetic); (d) - (b) was -0.2 [-0.4, +0.0] there, -0.1 [-0.3, +0.1] with
-# the floor, on the same GANs (18 units; docs/evaluation.md, "All labels: the classifier's budget").
+# Every arm trains at least 400 steps, or this many passes over the K labelled images where that is
+# more: with all labels and half of each batch synthetic, 400 steps show each real image only about
+# 10 times (docs/evaluation.md, "All labels: the classifier's budget").
 CLASSIFIER_MIN_EPOCHS = 60
 
 # The study's GAN settings, under the user's config file and key=value overrides (see
@@ -139,8 +138,8 @@ class StudySettings:
     warp_synthetic: bool = False
     classifier: TrainSettings = field(default_factory=lambda: TrainSettings(min_epochs=CLASSIFIER_MIN_EPOCHS))
     unlabelled: bool = False  # the rest of the train split, without labels: a second GAN and three more arms
-    # Keep synthetic images the teacher gives their class with this probability (0: all). 0.9 is the
-    # measured default: +0.8 points for arm (d) at K = 5 over three splits (docs/evaluation.md).
+    # Keep synthetic images the teacher gives their class with this probability (0: all); how 0.9 was
+    # chosen is in docs/evaluation.md.
     filter_confidence: float = 0.9
     pseudo_label_confidence: float = 0.9  # self-training keeps unlabelled images the teacher is this sure of
     # How the semi-supervised GAN uses the unlabelled images: all of them without labels
@@ -154,8 +153,6 @@ class StudySettings:
         values = asdict(self)
         values.pop("ks"), values.pop("seeds")
         values["classifier"]["widths"] = list(values["classifier"]["widths"])
-        if not values["classifier"]["min_epochs"]:  # as before the setting existed: such studies resume
-            del values["classifier"]["min_epochs"]
         gan = {section: dict(keys) for section, keys in values["gan_config"].items() if section not in ("log", "ckpt")}
         gan["train"].pop("threads", None)
         gan["data"].pop("num_workers", None)
@@ -250,7 +247,7 @@ class StudyState:
                 raise UserError(f"{path} is not a study state (expected an object with settings and units); "
                                 "move it aside to start the study afresh")
             saved_settings = decisive(saved.get("settings") or {})
-            protocol = saved_settings.get("protocol", 2 if "filter_path" in saved_settings else 1)
+            protocol = saved_settings.get("protocol", "unknown (it names none)")
             if protocol != settings["protocol"]:
                 raise UserError(f"{path.parent} holds a study of protocol {protocol}, whose arms mean other things "
                                 f"than this ganaug's (protocol {settings['protocol']}, docs/evaluation.md); "

@@ -298,35 +298,43 @@ def _add_evaluate(sub) -> None:
     s.add_argument("--config", help="GAN config file (YAML); data.source names the real data")
     s.add_argument("--data", help="real data (sets data.source)")
     s.add_argument("--k", help="labelled images per class, comma-separated, 'all' for all (default 5,10,20,all)")
-    s.add_argument("--seeds", type=positive_int, help="classifier seeds per arm (default 3)")
-    s.add_argument("--gan-steps", type=step_count, help="GAN training steps per K")
+    # Options named like StudySettings' fields, without defaults here: one not given keeps the
+    # preset's or the dataclass's default (argparse.SUPPRESS leaves it out of the parsed arguments).
+    given = {"default": argparse.SUPPRESS}
+    s.add_argument("--seeds", type=positive_int, help="classifier seeds per arm (default 3)", **given)
+    s.add_argument("--gan-steps", type=step_count, help="GAN training steps per K", **given)
     s.add_argument("--quick", action="store_true", help="the short version: K=5,20, 2 seeds, fewer GAN steps")
-    s.add_argument("--test-fraction", type=fraction, default=0.3, help="held-out share of the real data")
-    s.add_argument("--split-seed", type=split_seed, default=0, help="seed of the train/test split and K subsets")
+    s.add_argument("--test-fraction", type=fraction, help="held-out share of the real data (default 0.3)", **given)
+    s.add_argument("--split-seed", type=split_seed, help="seed of the train/test split and K subsets (default 0)",
+                   **given)
     s.add_argument("--split-seeds", help="several split seeds, comma-separated: one study each, pooled in one report")
     s.add_argument("--unlabelled", action="store_true",
                    help="the rest of the train split as unlabelled images: self-training, a GAN trained on them, "
-                        "and self-training with a teacher that saw the synthetic images")
+                        "and self-training with a teacher that saw the synthetic images", **given)
     s.add_argument("--semi-gan", choices=("unconditional", "pseudo"),
                    help="with --unlabelled, how the second GAN uses those images: all without labels, and with "
-                        "pseudo the confident pseudo-labels as labels too (default pseudo)")
+                        "pseudo the confident pseudo-labels as labels too (default pseudo)", **given)
     s.add_argument("--filter-confidence", type=fraction,
                    help="keep synthetic images the arm-(b) classifier gives their class with this probability "
-                        "(default 0.9; 0: all)")
-    s.add_argument("--synthetic-per-class", type=positive_int, default=2000, help="synthetic images per class")
-    s.add_argument("--synthetic-fraction", type=fraction, default=0.5,
-                   help="share of each classifier batch drawn from synthetic images in the mixed arms")
-    s.add_argument("--truncation", type=finite_float, default=0.0,
-                   help="truncation of the sampler's latents: redraw values beyond this magnitude (0: off)")
+                        "(default 0.9; 0: all)", **given)
+    s.add_argument("--synthetic-per-class", type=positive_int, help="synthetic images per class (default 2000)",
+                   **given)
+    s.add_argument("--synthetic-fraction", type=fraction,
+                   help="share of each classifier batch drawn from synthetic images in the mixed arms (default 0.5)",
+                   **given)
+    s.add_argument("--truncation", type=finite_float,
+                   help="truncation of the sampler's latents: redraw values beyond this magnitude (default 0: off)",
+                   **given)
     s.add_argument("--warp-synthetic", action="store_true",
                    help="classical augmentation warps the synthetic images of the mixed arms too (by default "
-                        "it warps the real images alone, the measured better rule)")
-    s.add_argument("--classifier-steps", type=step_count, default=400,
-                   help="classifier training steps, the same for every arm of a K (at least; see the next)")
+                        "it warps the real images alone, the measured better rule)", **given)
+    s.add_argument("--classifier-steps", type=step_count,
+                   help="classifier training steps, the same for every arm of a K (at least; see the next; "
+                        "default 400)", **given)
     s.add_argument("--classifier-min-epochs", type=epoch_count,
                    help="where more steps than --classifier-steps are needed for this many passes over the K "
                         "labelled images, every arm of that K trains that many (default 60; 0: --classifier-steps "
-                        "alone)")
+                        "alone)", **given)
     s.add_argument("overrides", nargs="*", metavar="key=value", help="GAN config overrides, e.g. train.loss=bce")
     s.set_defaults(run=_run_study)
 
@@ -341,16 +349,10 @@ def _run_metrics(args) -> int:
 
 def _run_study(args) -> int:
     from ganaug.evaluate.api import run_study, study_settings
+    from ganaug.evaluate.study import StudySettings
 
-    settings = study_settings(config_file=args.config, overrides=args.overrides, data=args.data, ks=args.k,
-                              seeds=args.seeds, gan_steps=args.gan_steps, quick=args.quick,
-                              test_fraction=args.test_fraction, split_seed=args.split_seed,
-                              synthetic_per_class=args.synthetic_per_class,
-                              synthetic_fraction=args.synthetic_fraction, truncation=args.truncation,
-                              warp_synthetic=args.warp_synthetic,
-                              classifier_steps=args.classifier_steps,
-                              classifier_min_epochs=args.classifier_min_epochs, unlabelled=args.unlabelled,
-                              filter_confidence=args.filter_confidence, semi_gan=args.semi_gan)
+    options = {name: value for name, value in vars(args).items() if name in StudySettings.option_names()}
+    settings = study_settings(args.config, args.overrides, args.data, args.k, args.quick, **options)
     run_study(settings, Path(args.out), split_seeds=seed_list(args.split_seeds) if args.split_seeds else None)
     return 0
 

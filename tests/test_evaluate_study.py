@@ -108,9 +108,9 @@ def test_a_study_state_without_a_setting_of_today_is_other_settings(tmp_path):
     existed is a study with other settings, refused by name."""
     Study(tmp_path, settings()).state.record("gan/k5", {"steps": 4})
     state = json.loads((tmp_path / "state.json").read_text())
-    del state["settings"]["classifier"]["min_epochs"]
+    del state["settings"]["classifier_min_epochs"]
     (tmp_path / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match=r"other settings \(classifier.min_epochs\)"):
+    with pytest.raises(UserError, match=r"other settings \(classifier_min_epochs\)"):
         Study(tmp_path, settings())
 
 
@@ -386,7 +386,7 @@ def test_the_unlabelled_arms_end_to_end_and_the_synthetic_taught_teacher(tmp_pat
 
     monkeypatch.setattr(features, "FEATURE_NET_STEPS", 30)
     tiny = settings(ks=(5,), unlabelled=True, synthetic_per_class=12, pseudo_label_confidence=0.0,
-                    classifier=TrainSettings(steps=15))
+                    classifier_steps=15, classifier_min_epochs=0)
     first = Study(tmp_path / "study", tiny)
     teachers = []
     pseudo_labelled = first.pseudo_labelled

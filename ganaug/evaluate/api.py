@@ -52,14 +52,6 @@ def check_data_source(source: str, flag: str) -> None:
                         "an image folder or a .npz file")
 
 
-def check_truncation(truncation: float) -> None:
-    """The sampler's rule (below its floor, redrawing latents would crawl), checked before any work."""
-    from ganaug.sampler.rng import MIN_TRUNCATION
-
-    if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
-        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
-
-
 # What one image costs `measure_model` at its peak: its pixels as uint8 twice and as float32 twice
 # (nearest neighbours in pixel space), its features (float32, then float64 for precision/recall, up to
 # 2048 of them for a torchvision network) and one float64 row of a 2048-row k-NN distance block.
@@ -84,6 +76,8 @@ def measure_model(model: str, data_source: str, out: Path, data_root: str = "dat
                   max_real: int = 10000, features: str | None = None, seed: int = 0, truncation: float = 0.0) -> dict:
     """FD, KID, precision/recall, per-class FD and memorisation of an ONNX model against real data;
     writes out/metrics.json, metrics.md and figures, prints the table, returns the metrics."""
+    from ganaug.evaluate.study import check_truncation
+
     check_truncation(truncation)
     check_data_source(data_source, "--data")
     check_writable(out)
@@ -158,33 +152,16 @@ def _match_classes(data, model_classes: list[str], model: str):
 
 
 def study_settings(config_file: str | None = None, overrides=(), data: str | None = None, ks: str | None = None,
-                   seeds: int | None = None, gan_steps: int | None = None, quick: bool = False,
-                   test_fraction: float = 0.3, split_seed: int = 0, synthetic_per_class: int = 2000,
-                   synthetic_fraction: float = 0.5, truncation: float = 0.0, warp_synthetic: bool = False,
-                   classifier_steps: int = 400, classifier_min_epochs: int | None = None, unlabelled: bool = False,
-                   filter_confidence: float | None = None, pseudo_label_confidence: float | None = None,
-                   semi_gan: str | None = None):
-    """The study's settings from what a user gives: the preset (--quick or the full protocol), then
-    the explicit values (None: StudySettings' default); the GAN config is the study's defaults < the
-    config file < overrides."""
-    from ganaug.evaluate.classifier import TrainSettings
-    from ganaug.evaluate.study import CLASSIFIER_MIN_EPOCHS, FULL, QUICK, StudySettings, resolve_gan_config
+                   quick: bool = False, **options):
+    """StudySettings from what a user gives: the preset (--quick or the full protocol) for the K values,
+    seeds and GAN steps, then `options` (any StudySettings field by name; those not given keep the
+    dataclass's default); the GAN config is the study's defaults < the config file < overrides."""
+    from ganaug.evaluate.study import FULL, QUICK, StudySettings, resolve_gan_config
 
     preset = QUICK if quick else FULL
-    k_values = parse_ks(ks) if ks is not None else preset["ks"]
-    check_truncation(truncation)
-    if test_fraction in (0.0, 1.0):
-        raise UserError("--test-fraction must be strictly between 0 and 1")
     cfg = resolve_gan_config(config_file, list(overrides) + ([f"data.source={data}"] if data else []))
-    return StudySettings(
-        ks=k_values, seeds=seeds or preset["seeds"], gan_steps=gan_steps or preset["gan_steps"],
-        gan_config=cfg.to_dict(), test_fraction=test_fraction, split_seed=split_seed,
-        synthetic_per_class=synthetic_per_class, synthetic_fraction=synthetic_fraction,
-        truncation=truncation, warp_synthetic=warp_synthetic, unlabelled=unlabelled,
-        classifier=TrainSettings(steps=classifier_steps, min_epochs=CLASSIFIER_MIN_EPOCHS if classifier_min_epochs
-                                 is None else classifier_min_epochs),
-        **{name: value for name, value in (("filter_confidence", filter_confidence), ("semi_gan", semi_gan),
-                                           ("pseudo_label_confidence", pseudo_label_confidence)) if value is not None})
+    return StudySettings(ks=parse_ks(ks) if ks is not None else preset["ks"], gan_config=cfg.to_dict(),
+                         **{"seeds": preset["seeds"], "gan_steps": preset["gan_steps"]} | options)
 
 
 def run_study(settings, out: Path, split_seeds: list[int] | None = None) -> dict:

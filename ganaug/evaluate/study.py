@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +116,24 @@ QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
 
+def check_truncation(truncation: float) -> None:
+    """The sampler's rule (below its floor, redrawing latents would crawl), checked before any work."""
+    from ganaug.sampler.rng import MIN_TRUNCATION
+
+    if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
+        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
+
+
 def k_name(k: int | None) -> str:
     return "all" if k is ALL else str(k)
 
 
 @dataclass
 class StudySettings:
-    """Everything that decides the study's numbers (K values and seeds only add or drop units)."""
+    """Everything that decides the study's numbers (K values and seeds only add or drop units): the one
+    spelling of the study's settings. `ganaug evaluate study` parses its options into these fields
+    (their defaults are here alone), `fingerprint()` is what a resumed study must share, and the
+    report's protocol is their `asdict`."""
 
     ks: list  # ints, or None for all
     seeds: int
@@ -136,7 +147,8 @@ class StudySettings:
     # Classical augmentation in the mixed arms warps the real images alone; True warps the synthetic
     # ones too (protocol 2's rule, kept to measure it against).
     warp_synthetic: bool = False
-    classifier: TrainSettings = field(default_factory=lambda: TrainSettings(min_epochs=CLASSIFIER_MIN_EPOCHS))
+    classifier_steps: int = 400  # every arm of a K trains this many steps, or
+    classifier_min_epochs: float = CLASSIFIER_MIN_EPOCHS  # this many passes over its labelled images if more
     unlabelled: bool = False  # the rest of the train split, without labels: a second GAN and three more arms
     # Keep synthetic images the teacher gives their class with this probability (0: all); how 0.9 was
     # chosen is in docs/evaluation.md.
@@ -147,12 +159,25 @@ class StudySettings:
     # "pseudo" is the default: its GAN covers more of the data (recall 0.50 vs 0.32 on split 0).
     semi_gan: str = "pseudo"
 
+    def __post_init__(self):
+        if not 0 < self.test_fraction < 1:
+            raise UserError("--test-fraction must be strictly between 0 and 1")
+        check_truncation(self.truncation)
+
+    @property
+    def classifier(self) -> TrainSettings:
+        return TrainSettings(steps=self.classifier_steps, min_epochs=self.classifier_min_epochs)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The fields a command line may set by name (the rest are derived: K values, the GAN config)."""
+        return {f.name for f in fields(cls)} - {"ks", "gan_config"}
+
     def fingerprint(self) -> dict:
         """The settings a resumed study must share with the first run (logging, checkpoint cadence
         and thread counts change how it runs, not its numbers)."""
         values = asdict(self)
         values.pop("ks"), values.pop("seeds")
-        values["classifier"]["widths"] = list(values["classifier"]["widths"])
         gan = {section: dict(keys) for section, keys in values["gan_config"].items() if section not in ("log", "ckpt")}
         gan["train"].pop("threads", None)
         gan["data"].pop("num_workers", None)
@@ -585,13 +610,8 @@ class Study:
             "protocol": {
                 "data_source": self.cfg.data.source, "resolution": self.cfg.data.resolution,
                 "class_names": self.class_names, "n_train": len(self.train_index), "n_test": len(self.test_index),
-                "test_fraction": s.test_fraction, "split_seed": s.split_seed,
-                "ks": [k_name(k) for k in s.ks], "seeds": s.seeds, "gan_steps": s.gan_steps,
-                "synthetic_per_class": s.synthetic_per_class, "synthetic_fraction": s.synthetic_fraction,
-                "truncation": s.truncation, "warp_synthetic": s.warp_synthetic, "classifier": {**asdict(s.classifier),
-                                                           "widths": list(s.classifier.widths)},
-                "gan_config": s.gan_config, "unlabelled": s.unlabelled, "filter_confidence": s.filter_confidence,
-                "pseudo_label_confidence": s.pseudo_label_confidence, "semi_gan": s.semi_gan,
+                **asdict(s), "ks": [k_name(k) for k in s.ks],
+                "classifier": {**asdict(s.classifier), "widths": list(s.classifier.widths)},
             },
             "gan": {name: {**self.state.get(f"gan/k{name}"), "metrics": self.state.get(f"metrics/k{name}")}
                     for name in self._gan_names()},

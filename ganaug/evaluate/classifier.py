@@ -20,6 +20,7 @@ from torch import nn
 
 from ganaug.errors import UserError
 from ganaug.evaluate.policies import build_policy
+from ganaug.pixels import to_unit
 from ganaug.train.precision import Precision
 
 
@@ -48,7 +49,7 @@ class SmallCNN(nn.Module):
 
 def to_input(images_u8: torch.Tensor) -> torch.Tensor:
     """uint8 [N, C, H, W] -> float in [-1, 1], the classifier's input."""
-    return images_u8.float().div(127.5).sub(1.0)
+    return to_unit(images_u8)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class _ImageClassifier(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # = to_input, in the graph
+        x = to_unit(images.permute(0, 3, 1, 2))  # = to_input, in the graph
         return self.model(x).float()
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganaug.pixels import to_uint8
+
 IMAGES = "images"  # the contract's output
 FLOAT_IMAGES = "float_images"  # the generator's [-1, 1] output, exposed for verification only
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
     """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]. Round is half-to-even in torch and in ONNX alike."""
-    return torch.round((x + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return to_uint8(x).permute(0, 2, 3, 1)
 
 
 class ImageGenerator(nn.Module):

@@ -25,6 +25,7 @@ from ganaug.data.loader import ShardedBatches
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
 from ganaug.models import ModelSpec, build_discriminator, build_generator
+from ganaug.pixels import to_uint8, to_unit
 from ganaug.train.checkpoint import SCHEMA
 from ganaug.train.dist import (
     DistInfo,
@@ -170,8 +171,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ one step
 
     def _to_model_input(self, images_u8: torch.Tensor) -> torch.Tensor:
-        images = images_u8.to(torch.float32).div_(127.5).sub_(1.0)
-        return images.contiguous(memory_format=self.memory_format)
+        return to_unit(images_u8).contiguous(memory_format=self.memory_format)
 
     def _next_real(self) -> RealBatch:
         images, labels = next(self.batches)
@@ -419,7 +419,7 @@ class Trainer:
         noise_seed = METRIC_NOISE_SEED + self.cfg.train.seed
         for start in range(0, n, 512):
             z, labels = self._class_balanced_inputs(min(512, n - start), noise_seed + start, start)
-            out.append(self.generate(z, labels).add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+            out.append(to_uint8(self.generate(z, labels)).cpu())
         return torch.cat(out)
 
     def _measure(self) -> None:

@@ -1124,6 +1124,41 @@ def _train_checkpoint_model_not_a_mapping(env):
     return ["train", "--run-dir", str(run)]
 
 
+# A checkpoint's resume-only entries tampered one at a time: each is a file ganaug reads back, so
+# each is one line naming it (these were TypeError, KeyError and AttributeError tracebacks, or a run
+# that went on from a negative image count or an empty RNG list as if resumed on another world size).
+TAMPERED_RESUME_ENTRIES = [
+    ("data", "x", "'data' is not a data position", "TypeError traceback ('string indices must be integers')"),
+    ("data", {"epoch": 0, "batch": 10**9}, "does not fit this run (ValueError: data position",
+     "trained on (exit 0) from a position past the epoch's end"),
+    ("ada_pending", "many", "'ada_pending' is not ADA's pending signs", "TypeError traceback ('string indices must be integers')"),
+    ("objective", {}, "'objective' is not the objective's state", "KeyError: 'augment' traceback"),
+    ("images_seen", -5, "'images_seen' is not a count of images", "trained on from -5 images seen"),
+    ("rng", [], "'rng' is not a list of each rank's random state",
+     "trained on, reseeded as if resumed by another number of processes"),
+    ("opt_g", 3, "does not fit this run (AttributeError", "AttributeError traceback from the optimiser"),
+    ("G", {}, "does not fit this run (RuntimeError: Error(s) in loading state_dict for Generator",
+     "RuntimeError traceback listing every missing key"),
+    ("class_names", 7, "'class_names' is not a list of names", "TypeError traceback ('int' object is not iterable)"),
+]
+
+
+def _tampered_resume_case(key, value, expect, found):
+    def setup(env):
+        run = env.run_copy()
+        _drop_step_files(run)
+        env.tampered_checkpoint("run/checkpoints/last.pt", **{key: value})
+        return ["train", "--run-dir", str(run)]
+
+    slug = f"{key.replace('_', '-')}-{'huge-batch' if isinstance(value, dict) and value else type(value).__name__}"
+    case(f"train-checkpoint-tampered-{slug}", "train", f"resume from a checkpoint whose {key!r} is {value!r}",
+         expect, survives=("run/checkpoints/last.pt",), found=found)(setup)
+
+
+for _entry in TAMPERED_RESUME_ENTRIES:
+    _tampered_resume_case(*_entry)
+
+
 @case("train-checkpoint-other-architecture", "train", "resume a dcgan run with model.arch=dcgan_tconv",
       "trained with another model or data shape (arch: dcgan -> dcgan_tconv)", survives=("run",))
 def _train_checkpoint_other_architecture(env):

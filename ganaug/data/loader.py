@@ -52,8 +52,10 @@ class ShardedBatches:
         return {"epoch": self.epoch, "batch": self.batch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self._iterator = None
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if not (0 <= epoch and 0 <= batch < self.batches_per_epoch):
+            raise ValueError(f"data position {epoch}:{batch} is past an epoch of {self.batches_per_epoch} batches")
+        self.epoch, self.batch, self._iterator = epoch, batch, None
 
     def _batch_indices(self) -> torch.Tensor:
         if self._shard_epoch != self.epoch:

@@ -93,7 +93,7 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None,
                 _check_same_resume_step(resume["step"] if resume else 0)
                 trainer = Trainer(cfg, run_dir, info, data, spec, unlabelled, live_metrics)
                 if resume:
-                    trainer.load_state_dict(resume)
+                    _restore(trainer, resume, run_dir.checkpoints.resumed_from)
                     del resume
                 if info.is_main:
                     run_dir.write_config(dump_yaml(cfg))
@@ -130,6 +130,18 @@ def _check_same_model(state: dict, spec, class_names: list[str], run_dir: Path) 
     if changed:
         raise UserError(f"the run in {run_dir} was trained with another model or data shape "
                         f"({', '.join(changed)}); use a new --run-dir")
+
+
+def _restore(trainer, state: dict, path: Path) -> None:
+    """The trainer from a checkpoint whose plain values checkpoint.check has validated: what still
+    does not fit (a network's, an optimiser's or a scaler's state of another shape or kind) is a
+    file from elsewhere, one line naming it, not a traceback."""
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {path} does not fit this run ({type(exc).__name__}: {first[:200]}); "
+                        "move it aside or use a new --run-dir") from None
 
 
 def _check_same_resume_step(step: int) -> None:

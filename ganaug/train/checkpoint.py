@@ -118,7 +118,46 @@ def check(state, path: Path, entries: tuple[str, ...] = EXPORT_ENTRIES) -> dict:
         ModelSpec.from_dict(state["model"])
     except (TypeError, ValueError) as exc:
         raise UserError(f"checkpoint {path}: the model description does not fit this ganaug ({exc})") from None
+    if not (isinstance(state["class_names"], list) and all(isinstance(n, str) for n in state["class_names"])):
+        raise UserError(f"checkpoint {path}: 'class_names' is not a list of names")
+    for key in entries:
+        problem = _resume_value_problem(key, state[key]) if key in RESUME_VALUE_CHECKS else None
+        if problem:
+            raise UserError(f"checkpoint {path}: '{key}' {problem}; not a checkpoint this ganaug wrote")
     return state
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _data_position(value) -> bool:
+    return isinstance(value, dict) and _count(value.get("epoch")) and _count(value.get("batch"))
+
+
+# The plain values a resume restores, checked like input before any of them steers the run (the
+# tensors are checked by load_state_dict itself, whose errors train/api.py turns into one line).
+RESUME_VALUE_CHECKS = {
+    "images_seen": (_count, "is not a count of images"),
+    "data": (_data_position, "is not a data position (epoch and batch counts)"),
+    "ada_pending": (lambda v: isinstance(v, dict) and _finite(v.get("sign_sum")) and _count(v.get("steps")),
+                    "is not ADA's pending signs"),
+    "objective": (lambda v: isinstance(v, dict) and isinstance(v.get("augment"), dict)
+                  and _finite(v["augment"].get("p")) and 0 <= v["augment"]["p"] <= 1
+                  and isinstance(v.get("lecam"), list) and len(v["lecam"]) == 2 and all(map(_finite, v["lecam"])),
+                  "is not the objective's state (augmentation p in [0, 1], two LeCam anchors)"),
+    "rng": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(r, dict) and "cpu" in r for r in v),
+            "is not a list of each rank's random state"),
+}
+
+
+def _resume_value_problem(key: str, value) -> str | None:
+    valid, problem = RESUME_VALUE_CHECKS[key]
+    return None if valid(value) else problem
 
 
 # ---------------------------------------------------------------------------------- the folder
@@ -133,6 +172,7 @@ class Checkpointer:
         self.best = self.folder / "best.pt"
         self.best_json = self.folder / "best.json"
         self.record = self.folder / "steps.json"
+        self.resumed_from: Path | None = None
 
     def step_path(self, step: int) -> Path:
         return self.folder / f"step_{step:07d}.pt"
@@ -227,7 +267,8 @@ class Checkpointer:
         return self.last.is_file() or any(p.is_file() for p in self.step_files())
 
     def latest(self) -> dict | None:
-        """The state to resume: last.pt, else the newest loadable step file; None for a new run."""
+        """The state to resume: last.pt, else the newest loadable step file (its path then in
+        `resumed_from`); None for a new run."""
         candidates = [self.last, *reversed(self.step_files())]
         for path in candidates:
             if not path.is_file():
@@ -239,6 +280,7 @@ class Checkpointer:
                 continue
             state = check(state, path, RESUME_ENTRIES)  # a whole file of the wrong kind is refused by name
             log.info("resuming from %s (step %d)", path, state["step"])
+            self.resumed_from = path
             return state
         if any(p.is_file() for p in candidates):
             raise UserError(f"no loadable checkpoint in {self.folder}; move the directory aside to start afresh")

@@ -70,7 +70,7 @@ def test_synthetic_folder_transform_gets_a_pil_image(model, tmp_path):
 
 
 def test_synthetic_folder_refuses_an_unfinished_set(model, tmp_path, monkeypatch):
-    import ganaug.sampler.job as job
+    import ganaug.sampler.write as job
 
     def interrupt(*args):
         raise KeyboardInterrupt

@@ -54,7 +54,7 @@ def check_data_source(source: str, flag: str) -> None:
 
 def check_truncation(truncation: float) -> None:
     """The sampler's rule (below its floor, redrawing latents would crawl), checked before any work."""
-    from ganaug.sampler.rng import MIN_TRUNCATION
+    from ganaug.sampler.sampler import MIN_TRUNCATION
 
     if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
         raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")

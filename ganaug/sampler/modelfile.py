@@ -1,17 +1,13 @@
 """The model file's bytes, checked before onnxruntime reads them: everything must live inside the file.
 
-ONNX lets a tensor keep its data in another file (TensorProto.data_location = EXTERNAL, a relative
-path in external_data). onnxruntime, given a model as bytes, resolves that path against the current
-directory, so a hostile model could pull `.ssh/id_rsa` into its weights and from there into the
-images. The contract is one self-contained file, and onnxruntime has no session option that refuses
-external data (1.31 refuses only absolute paths and paths that leave the directory). So this module
-walks the protobuf wire format itself, without `onnx` (not a sampler dependency), through every
-place a tensor can sit: graph initializers and sparse initializers, node attributes (a Constant's
-value, If/Loop/Scan subgraphs, tensor lists), functions and training graphs, at any depth. It also
-refuses EPContext nodes, whose `ep_cache_context` can name a file an execution provider would load.
-
-Only the fields on a path to a tensor are parsed; everything else (weights included) is skipped by
-its length, so the walk costs milliseconds even for a large model.
+ONNX lets a tensor keep its data in another file (data_location EXTERNAL, a relative path in
+external_data), and onnxruntime, given a model as bytes, resolves it against the current directory:
+a hostile model could pull `.ssh/id_rsa` into its weights and from there into the images. No session
+option refuses that, so this walks the protobuf wire format itself (without `onnx`, not a sampler
+dependency) through every place a tensor can sit: initializers, sparse initializers, node attributes
+(a Constant's value, If/Loop/Scan subgraphs, tensor lists), functions and training graphs, at any
+depth. It also refuses EPContext nodes, which can name a file for a provider to load. Fields off the
+paths to a tensor (weights included) are skipped by their length: milliseconds for a large model.
 """
 
 from __future__ import annotations
@@ -20,21 +16,14 @@ from ganaug.errors import UserError
 
 # onnx.proto field numbers (tests/test_sampler_hostile_models.py checks them against onnx's descriptors).
 # For each message: field number -> the message kind it holds, for the fields that can lead to a tensor.
-MODEL = {7: "graph", 20: "training_info", 25: "function"}
-TRAINING_INFO = {1: "graph", 2: "graph"}
-FUNCTION = {7: "node", 11: "attribute"}
-GRAPH = {1: "node", 5: "tensor", 15: "sparse_tensor"}
-NODE = {5: "attribute"}
-ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"}
-SPARSE_TENSOR = {1: "tensor", 2: "tensor"}
 CHILDREN = {
-    "model": MODEL,
-    "training_info": TRAINING_INFO,
-    "function": FUNCTION,
-    "graph": GRAPH,
-    "node": NODE,
-    "attribute": ATTRIBUTE,
-    "sparse_tensor": SPARSE_TENSOR,
+    "model": {7: "graph", 20: "training_info", 25: "function"},
+    "training_info": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse_tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},
     "tensor": {},
 }
 TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
@@ -101,10 +90,8 @@ def _check_tensor(data: memoryview, start: int, end: int, source: str) -> None:
                 location = _text(data, entry[ENTRY_VALUE])
     if external:
         where = f" ({location})" if location else ""
-        raise UserError(
-            f"{source}: tensor {name or '(unnamed)'} keeps its data in an external file{where}; a ganaug "
-            "model holds all its weights inside the .onnx file, and this sampler reads nothing else"
-        )
+        raise UserError(f"{source}: tensor {name or '(unnamed)'} keeps its data in an external file{where}; a "
+                        "ganaug model holds all its weights inside the .onnx file, and this sampler reads nothing else")
 
 
 def check_self_contained(model: bytes, source: str) -> None:
@@ -123,10 +110,8 @@ def check_self_contained(model: bytes, source: str) -> None:
             for number, wire, value in _fields(data, start, end):
                 if kind == "node" and number == NODE_OP_TYPE and wire == _LENGTH:
                     if bytes(data[slice(*value)]) == b"EPContext":
-                        raise UserError(
-                            f"{source}: the model holds an EPContext node (a precompiled execution-provider "
-                            "graph that may load other files); export the plain ONNX graph instead"
-                        )
+                        raise UserError(f"{source}: the model holds an EPContext node (a precompiled execution-"
+                                        "provider graph that may load other files); export the plain ONNX graph instead")
                 elif number in children and wire == _LENGTH:
                     stack.append((children[number], *value, depth + 1))
     except _Malformed as exc:

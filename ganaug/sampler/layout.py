@@ -1,0 +1,280 @@
+"""The sample-set directory: every name in it, the split into shards, and sample_info.json, the record
+that decides between a fresh run, a resume and a refusal.
+
+Class names come from an untrusted model file; whatever they say ("../../evil", "", "CON", names
+that differ only in case), `class_dir_names` makes plain, distinct path components of them. So that
+torchvision's ImageFolder index of every image is the model's label, the directories must sort in
+label order (ImageFolder numbers them in `sorted()` order): when the safe names do not ("b, a";
+"0 .. 11"; names that sort wrongly only once sanitised or deduplicated), each gets a zero-padded label
+prefix. The rule looks at all the model's classes, so a model always gets the same directories.
+
+sample_info.json is ganaug's only proof of which files it wrote: without a readable one, a non-empty
+directory is never written into and --overwrite deletes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+from ganaug import safejson
+from ganaug.errors import UserError
+from ganaug.files import is_temporary
+from ganaug.nested import changed_leaves
+from ganaug.sampler.formats import write_file
+
+INFO_NAME, MANIFEST_NAME = "sample_info.json", "manifest.csv"
+NPZ_PATTERN = re.compile(r"shard_\d{5,}\.npz")
+_SHARD_FILE = re.compile(r"\.shard-([0-9]{1,9})-of-([0-9]{1,9})\.(lock|done)")
+_RECORD = re.compile(r"\.scores-([0-9]{1,9})-of-([0-9]{1,9})-([0-9]{9,18})\.npy")
+# The class names appear three times: 16 Mi characters of names at most (contract.MAX_VALUE_CHARS).
+MAX_INFO_CHARS, MAX_INFO_DEPTH = 128 << 20, 8
+_UNPROVEN = "ganaug cannot tell which files there it wrote, so it deletes none: move them aside or choose another --out"
+
+
+@dataclass(frozen=True, order=True)
+class Shard:
+    """`--shard INDEX/COUNT`: PNG images i with i % COUNT == INDEX; .npz files k with k % COUNT == INDEX."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self):
+        assert 0 <= self.index < self.count, self
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def whole(self) -> bool:
+        return self.count == 1
+
+    def image_indices(self, start: int, stop: int) -> np.ndarray:
+        """int64 image indices in [start, stop) of this shard."""
+        return np.arange(start + (self.index - start) % self.count, stop, self.count, dtype=np.int64)
+
+    def image_count(self, n: int) -> int:
+        return len(range(self.index, n, self.count))
+
+
+MAX_SHARDS = 1 << 20
+
+
+def parse_shard(text: str | None) -> Shard:
+    """'3/8' -> Shard(3, 8); None -> the whole set."""
+    if text is None:
+        return Shard()
+    match = re.fullmatch(r"([0-9]+)/([0-9]+)", text.strip())
+    if not match:
+        raise UserError(f"--shard {text!r} is not INDEX/COUNT (e.g. --shard 3/8, indices 0 .. COUNT-1)")
+    index, count = (int(part) if len(part) <= 9 else MAX_SHARDS + 1 for part in match.groups())
+    if not 1 <= count <= MAX_SHARDS:
+        raise UserError(f"--shard {text}: COUNT must be 1 .. {MAX_SHARDS}, got {match[2]}")
+    if index >= count:
+        raise UserError(f"--shard {text}: INDEX must be 0 .. {count - 1} (COUNT - 1), got {match[1]}")
+    return Shard(index, count)
+
+
+# ------------------------------------------------------------------------------- class directories
+_UNSAFE_CHARS = re.compile(r'[\\/<>:"|?*\x00-\x1f\x7f]')  # separators, Windows-reserved, control characters
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_MAX_NAME_BYTES = 200  # "<dir>_<8 digits>.png" stays under the usual 255-byte limit
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _safe_name(name: str, index: int) -> str:
+    text = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", name))
+    # Leading dots hide a directory; Windows drops trailing dots and spaces ("a." would merge with "a").
+    text = _truncate_utf8(text.strip().strip(".").strip(), _MAX_NAME_BYTES).rstrip(". ")
+    if not text:
+        return f"class_{index}"
+    stem, dot, extension = text.partition(".")
+    return f"{stem}_{dot}{extension}" if stem.upper() in _WINDOWS_RESERVED else text  # "CON.txt" too
+
+
+def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
+    """Safe, distinct directory names, one per class, that sort in class order. Duplicates (compared
+    case-insensitively, as macOS and Windows do) get _1, _2, ... in class order."""
+    taken, result = {INFO_NAME, MANIFEST_NAME}, []
+    for index, name in enumerate(class_names):
+        base = candidate = _safe_name(name, index)
+        suffix = 0
+        while candidate.casefold() in taken:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        taken.add(candidate.casefold())
+        result.append(candidate)
+    if sorted(result) != result:  # equal-width digits then "_": the prefixes alone decide the order
+        width = len(str(len(result) - 1))
+        result = [(prefix := f"{label:0{width}d}_") + _truncate_utf8(name, _MAX_NAME_BYTES - len(prefix)).rstrip(". ")
+                  for label, name in enumerate(result)]
+    assert all(name and name not in (".", "..") and os.path.basename(name) == name for name in result), result
+    return result
+
+
+class Layout:
+    """Where image i of a set lives."""
+
+    def __init__(self, out_dir: str, fmt: str, class_dirs: list[str], shard_size: int):
+        self.out_dir, self.format, self.class_dirs, self.shard_size = out_dir, fmt, class_dirs, shard_size
+
+    def relative_path(self, index: int, label: int) -> str:
+        if self.format == "png":
+            directory = self.class_dirs[label]
+            return f"{directory}/{directory}_{index:08d}.png"
+        return f"shard_{index // self.shard_size:05d}.npz"
+
+    def path(self, index: int, label: int) -> str:
+        return os.path.join(self.out_dir, *self.relative_path(index, label).split("/"))
+
+    def file_path(self, k: int) -> str:
+        return os.path.join(self.out_dir, f"shard_{k:05d}.npz")
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.out_dir, MANIFEST_NAME)
+
+    def png_indices(self, label: int) -> list[int]:
+        """The indices of the PNGs in class `label`'s directory, by their names."""
+        directory = self.class_dirs[label]
+        try:
+            names = os.listdir(os.path.join(self.out_dir, directory))
+        except OSError:
+            return []
+        return [int(name[len(directory) + 1:-4]) for name in names if png_pattern(directory).fullmatch(name)]
+
+
+def png_pattern(class_dir: str) -> re.Pattern:
+    return re.compile(re.escape(class_dir) + r"_\d{8,}\.png")
+
+
+# ------------------------------------------------------------- coordination files and score records
+def shard_file_name(shard: Shard, kind: str) -> str:
+    """A shard's lock file (kind "lock": held while it writes) or done marker ("done")."""
+    return f".shard-{shard.index}-of-{shard.count}.{kind}"
+
+
+def shard_files(out_dir: str, kind: str) -> dict[Shard, str]:
+    found = {}
+    for entry in os.scandir(out_dir):
+        match = _SHARD_FILE.fullmatch(entry.name)
+        if match and match[3] == kind and int(match[1]) < int(match[2]) and entry.is_file(follow_symlinks=False):
+            found[Shard(int(match[1]), int(match[2]))] = entry.path
+    return found
+
+
+def is_coordination_file(name: str) -> bool:
+    return _SHARD_FILE.fullmatch(name) is not None
+
+
+def record_name(shard: Shard, block: int) -> str:
+    """The score record of `block` of `shard` (filter.ScoreRecords)."""
+    return f".scores-{shard.index}-of-{shard.count}-{block:09d}.npy"
+
+
+def records_in(out_dir: str) -> dict[Shard, set[int]]:
+    """The score records in out_dir: shard -> its blocks."""
+    found: dict[Shard, set[int]] = {}
+    try:
+        entries = list(os.scandir(out_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        match = _RECORD.fullmatch(entry.name)
+        if match and int(match[1]) < int(match[2]) and entry.is_file(follow_symlinks=False):
+            found.setdefault(Shard(int(match[1]), int(match[2])), set()).add(int(match[3]))
+    return found
+
+
+# ------------------------------------------------------------------------------ sample_info.json
+def read_info(out_dir: str) -> dict | None:
+    """The set's sample_info.json, None when there is none. It is a file from disk: its size and
+    nesting are bounded before it is parsed, and the fields that steer resuming and deleting checked."""
+    path = os.path.join(out_dir, INFO_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_INFO_CHARS + 1)
+        if len(text) > MAX_INFO_CHARS:
+            raise ValueError(f"longer than {MAX_INFO_CHARS >> 20} Mi characters")
+        info = safejson.loads(text, max_depth=MAX_INFO_DEPTH)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
+        raise UserError(f"cannot read {path} ({reason}); {_UNPROVEN}") from None
+    class_dirs = info.get("class_dirs", []) if isinstance(info, dict) else None
+    if not (isinstance(info, dict) and isinstance(info.get("identity"), dict) and isinstance(class_dirs, list)
+            and all(isinstance(name, str) for name in class_dirs)):
+        raise UserError(f"{path} is not a ganaug sample_info.json (no identity object, or class_dirs not a "
+                        f"list of names); {_UNPROVEN}")
+    return info
+
+
+def write_info(out_dir: str, info: dict) -> None:
+    data = json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_file(os.path.join(out_dir, INFO_NAME), data.encode("utf-8"), fsync=True)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and os.path.basename(name) == name and not {"\\", "\x00"} & set(name)
+
+
+def remove_previous_output(out_dir: str, old_info: dict, keep: str) -> None:
+    """Delete what the run recorded in `old_info` wrote (images, .npz files, manifest, markers, score
+    records, temporaries, the record itself), nothing else; `keep`: this run's own lock file."""
+    for class_dir in old_info.get("class_dirs", []):
+        directory = os.path.join(out_dir, class_dir)
+        # a tampered sample_info.json must not steer deletions elsewhere
+        if not _is_plain_name(class_dir) or not os.path.isdir(directory) or os.path.islink(directory):
+            continue
+        pattern = png_pattern(class_dir)
+        for entry in os.scandir(directory):
+            if entry.is_file(follow_symlinks=False) and (pattern.fullmatch(entry.name) or is_temporary(entry.name)):
+                os.unlink(entry.path)
+        if not os.listdir(directory):  # a directory that also holds files of the user's stays
+            os.rmdir(directory)
+    for entry in os.scandir(out_dir):
+        if entry.path != keep and entry.is_file(follow_symlinks=False) and (
+                NPZ_PATTERN.fullmatch(entry.name) or is_temporary(entry.name) or entry.name == MANIFEST_NAME
+                or is_coordination_file(entry.name) or _RECORD.fullmatch(entry.name)):
+            os.unlink(entry.path)
+    # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
+    info_path = os.path.join(out_dir, INFO_NAME)
+    if os.path.isfile(info_path) and not os.path.islink(info_path):
+        os.unlink(info_path)
+
+
+def open_for_run(out_dir: str, identity: dict, overwrite: bool, running: list[Shard], keep: str) -> bool:
+    """Check the directory against this run (under the state lock): True to resume the same set, False
+    for a fresh start; a refusal is a UserError. `running`: shards other processes write now."""
+    old_info = read_info(out_dir)
+    if old_info is not None and old_info["identity"] == identity:
+        return True
+    if old_info is not None and not overwrite:
+        differences = [f"{key} {_shown(a)} there, {_shown(b)} now" for key, a, b in
+                       changed_leaves(old_info["identity"], identity)]
+        raise UserError(f"{out_dir} holds samples made with other settings ({'; '.join(differences)}); "
+                        "choose another --out or pass --overwrite to replace them")
+    if old_info is not None:
+        if running:
+            raise UserError(f"cannot --overwrite {out_dir} while `ganaug sample --shard {running[0]}` is writing to it")
+        remove_previous_output(out_dir, old_info, keep)
+        return False
+    foreign = [name for name in os.listdir(out_dir) if not (is_temporary(name) or is_coordination_file(name))]
+    if foreign:
+        raise UserError(f"{out_dir} is not empty and has no {INFO_NAME} (e.g. {sorted(foreign)[0]!r}); refusing to "
+                        "mix synthetic images into it: choose a new or empty directory")
+    return False

@@ -75,7 +75,7 @@ def test_synthetic_folder_refuses_an_unfinished_set(model, tmp_path, monkeypatch
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "_write_manifest", interrupt)
+    monkeypatch.setattr(job._Run, "write_manifest", interrupt)
     assert sample(model, tmp_path / "out", "--n", 3) == 130  # Ctrl-C just before the manifest
     with pytest.raises(ValueError, match="unfinished sample set"):
         SyntheticFolder(tmp_path / "out")

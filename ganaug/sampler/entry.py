@@ -10,7 +10,7 @@ from ganaug.errors import UserError
 from ganaug.sampler.filter import ImageFilter, check_min_confidence
 from ganaug.sampler.formats import human
 from ganaug.sampler.layout import parse_shard
-from ganaug.sampler.sampler import MIN_TRUNCATION, Sampler, parse_class_list, select_classes
+from ganaug.sampler.sampler import MIN_TRUNCATION, Sampler, select_classes
 from ganaug.sampler.write import SampleRequest, write_samples
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def main(args) -> int:
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
     image_filter = None if args.filter is None else ImageFilter.load(
         args.filter, sampler.meta, args.min_confidence, provider=args.provider, threads=args.threads)
-    classes = select_classes(sampler.meta, parse_class_list(args.classes))
+    names = None if args.classes is None else [name.strip() for name in args.classes.split(",") if name.strip()]
+    classes = select_classes(sampler.meta, names)
     n = args.n if args.n is not None else args.per_class * len(classes)
     if args.format == "npz":  # one file generated while the one before is written
         _check_fits_in_memory(2 * min(args.shard_size, n), sampler.meta.image_shape, "--shard-size",

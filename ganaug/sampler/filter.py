@@ -1,21 +1,12 @@
-"""`--filter CLASSIFIER.onnx --min-confidence TAU`: keep the images a classifier gives their class, and
-the records of their scores that let a filtered PNG set resume.
+"""`--filter CLASSIFIER.onnx --min-confidence TAU` (docs/sampler.md, "Filtering"): the classifier, the
+scores it gives, and the records of those scores that let a filtered PNG set resume.
 
-The classifier contract (docs/sampler.md, "Filtering"): one self-contained ONNX file with one input,
-uint8 [N, H, W, C] of the generator's image shape (its pre-processing lives in its graph); one output,
-float32 [N, classes] named `logits` (softmax applied here) or `probabilities` (taken as they are);
-a dynamic N; optional metadata `ganaug.class_names` / `ganaug.image_shape` equal to the generator's.
-Image i is kept iff the probability of its class, computed in float64 from the float32 output and
-rounded to float32, is >= float32(TAU): a function of its pixels alone, so the kept set is a function
-of (model, seed, i, classifier, TAU).
-
-A rejected image has no file, so a missing file cannot tell "rejected" from "not written yet". Each
-process records the score of every image it classifies, kept or not, in DIR/.scores-S-of-N-B.npy
-(files, not a folder: ImageFolder would take a folder for a class): one float32 .npy per RECORD_IMAGES
-images of shard S of an N-way split, positions j = i // N of that shard in block B, written atomically
-once the block is scored. A score is a fact about image i, so a run looks it up in every split's
-records; the run that finishes the set rewrites them as the unsharded split's (0-of-1) and removes the
-others, so a finished set does not depend on its split. (An .npz file holds its own indices and scores.)
+Image i is kept iff the probability of its class, computed in float64 from the classifier's float32
+output and rounded to float32, is >= float32(TAU): a function of its pixels alone. A rejected image has
+no file, so each process records every score it computes in DIR/.scores-S-of-N-B.npy (block B of
+RECORD_IMAGES positions j = i // N of shard S of an N-way split; files, not a folder, which ImageFolder
+would take for a class). A score is a fact about image i, so a run looks it up in any split's records;
+the run that finishes the set rewrites them as the unsharded split's (0-of-1) and removes the others.
 """
 
 from __future__ import annotations
@@ -30,7 +21,7 @@ import numpy as np
 from ganaug.contract import ModelMeta, TensorSpec, check_classifier_metadata
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
-from ganaug.sampler.layout import Shard, record_name, records_in
+from ganaug.sampler.layout import Shard, record_name, scan
 from ganaug.sampler.runtime import RunFailed, load_model, run_checked, run_options
 
 OUTPUT_KINDS = ("logits", "probabilities")
@@ -125,10 +116,6 @@ class ImageFilter:
                 "min_confidence": self.min_confidence}
 
 
-def _static(dim) -> int | None:
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
 def check_classifier_graph(session, image_shape: tuple[int, int, int], num_classes: int, source: str) -> str:
     """The classifier's declared input and output against the contract; returns the output's kind."""
     inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
@@ -137,36 +124,32 @@ def check_classifier_graph(session, image_shape: tuple[int, int, int], num_class
     if len(inputs) != 1:
         raise UserError(f"{source}: the classifier must have one input, {contract}; it has {len(inputs)}: "
                         + ", ".join(repr(spec.name) for spec in inputs))
-    spec = inputs[0]
-    if spec.type != "tensor(uint8)" or len(spec.shape) != 4:
-        raise UserError(f"{source}: classifier input {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
-                        f"the contract is {contract}, scaled inside the graph")
-    _check_dynamic_batch(spec, "input", source)
-    for axis, (dim, expected) in enumerate(zip(spec.shape[1:], image_shape, strict=True), start=1):
-        if _static(dim) not in (None, expected):
-            raise UserError(f"{source}: classifier input {spec.name!r} has size {dim} on axis {axis} but the "
-                            f"generator's images are {list(image_shape)} (H, W, C)")
+    if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+        raise UserError(f"{source}: classifier input {inputs[0].name!r} is {inputs[0].type} of rank "
+                        f"{len(inputs[0].shape)}; the contract is {contract}, scaled inside the graph")
     contract = f"float32 [N, {num_classes}] named 'logits' or 'probabilities'"
     if len(outputs) != 1:
         raise UserError(f"{source}: the classifier must have one output, {contract}; it has {len(outputs)}: "
                         + ", ".join(repr(spec.name) for spec in outputs))
-    spec = outputs[0]
-    if spec.name not in OUTPUT_KINDS:
-        raise UserError(f"{source}: the classifier's output is named {spec.name!r}; name it 'logits' (the sampler "
-                        "applies the softmax) or 'probabilities' (taken as they are)")
-    if spec.type != "tensor(float)" or len(spec.shape) != 2:
-        raise UserError(f"{source}: classifier output {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
-                        f"the contract is {contract}")
-    _check_dynamic_batch(spec, "output", source)
-    if _static(spec.shape[1]) not in (None, num_classes):
-        raise UserError(f"{source}: the classifier has {spec.shape[1]} classes but the generator has {num_classes}")
-    return spec.name
-
-
-def _check_dynamic_batch(spec: TensorSpec, role: str, source: str) -> None:
-    if _static(spec.shape[0]) is not None:
-        raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; the "
-                        "contract is a dynamic N (export with a dynamic batch axis)")
+    if outputs[0].name not in OUTPUT_KINDS:
+        raise UserError(f"{source}: the classifier's output is named {outputs[0].name!r}; name it 'logits' (the "
+                        "sampler applies the softmax) or 'probabilities' (taken as they are)")
+    if outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 2:
+        raise UserError(f"{source}: classifier output {outputs[0].name!r} is {outputs[0].type} of rank "
+                        f"{len(outputs[0].shape)}; the contract is {contract}")
+    for role, spec in (("input", inputs[0]), ("output", outputs[0])):
+        if isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
+                            "the contract is a dynamic N (export with a dynamic batch axis)")
+    declared = [(f"classifier input {inputs[0].name!r} has size {dim} on axis {axis} but the generator's images are "
+                 f"{list(image_shape)} (H, W, C)", dim, expected)
+                for axis, (dim, expected) in enumerate(zip(inputs[0].shape[1:], image_shape, strict=True), start=1)]
+    declared.append((f"the classifier has {outputs[0].shape[1]} classes but the generator has {num_classes}",
+                     outputs[0].shape[1], num_classes))
+    for message, dim, expected in declared:
+        if isinstance(dim, int) and dim > 0 and dim != expected:  # a dynamic size is checked by the probe
+            raise UserError(f"{source}: {message}")
+    return outputs[0].name
 
 
 # ------------------------------------------------------------------------------------ score records
@@ -198,7 +181,9 @@ class ScoreRecords:
 
     def rescan(self) -> None:
         """Take stock of the records on disk (other processes may have written more since)."""
-        self._present, self._cache = records_in(self.directory), {}
+        self._present, self._cache = {}, {}
+        for shard, block, _ in scan(self.directory, "npy"):
+            self._present.setdefault(shard, set()).add(block)
 
     def _load(self, shard: Shard, block: int) -> np.ndarray | None:
         """A record's scores; None when it is missing, unreadable or not what this set's record holds."""
@@ -253,11 +238,10 @@ class ScoreRecords:
                                 f"{int(indices[~known][0])} first), which every shard should have recorded; run the "
                                 "same command without --shard to score them again")
             self.write(WHOLE, block, scores)
-        for shard, shard_blocks in records_in(self.directory).items():
-            for block in shard_blocks:
-                if shard != WHOLE or block >= blocks:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.directory, record_name(shard, block)))
+        for shard, block, path in scan(self.directory, "npy"):
+            if shard != WHOLE or block >= blocks:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         self.rescan()
 
     def whole_set_scores(self, block: int) -> np.ndarray:

@@ -1,19 +1,12 @@
-"""The sample-set directory: every name in it, the split into shards, and sample_info.json, the record
-that decides between a fresh run, a resume and a refusal.
-
-Class names come from an untrusted model file; whatever they say ("../../evil", "", "CON", names
-that differ only in case), `class_dir_names` makes plain, distinct path components of them. So that
-torchvision's ImageFolder index of every image is the model's label, the directories must sort in
-label order (ImageFolder numbers them in `sorted()` order): when the safe names do not ("b, a";
-"0 .. 11"; names that sort wrongly only once sanitised or deduplicated), each gets a zero-padded label
-prefix. The rule looks at all the model's classes, so a model always gets the same directories.
-
-sample_info.json is ganaug's only proof of which files it wrote: without a readable one, a non-empty
-directory is never written into and --overwrite deletes nothing.
+"""The sample-set directory: every name in it, the split into shards, and sample_info.json, ganaug's
+only proof of which files there it wrote (without a readable one a non-empty directory is never written
+into and --overwrite deletes nothing). Class directories follow "Output layout" in docs/sampler.md: safe
+and distinct whatever the model's class names, and in label order for torchvision's ImageFolder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,8 +23,8 @@ from ganaug.sampler.formats import write_file
 
 INFO_NAME, MANIFEST_NAME = "sample_info.json", "manifest.csv"
 NPZ_PATTERN = re.compile(r"shard_\d{5,}\.npz")
-_SHARD_FILE = re.compile(r"\.shard-([0-9]{1,9})-of-([0-9]{1,9})\.(lock|done)")
-_RECORD = re.compile(r"\.scores-([0-9]{1,9})-of-([0-9]{1,9})-([0-9]{9,18})\.npy")
+# lock files and done markers of shards (.shard-I-of-N.lock|done), score records (.scores-I-of-N-B.npy)
+_OWN_FILE = re.compile(r"\.(?:shard|scores)-([0-9]{1,9})-of-([0-9]{1,9})(?:-([0-9]{9,18}))?\.(lock|done|npy)")
 # The class names appear three times: 16 Mi characters of names at most (contract.MAX_VALUE_CHARS).
 MAX_INFO_CHARS, MAX_INFO_DEPTH = 128 << 20, 8
 _UNPROVEN = "ganaug cannot tell which files there it wrote, so it deletes none: move them aside or choose another --out"
@@ -90,22 +83,17 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def _safe_name(name: str, index: int) -> str:
-    text = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", name))
-    # Leading dots hide a directory; Windows drops trailing dots and spaces ("a." would merge with "a").
-    text = _truncate_utf8(text.strip().strip(".").strip(), _MAX_NAME_BYTES).rstrip(". ")
-    if not text:
-        return f"class_{index}"
-    stem, dot, extension = text.partition(".")
-    return f"{stem}_{dot}{extension}" if stem.upper() in _WINDOWS_RESERVED else text  # "CON.txt" too
-
-
 def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
     """Safe, distinct directory names, one per class, that sort in class order. Duplicates (compared
-    case-insensitively, as macOS and Windows do) get _1, _2, ... in class order."""
+    case-insensitively, as macOS and Windows do) get _1, _2, ... in class order; when the names do not
+    sort in class order, each gets its zero-padded label as a prefix."""
     taken, result = {INFO_NAME, MANIFEST_NAME}, []
     for index, name in enumerate(class_names):
-        base = candidate = _safe_name(name, index)
+        text = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", name))
+        # Leading dots hide a directory; Windows drops trailing dots and spaces ("a." would merge with "a").
+        text = _truncate_utf8(text.strip().strip(".").strip(), _MAX_NAME_BYTES).rstrip(". ") or f"class_{index}"
+        stem, dot, extension = text.partition(".")
+        base = candidate = f"{stem}_{dot}{extension}" if stem.upper() in _WINDOWS_RESERVED else text  # "CON.txt" too
         suffix = 0
         while candidate.casefold() in taken:
             suffix += 1
@@ -162,36 +150,21 @@ def shard_file_name(shard: Shard, kind: str) -> str:
     return f".shard-{shard.index}-of-{shard.count}.{kind}"
 
 
-def shard_files(out_dir: str, kind: str) -> dict[Shard, str]:
-    found = {}
-    for entry in os.scandir(out_dir):
-        match = _SHARD_FILE.fullmatch(entry.name)
-        if match and match[3] == kind and int(match[1]) < int(match[2]) and entry.is_file(follow_symlinks=False):
-            found[Shard(int(match[1]), int(match[2]))] = entry.path
-    return found
-
-
-def is_coordination_file(name: str) -> bool:
-    return _SHARD_FILE.fullmatch(name) is not None
-
-
 def record_name(shard: Shard, block: int) -> str:
     """The score record of `block` of `shard` (filter.ScoreRecords)."""
     return f".scores-{shard.index}-of-{shard.count}-{block:09d}.npy"
 
 
-def records_in(out_dir: str) -> dict[Shard, set[int]]:
-    """The score records in out_dir: shard -> its blocks."""
-    found: dict[Shard, set[int]] = {}
-    try:
-        entries = list(os.scandir(out_dir))
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for entry in entries:
-        match = _RECORD.fullmatch(entry.name)
-        if match and int(match[1]) < int(match[2]) and entry.is_file(follow_symlinks=False):
-            found.setdefault(Shard(int(match[1]), int(match[2])), set()).add(int(match[3]))
-    return found
+def scan(out_dir: str, kind: str) -> list[tuple[Shard, int, str]]:
+    """(shard, block (0 but for records), path) of the lock files ("lock"), done markers ("done") or score
+    records ("npy") in out_dir, sorted."""
+    found = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(out_dir):
+            match = _OWN_FILE.fullmatch(entry.name)
+            if match and match[4] == kind and int(match[1]) < int(match[2]) and entry.is_file(follow_symlinks=False):
+                found.append((Shard(int(match[1]), int(match[2])), int(match[3] or 0), entry.path))
+    return sorted(found)
 
 
 # ------------------------------------------------------------------------------ sample_info.json
@@ -208,8 +181,7 @@ def read_info(out_dir: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        reason = str(exc) if len(str(exc)) <= 200 else str(exc)[:197] + "..."
-        raise UserError(f"cannot read {path} ({reason}); {_UNPROVEN}") from None
+        raise UserError(f"cannot read {path} ({_short(str(exc), 200)}); {_UNPROVEN}") from None
     class_dirs = info.get("class_dirs", []) if isinstance(info, dict) else None
     if not (isinstance(info, dict) and isinstance(info.get("identity"), dict) and isinstance(class_dirs, list)
             and all(isinstance(name, str) for name in class_dirs)):
@@ -218,18 +190,13 @@ def read_info(out_dir: str) -> dict | None:
     return info
 
 
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def write_info(out_dir: str, info: dict) -> None:
     data = json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     write_file(os.path.join(out_dir, INFO_NAME), data.encode("utf-8"), fsync=True)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_plain_name(name: str) -> bool:
-    return name not in ("", ".", "..") and os.path.basename(name) == name and not {"\\", "\x00"} & set(name)
 
 
 def remove_previous_output(out_dir: str, old_info: dict, keep: str) -> None:
@@ -237,9 +204,9 @@ def remove_previous_output(out_dir: str, old_info: dict, keep: str) -> None:
     records, temporaries, the record itself), nothing else; `keep`: this run's own lock file."""
     for class_dir in old_info.get("class_dirs", []):
         directory = os.path.join(out_dir, class_dir)
-        # a tampered sample_info.json must not steer deletions elsewhere
-        if not _is_plain_name(class_dir) or not os.path.isdir(directory) or os.path.islink(directory):
-            continue
+        plain = class_dir not in ("", ".", "..") and os.path.basename(class_dir) == class_dir and "\\" not in class_dir
+        if not plain or "\x00" in class_dir or not os.path.isdir(directory) or os.path.islink(directory):
+            continue  # a tampered sample_info.json must not steer deletions elsewhere
         pattern = png_pattern(class_dir)
         for entry in os.scandir(directory):
             if entry.is_file(follow_symlinks=False) and (pattern.fullmatch(entry.name) or is_temporary(entry.name)):
@@ -249,7 +216,7 @@ def remove_previous_output(out_dir: str, old_info: dict, keep: str) -> None:
     for entry in os.scandir(out_dir):
         if entry.path != keep and entry.is_file(follow_symlinks=False) and (
                 NPZ_PATTERN.fullmatch(entry.name) or is_temporary(entry.name) or entry.name == MANIFEST_NAME
-                or is_coordination_file(entry.name) or _RECORD.fullmatch(entry.name)):
+                or _OWN_FILE.fullmatch(entry.name)):
             os.unlink(entry.path)
     # Last: until it is gone, an interrupted --overwrite can be repeated and still knows what to remove.
     info_path = os.path.join(out_dir, INFO_NAME)
@@ -264,16 +231,17 @@ def open_for_run(out_dir: str, identity: dict, overwrite: bool, running: list[Sh
     if old_info is not None and old_info["identity"] == identity:
         return True
     if old_info is not None and not overwrite:
-        differences = [f"{key} {_shown(a)} there, {_shown(b)} now" for key, a, b in
-                       changed_leaves(old_info["identity"], identity)]
-        raise UserError(f"{out_dir} holds samples made with other settings ({'; '.join(differences)}); "
+        differences = "; ".join(f"{key} {_short(repr(a), 80)} there, {_short(repr(b), 80)} now"
+                                for key, a, b in changed_leaves(old_info["identity"], identity))
+        raise UserError(f"{out_dir} holds samples made with other settings ({differences}); "
                         "choose another --out or pass --overwrite to replace them")
     if old_info is not None:
         if running:
             raise UserError(f"cannot --overwrite {out_dir} while `ganaug sample --shard {running[0]}` is writing to it")
         remove_previous_output(out_dir, old_info, keep)
         return False
-    foreign = [name for name in os.listdir(out_dir) if not (is_temporary(name) or is_coordination_file(name))]
+    foreign = [name for name in os.listdir(out_dir) if not is_temporary(name) and not re.fullmatch(
+        r"\.shard-[0-9]{1,9}-of-[0-9]{1,9}\.(lock|done)", name)]
     if foreign:
         raise UserError(f"{out_dir} is not empty and has no {INFO_NAME} (e.g. {sorted(foreign)[0]!r}); refusing to "
                         "mix synthetic images into it: choose a new or empty directory")

@@ -24,7 +24,7 @@ import os
 
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
-from ganaug.sampler.layout import Shard, shard_file_name, shard_files
+from ganaug.sampler.layout import Shard, scan, shard_file_name
 
 try:
     import fcntl
@@ -121,7 +121,7 @@ def running_shards(out_dir: str, claim: Claim) -> list[Shard]:
     if fcntl is None:
         return []
     running = []
-    for shard, path in sorted(shard_files(out_dir, "lock").items()):
+    for shard, _, path in scan(out_dir, "lock"):
         if path == claim.path:
             continue
         try:
@@ -151,14 +151,14 @@ def mark_done(out_dir: str, shard: Shard) -> None:
 
 def missing_shards(out_dir: str, count: int) -> list[int]:
     """Shard indices of a COUNT-way split that have not marked themselves done."""
-    done = {shard.index for shard in shard_files(out_dir, "done") if shard.count == count}
+    done = {shard.index for shard, _, _ in scan(out_dir, "done") if shard.count == count}
     return [index for index in range(count) if index not in done]
 
 
 def remove_coordination_files(out_dir: str, claim: Claim) -> None:
     """Remove every done marker and every lock file nobody holds (a killed run's). Under state_lock."""
     busy = set(running_shards(out_dir, claim))
-    stale = [path for shard, path in shard_files(out_dir, "lock").items() if path != claim.path and shard not in busy]
-    for path in [*shard_files(out_dir, "done").values(), *stale]:
+    stale = [path for shard, _, path in scan(out_dir, "lock") if path != claim.path and shard not in busy]
+    for path in [path for _, _, path in scan(out_dir, "done")] + stale:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

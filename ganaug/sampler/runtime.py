@@ -1,16 +1,11 @@
-"""onnxruntime, the one way the sampler meets it: import it, load a model file into a session on the
-best working provider, and turn its failures into one-line UserErrors. `Sampler` (generators) and
-`ImageFilter` (classifiers) both load through `load_model`.
+"""onnxruntime, the one way the sampler meets it: the import (a missing runtime said plainly, two
+clashing distributions in one WARNING line with the fix), a session on the best working provider, and
+failures as one-line UserErrors. `Sampler` and `ImageFilter` both load through `load_model`.
 
-onnxruntime comes in several distributions (onnxruntime, onnxruntime-gpu, ...) that all install the
-`onnxruntime` package; ganaug depends on one through an extra. Two at once overwrite each other's
-files, and which providers work is then anybody's guess: one WARNING line says so, with the fix.
-
-Provider choice: "auto" tries TensorRT, then CUDA, then CPU among those this build lists, and skips
-the GPU providers quietly (a debug line) on a machine without an NVIDIA driver: onnxruntime-gpu on
-a CPU-only host is a normal set-up. A provider can still fail where a GPU is present (a CUDA library
-missing): onnxruntime then raises or silently drops it, so we ask the session which provider it got,
-fall back to the next, and say so in one WARNING line.
+"auto" tries TensorRT, CUDA, then CPU among the providers this build lists, quietly skipping the GPU
+ones where no NVIDIA driver is loaded (onnxruntime-gpu on a CPU host is normal). A GPU provider can
+still fail to start and onnxruntime may drop it silently, so the session is asked which provider it
+got, and a fallback is one WARNING line.
 """
 
 from __future__ import annotations
@@ -91,10 +86,6 @@ def short_provider(name: str) -> str:
     return {full: short for short, full in PROVIDERS.items()}.get(name, name)
 
 
-def short(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def ort_message(exc: BaseException) -> str:
     """The first line of an onnxruntime error, without its prefix, C++ location and node boilerplate."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -141,16 +132,6 @@ def run_options() -> ort.RunOptions:
     if os.environ.get(VERBOSE_ENV) != "1":
         options.log_severity_level = 4
     return options
-
-
-def cache_dir_from_env() -> str | None:
-    value = os.environ.get(CACHE_ENV, "").strip()
-    if value in ("", "0"):
-        return None
-    if value != "1":
-        return value
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                        "ganaug", "ort")
 
 
 def _is_quantized(model: bytes | str) -> bool:
@@ -281,9 +262,12 @@ def load_model(path, what: str, provider: str = "auto", threads: int = 0, cache_
         raise UserError(f"cannot read {what} file {source}: {exc.strerror or exc}") from None
     if not data:
         raise UserError(f"{what} file {source} is empty")
+    if cache_dir is None:
+        value = os.environ.get(CACHE_ENV, "").strip()
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ganaug", "ort")
+        cache_dir = {"": None, "0": None, "1": default}.get(value, value)
     sha256 = hashlib.sha256(data).hexdigest()
-    session, actual = create_session(data, sha256, source, provider, threads,
-                                     cache_dir_from_env() if cache_dir is None else cache_dir)
+    session, actual = create_session(data, sha256, source, provider, threads, cache_dir)
     return LoadedModel(session, actual, sha256, source, dict(session.get_modelmeta().custom_metadata_map),
                        [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()],
                        [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()])
@@ -294,4 +278,6 @@ def run_checked(run, feeds, count: int, source: str) -> np.ndarray:
     try:
         return run(feeds)
     except ORT_ERRORS as exc:
-        raise RunFailed(source, short(ort_message(exc)), f"onnxruntime failed on a batch of {count} images: ") from None
+        message = ort_message(exc)
+        message = message if len(message) <= 160 else message[:157] + "..."
+        raise RunFailed(source, message, f"onnxruntime failed on a batch of {count} images: ") from None

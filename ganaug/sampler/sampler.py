@@ -17,15 +17,7 @@ import numpy as np
 
 from ganaug.contract import ModelMeta, read_model_meta
 from ganaug.errors import UserError
-from ganaug.sampler.runtime import (
-    GPU_PROVIDERS,
-    RunFailed,
-    load_model,
-    ort,
-    run_checked,
-    run_options,
-    short_provider,
-)
+from ganaug.sampler.runtime import GPU_PROVIDERS, RunFailed, load_model, ort, run_checked, run_options
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +88,6 @@ def class_index_of(meta: ModelMeta, name: str) -> int:
     return matches[0]
 
 
-def parse_class_list(text: str | None) -> list[str] | None:
-    """'a, b' -> ['a', 'b']."""
-    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
-
-
 def select_classes(meta: ModelMeta, names: list[str] | None) -> tuple[int, ...]:
     """Model class indices of the named classes (all when None), in model order."""
     if names is None:
@@ -121,14 +108,6 @@ class Batch(NamedTuple):
     indices: np.ndarray  # int64 [B]: image indices
     images: np.ndarray  # uint8 [B, H, W, C]
     labels: np.ndarray  # int64 [B]: model class indices
-
-
-class _SessionRunner:
-    def __init__(self, session: ort.InferenceSession):
-        self._session, self._options = session, run_options()
-
-    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self._session.run(["images"], feeds, self._options)[0]
 
 
 class _IoBindingRunner:
@@ -158,7 +137,9 @@ class Sampler:
     def __init__(self, session: ort.InferenceSession, meta: ModelMeta, provider: str, source: str = "<model>"):
         self.session, self.meta, self.source = session, meta, source
         self.provider = provider  # the onnxruntime provider really in use
-        self._run = _IoBindingRunner(session, "cuda") if provider in GPU_PROVIDERS else _SessionRunner(session)
+        options = run_options()
+        self._run = _IoBindingRunner(session, "cuda") if provider in GPU_PROVIDERS else \
+            lambda feeds: session.run(["images"], feeds, options)[0]
         self._latents: LatentSource | None = None
 
     @classmethod
@@ -168,7 +149,7 @@ class Sampler:
         from GANAUG_ORT_CACHE, off when unset)."""
         model = load_model(path, "model", provider, threads, cache_dir)
         meta = read_model_meta(model.metadata, model.inputs, model.outputs, model.sha256, model.source)
-        log.debug("loaded %s on %s: %s", path, short_provider(model.provider), meta)
+        log.debug("loaded %s on %s: %s", path, model.provider, meta)
         sampler = cls(model.session, meta, model.provider, model.source)
         sampler.probe()
         return sampler

@@ -172,23 +172,16 @@ class ScoreRecords:
     """The score records (DIR/.scores-*.npy) of one set of n images."""
 
     def __init__(self, out_dir: str, n: int):
-        self.directory, self.n = out_dir, n
-        self.rescan()
+        self.directory, self.n, self._cache = out_dir, n, {}
+        self._present = {(shard, block) for shard, block, _ in scan(out_dir, "npy")}  # other processes add more
 
     @staticmethod
     def bytes_bound() -> int:
         return 4 * RECORD_IMAGES + 128  # the scores and the .npy header
 
-    def rescan(self) -> None:
-        """Take stock of the records on disk (other processes may have written more since)."""
-        self._present, self._cache = {}, {}
-        for shard, block, _ in scan(self.directory, "npy"):
-            self._present.setdefault(shard, set()).add(block)
-
-    def _load(self, shard: Shard, block: int) -> np.ndarray | None:
+    def load(self, shard: Shard, block: int) -> np.ndarray | None:
         """A record's scores; None when it is missing, unreadable or not what this set's record holds."""
-        key = (shard, block)
-        if key not in self._cache:
+        if (shard, block) not in self._cache:
             if len(self._cache) >= 64:  # a block of split N touches up to N records of the unsharded split
                 self._cache.clear()
             expected, scores = len(block_indices(shard, block, self.n)), None
@@ -198,18 +191,17 @@ class ScoreRecords:
                 if (isinstance(array, np.ndarray) and array.dtype == np.dtype("<f4") and array.shape == (expected,)
                         and expected and np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
                     scores = array
-            self._cache[key] = scores
-        return self._cache[key]
+            self._cache[shard, block] = scores
+        return self._cache[shard, block]
 
     def lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(known bool [B], scores float32 [B]) of these image indices, from any split's records."""
         known, scores = np.zeros(len(indices), dtype=bool), np.zeros(len(indices), dtype=np.float32)
-        for shard, blocks in sorted(self._present.items(), key=lambda item: (item[0].count, item[0].index)):
+        for shard in {shard for shard, _ in self._present}:
             mine = np.flatnonzero(~known & (indices % shard.count == shard.index))
             positions = indices[mine] // shard.count
             for block in np.unique(positions // RECORD_IMAGES).tolist():
-                record = self._load(shard, block) if block in blocks else None
-                if record is not None:
+                if (shard, block) in self._present and (record := self.load(shard, block)) is not None:
                     rows = positions // RECORD_IMAGES == block
                     scores[mine[rows]] = record[positions[rows] - block * RECORD_IMAGES]
                     known[mine[rows]] = True
@@ -220,19 +212,17 @@ class ScoreRecords:
         buffer = io.BytesIO()
         np.lib.format.write_array(buffer, np.ascontiguousarray(scores, dtype="<f4"), allow_pickle=False)
         write_atomic(os.path.join(self.directory, record_name(shard, block)), buffer.getvalue(), fsync=True)
-        self._present.setdefault(shard, set()).add(block)
+        self._present.add((shard, block))
         self._cache.pop((shard, block), None)
 
     def finish(self) -> None:
         """Rewrite every score as the unsharded split's records and remove all others (by the run that
         finishes the set, under the state lock, when every image has a score)."""
-        self.rescan()
         blocks = block_count(WHOLE, self.n)
         for block in range(blocks):
-            if block in self._present.get(WHOLE, ()) and self._load(WHOLE, block) is not None:
+            if (WHOLE, block) in self._present and self.load(WHOLE, block) is not None:
                 continue
-            indices = block_indices(WHOLE, block, self.n)
-            known, scores = self.lookup(indices)
+            known, scores = self.lookup(indices := block_indices(WHOLE, block, self.n))
             if not known.all():
                 raise UserError(f"{self.directory} lacks the recorded scores of {int((~known).sum())} images (image "
                                 f"{int(indices[~known][0])} first), which every shard should have recorded; run the "
@@ -242,10 +232,3 @@ class ScoreRecords:
             if shard != WHOLE or block >= blocks:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        self.rescan()
-
-    def whole_set_scores(self, block: int) -> np.ndarray:
-        """The scores of images block x R .. (block + 1) x R - 1 of a finished set."""
-        scores = self._load(WHOLE, block)
-        assert scores is not None, f"record {block} of the unsharded split was written by finish()"
-        return scores

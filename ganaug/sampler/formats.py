@@ -1,15 +1,8 @@
-"""The bytes of a sample set's files: encoded deterministically, checked before a resume trusts them,
-and bounded from above before a run starts.
-
-- PNG: 8-bit, no scanline filter, one IDAT, no metadata chunk, so its bytes depend on the pixels only
-  (PNG_ENCODING is part of a set's identity). Written here rather than through PIL, whose per-image
-  overhead is many times the encoding's on the small images a GAN makes (docs/performance.md).
-- .npz: entries stored (a reader can memory-map them) with fixed zip timestamps (numpy.savez would
-  stamp the time).
-- Image files are not fsynced (speed), so a power cut can leave one renamed into place but empty,
-  cut short or zero-filled: a resume keeps a PNG only if it is exactly what the encoder writes for
-  this shape (signature and IHDR, one IDAT whose length spans the file and whose CRC matches, IEND),
-  and an .npz only if its zip, members, dtypes, shapes and sizes are. Pixels are not decoded.
+"""The bytes of a sample set's files: written deterministically (a PNG encoder of our own, PIL's per-image
+overhead being many times the encoding's on small images; .npz entries stored, with fixed timestamps),
+checked before a resume trusts them (image files are not fsynced, so a power cut can leave one empty or
+cut short under its name; pixels are not decoded, the PNG's CRC covers them), and bounded from above
+before a run starts.
 """
 
 from __future__ import annotations
@@ -76,36 +69,23 @@ def write_npz(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> N
     write_atomic(path, fill, fsync=fsync)
 
 
-def _read(path: str, limit: int) -> bytes | None:
-    """Up to `limit` bytes of a regular file, not through a link; None if there is none."""
-    # O_NONBLOCK: a FIFO under an image's name must not hang the resume (it reads as empty).
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while limit > 0 and (chunk := os.read(fd, limit)):
-            chunks.append(chunk)
-            limit -= len(chunk)
-        return b"".join(chunks)
-    except OSError:  # a directory, or an unreadable file
-        return None
-    finally:
-        os.close(fd)
-
-
 class PngCheck:
-    """Is a file exactly what encode_png writes for one image shape? (See the module docstring.)"""
+    """Is a file exactly what encode_png writes for one image shape: its signature and IHDR, one IDAT
+    whose length spans the file and whose CRC matches, and IEND?"""
 
     def __init__(self, image_shape: tuple[int, int, int], max_bytes: int):
         self._head = encode_png(np.zeros(image_shape, np.uint8))[:_PNG_HEAD]
         self._max_bytes = max_bytes  # png_bytes_bound: nothing the encoder writes is longer
 
     def is_whole(self, path: str) -> bool:
-        data = _read(path, self._max_bytes + 1)
-        if data is None or not _PNG_HEAD + 24 <= len(data) <= self._max_bytes:
+        # Not through a link; O_NONBLOCK: a FIFO under an image's name must not hang the resume.
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            with open(path, "rb", opener=lambda name, _: os.open(name, flags)) as f:
+                data = f.read(self._max_bytes + 1)
+        except OSError:  # missing, a link, a directory or unreadable
+            return False
+        if not _PNG_HEAD + 24 <= len(data) <= self._max_bytes:
             return False
         if data[:_PNG_HEAD] != self._head or data[-12:] != _IEND:
             return False

@@ -1,18 +1,10 @@
-"""Several `ganaug sample` processes on one --out: a short state lock, a claim per shard, done markers.
+"""Several `ganaug sample` processes on one --out (docs/sampler.md, "Sharding").
 
-- The state lock (flock on the --out directory) is held only while a process reads or changes the
-  set's state: checking sample_info.json, creating directories, removing temporaries, marking its
-  shard done, finishing the set. Images are written outside it.
-- A claim (flock on DIR/.shard-I-of-N.lock) keeps two processes of one shard apart and tells who is
-  writing now. Claims are taken and dropped only under the state lock, and a dropped claim's file is
-  removed first, so a lock file is never removed while another process could be taking it.
-- A done marker (DIR/.shard-I-of-N.done) says shard I of N has all its files, verified; the process
-  that finds the markers of every shard of its N finishes the set.
-
-An unsharded run is shard 0/1, so it also finishes a partly sharded set. The kernel drops a killed
-process's flocks; its lock file stays, unheld, until that shard's next claim or the set's end. Where
-there are no advisory locks (Windows, or a file system mounted without them) concurrent runs are
-not detected (one WARNING line says so); markers still work.
+A short state lock (flock on the directory) guards reading and changing the set's state; a claim
+(flock on DIR/.shard-I-of-N.lock), taken and dropped only under it, keeps two processes of one shard
+apart and tells who writes now; a done marker (DIR/.shard-I-of-N.done) says a shard has all its files.
+A killed process's flocks go with it; its lock file stays, unheld, until the set's end removes it.
+Without advisory locks (Windows, some mounts) concurrent runs go undetected: one WARNING line says so.
 """
 
 from __future__ import annotations
@@ -54,7 +46,7 @@ def _flock(fd: int, flags: int, out_dir: str) -> None:
                         "time are not detected", out_dir, exc.strerror or exc)
 
 
-def describe(shard: Shard) -> str:
+def _describe(shard: Shard) -> str:
     return "`ganaug sample`" if shard.whole else f"`ganaug sample --shard {shard}`"
 
 
@@ -80,7 +72,7 @@ def state_lock(out_dir: str):
 
 
 class Claim:
-    """This process's claim on its shard of the set in out_dir. Take and drop it under state_lock."""
+    """This process's claim on its shard of the set in out_dir; every method runs under state_lock."""
 
     def __init__(self, out_dir: str, shard: Shard):
         self.shard, self.out_dir = shard, out_dir
@@ -100,11 +92,10 @@ class Claim:
             raise UserError(f"cannot create {self.path}: {exc.strerror or exc}") from None
         try:
             _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, self.out_dir)
-        except BlockingIOError:
+        except BaseException as exc:
             os.close(fd)
-            raise UserError(f"another {describe(self.shard)} is writing to {self.out_dir}") from None
-        except BaseException:
-            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise UserError(f"another {_describe(self.shard)} is writing to {self.out_dir}") from None
             raise
         self._fd = fd  # held even where locks are unsupported: release() removes the file either way
 
@@ -115,50 +106,39 @@ class Claim:
             os.close(self._fd)
             self._fd = None
 
+    def others_running(self) -> list[Shard]:
+        """The shards other processes write now. They must split the set as this one does: the markers of
+        one COUNT finish it."""
+        running = []
+        for shard, _, path in scan(self.out_dir, "lock") if fcntl is not None else ():
+            if path == self.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue
+            try:
+                _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, self.out_dir)
+            except BlockingIOError:
+                running.append(shard)
+            finally:
+                os.close(fd)
+        if other := next((s for s in running if s.count != self.shard.count), None):
+            raise UserError(f"{_describe(other)} is writing to {self.out_dir}; runs at the same time on one --out must "
+                            f"use the same --shard COUNT ({other.count}), so wait for it or use --shard "
+                            f"INDEX/{other.count}")
+        return running
 
-def running_shards(out_dir: str, claim: Claim) -> list[Shard]:
-    """The shards other processes are writing now (their claims are held). Under state_lock."""
-    if fcntl is None:
-        return []
-    running = []
-    for shard, _, path in scan(out_dir, "lock"):
-        if path == claim.path:
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue
-        try:
-            _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, out_dir)
-        except BlockingIOError:
-            running.append(shard)
-        finally:
-            os.close(fd)
-    return running
+    def mark_done(self) -> list[int]:
+        """Mark this shard done; return the shards of its split that are not."""
+        write_atomic(os.path.join(self.out_dir, shard_file_name(self.shard, "done")), b"", fsync=True)
+        done = {shard.index for shard, _, _ in scan(self.out_dir, "done") if shard.count == self.shard.count}
+        return [index for index in range(self.shard.count) if index not in done]
 
-
-def check_same_split(running: list[Shard], shard: Shard, out_dir: str) -> None:
-    """Runs at the same time on one set must split it the same way (markers of one COUNT finish it)."""
-    other = next((s for s in running if s.count != shard.count), None)
-    if other is not None:
-        raise UserError(f"{describe(other)} is writing to {out_dir}; runs at the same time on one --out must use the "
-                        f"same --shard COUNT ({other.count}), so wait for it or use --shard INDEX/{other.count}")
-
-
-def mark_done(out_dir: str, shard: Shard) -> None:
-    write_atomic(os.path.join(out_dir, shard_file_name(shard, "done")), b"", fsync=True)
-
-
-def missing_shards(out_dir: str, count: int) -> list[int]:
-    """Shard indices of a COUNT-way split that have not marked themselves done."""
-    done = {shard.index for shard, _, _ in scan(out_dir, "done") if shard.count == count}
-    return [index for index in range(count) if index not in done]
-
-
-def remove_coordination_files(out_dir: str, claim: Claim) -> None:
-    """Remove every done marker and every lock file nobody holds (a killed run's). Under state_lock."""
-    busy = set(running_shards(out_dir, claim))
-    stale = [path for shard, _, path in scan(out_dir, "lock") if path != claim.path and shard not in busy]
-    for path in [path for _, _, path in scan(out_dir, "done")] + stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    def remove_coordination_files(self) -> None:
+        """Remove every done marker and every lock file but those held (this one's, running ones')."""
+        busy = set(self.others_running())
+        for shard, _, path in scan(self.out_dir, "done") + scan(self.out_dir, "lock"):
+            if path.endswith(".done") or (path != self.path and shard not in busy):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)

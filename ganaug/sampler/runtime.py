@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganaug.contract import TensorSpec
 from ganaug.errors import UserError
 from ganaug.files import temporary_beside
 from ganaug.sampler.modelfile import check_self_contained
@@ -186,14 +185,49 @@ def _cached_session(model: bytes, sha256: str, providers: list[str], threads: in
     return session
 
 
-def create_session(model: bytes, sha256: str, source: str, provider: str = "auto", threads: int = 0,
-                   cache_dir: str | None = None):
-    """An InferenceSession on the best working provider, and that provider's name."""
+class RunFailed(UserError):
+    """A model failed on a batch or broke its output contract: one line, with the reason apart."""
+
+    def __init__(self, source: str, reason: str, context: str = ""):
+        super().__init__(f"{source}: {context}{reason}")
+        self.reason, self.context = reason, context
+
+
+@dataclass
+class LoadedModel:
+    session: ort.InferenceSession
+    provider: str  # the provider really in use
+    sha256: str  # of the file
+    source: str
+    metadata: dict[str, str]
+
+
+def load_model(path, what: str, provider: str = "auto", threads: int = 0, cache_dir: str | None = None) -> LoadedModel:
+    """Read a model file (`what`: "model" or "classifier", for messages), check that it is self-contained
+    and load it on the best working provider. cache_dir: the optimised-model cache (None: from
+    GANAUG_ORT_CACHE, "1" for the default directory; off when unset)."""
+    source = str(path)
     if provider not in PREFERENCE:
         raise UserError(f"unknown provider {provider!r} (choose from {', '.join(PREFERENCE)})")
     if threads < 0:
         raise UserError(f"--threads must be 0 (physical cores) or positive, got {threads}")
+    try:
+        with open(path, "rb") as f:
+            model = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{what} file {source} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} path {source} is a directory, not an .onnx file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} file {source}: {exc.strerror or exc}") from None
+    if not model:
+        raise UserError(f"{what} file {source} is empty")
     check_self_contained(model, source)  # before onnxruntime could read any other file
+    if cache_dir is None:
+        value = os.environ.get(CACHE_ENV, "").strip()
+        default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ganaug", "ort")
+        cache_dir = {"": None, "0": None, "1": default}.get(value, value)
+    sha256 = hashlib.sha256(model).hexdigest()
     available, wanted = set(ort.get_available_providers()), [PROVIDERS[name] for name in PREFERENCE[provider]]
     problems = [f"{short_provider(p)} is not in this onnxruntime build"
                 for p in wanted if p not in available and provider != "auto"]
@@ -217,60 +251,14 @@ def create_session(model: bytes, sha256: str, source: str, provider: str = "auto
         finally:
             if quiet:
                 ort.set_default_logger_severity(3)  # errors only: onnxruntime has no getter to restore
-        actual = session.get_providers()[0]
-        # onnxruntime drops a provider that fails to start (e.g. no CUDA device) without raising
-        dropped = candidates[:candidates.index(actual)] if actual in candidates else []
-        problems += [f"{short_provider(p)} did not start" for p in dropped]
         break
+    actual = session.get_providers()[0]
+    # onnxruntime drops a provider that fails to start (e.g. no CUDA device) without raising
+    problems += [f"{short_provider(p)} did not start" for p in candidates[:candidates.index(actual)]]
     if problems:
         log.warning("provider %s: %s; using %s (set %s=1 to see onnxruntime's messages)", provider,
                     "; ".join(problems), short_provider(actual), VERBOSE_ENV)
-    return session, actual
-
-
-class RunFailed(UserError):
-    """A model failed on a batch or broke its output contract: one line, with the reason apart."""
-
-    def __init__(self, source: str, reason: str, context: str = ""):
-        super().__init__(f"{source}: {context}{reason}")
-        self.reason, self.context = reason, context
-
-
-@dataclass
-class LoadedModel:
-    session: ort.InferenceSession
-    provider: str  # the provider really in use
-    sha256: str  # of the file
-    source: str
-    metadata: dict[str, str]
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-
-def load_model(path, what: str, provider: str = "auto", threads: int = 0, cache_dir: str | None = None) -> LoadedModel:
-    """Read, check and load a model file (`what`: "model" or "classifier", for messages).
-    cache_dir: the optimised-model cache (None: from GANAUG_ORT_CACHE, off when unset)."""
-    source = str(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise UserError(f"{what} file {source} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} path {source} is a directory, not an .onnx file") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {what} file {source}: {exc.strerror or exc}") from None
-    if not data:
-        raise UserError(f"{what} file {source} is empty")
-    if cache_dir is None:
-        value = os.environ.get(CACHE_ENV, "").strip()
-        default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ganaug", "ort")
-        cache_dir = {"": None, "0": None, "1": default}.get(value, value)
-    sha256 = hashlib.sha256(data).hexdigest()
-    session, actual = create_session(data, sha256, source, provider, threads, cache_dir)
-    return LoadedModel(session, actual, sha256, source, dict(session.get_modelmeta().custom_metadata_map),
-                       [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()],
-                       [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()])
+    return LoadedModel(session, actual, sha256, source, dict(session.get_modelmeta().custom_metadata_map))
 
 
 def run_checked(run, feeds, count: int, source: str) -> np.ndarray:
@@ -279,5 +267,5 @@ def run_checked(run, feeds, count: int, source: str) -> np.ndarray:
         return run(feeds)
     except ORT_ERRORS as exc:
         message = ort_message(exc)
-        message = message if len(message) <= 160 else message[:157] + "..."
-        raise RunFailed(source, message, f"onnxruntime failed on a batch of {count} images: ") from None
+        raise RunFailed(source, message if len(message) <= 160 else message[:157] + "...",
+                        f"onnxruntime failed on a batch of {count} images: ") from None

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ganaug.contract import ModelMeta, read_model_meta
+from ganaug.contract import ModelMeta, TensorSpec, read_model_meta
 from ganaug.errors import UserError
 from ganaug.sampler.runtime import GPU_PROVIDERS, RunFailed, load_model, ort, run_checked, run_options
 
@@ -148,7 +148,9 @@ class Sampler:
         auto|cpu|cuda|tensorrt; threads: 0 = physical cores; cache_dir: optimised-model cache (default:
         from GANAUG_ORT_CACHE, off when unset)."""
         model = load_model(path, "model", provider, threads, cache_dir)
-        meta = read_model_meta(model.metadata, model.inputs, model.outputs, model.sha256, model.source)
+        meta = read_model_meta(model.metadata, [TensorSpec.from_node_arg(arg) for arg in model.session.get_inputs()],
+                               [TensorSpec.from_node_arg(arg) for arg in model.session.get_outputs()], model.sha256,
+                               model.source)
         log.debug("loaded %s on %s: %s", path, model.provider, meta)
         sampler = cls(model.session, meta, model.provider, model.source)
         sampler.probe()

@@ -233,8 +233,7 @@ class _Run:
     def open(self) -> bool:
         """Under the state lock: a fresh set, or this set resumed (True); anything else is refused, and so is
         a run whose files cannot fit, before it writes anything."""
-        running = locks.running_shards(self.out_dir, self.claim)
-        locks.check_same_split(running, self.request.shard, self.out_dir)
+        running = self.claim.others_running()
         resuming = open_for_run(self.out_dir, self.identity, self.request.overwrite, running, self.claim.path)
         self.check_space()
         if not resuming:
@@ -368,7 +367,7 @@ class _Run:
             elif request.format == "png":
                 records = ScoreRecords(self.out_dir, request.n)
                 for block in range(block_count(WHOLE, request.n)):
-                    scores, indices = records.whole_set_scores(block), block_indices(WHOLE, block, request.n)
+                    scores, indices = records.load(WHOLE, block), block_indices(WHOLE, block, request.n)
                     keep = image_filter.keeps(scores)
                     yield indices[keep], labels_for(indices[keep], request.classes), scores[keep]
             else:
@@ -395,14 +394,12 @@ class _Run:
     def finish(self) -> list[int]:
         """Under the state lock: mark this shard done; the run that finds every shard of its split done
         finishes the set. Returns the shards still missing."""
-        request, shard = self.request, self.request.shard
-        locks.mark_done(self.out_dir, shard)
+        request, shard, missing = self.request, self.request.shard, self.claim.mark_done()
         info = read_info(self.out_dir) or {}
-        if info.get("complete") is not True or info.get("identity") != self.identity:
-            if missing := locks.missing_shards(self.out_dir, shard.count):
-                log.info("shard %s is done; the set waits for shards %s of %d (the last to finish writes "
-                         "manifest.csv)", shard, _listed(missing), shard.count)
-                return missing
+        if missing and (info.get("complete") is not True or info.get("identity") != self.identity):
+            log.info("shard %s is done; the set waits for shards %s of %d (the last to finish writes manifest.csv)",
+                     shard, _listed(missing), shard.count)
+            return missing
         if self.filter is not None and request.format == "png":
             ScoreRecords(self.out_dir, request.n).finish()
         kept = self.write_manifest()
@@ -418,8 +415,8 @@ class _Run:
                                 "numbers the classes after it one lower (manifest.csv and SyntheticFolder keep the "
                                 "model's labels)", self.sampler.meta.class_names[c])
         write_info(self.out_dir, self.info(True, kept))
-        locks.remove_coordination_files(self.out_dir, self.claim)
-        if not locks.running_shards(self.out_dir, self.claim):
+        self.claim.remove_coordination_files()
+        if not self.claim.others_running():
             self.clean_temporaries()
         return []
 

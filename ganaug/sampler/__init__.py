@@ -1,12 +1,6 @@
-"""The torch-free sampler: onnxruntime + numpy only (a test keeps torch out).
-
-    from ganaug.sampler import Sampler
-    sampler = Sampler.load("model.onnx")            # provider="auto", threads=0 (physical cores)
-    images, labels = sampler.generate(64, seed=0)    # uint8 [64, H, W, C], int64 [64]
-
-`ganaug sample` (entry.py) writes whole sample sets, optionally filtered by a classifier
-(`write_samples(sampler, request, filter=ImageFilter.load("classifier.onnx", sampler.meta, 0.9))`);
-see docs/sampler.md for the modules and what each owns.
+"""The torch-free sampler (onnxruntime and numpy only; a test keeps torch out): `Sampler` turns a ganaug
+ONNX model into images, `write_samples` (`ganaug sample`) into a sample set, optionally filtered by an
+`ImageFilter`. docs/sampler.md has the command, the output and the module that owns each part.
 """
 
 from ganaug.contract import ModelMeta

@@ -16,27 +16,6 @@ from ganaug.sampler.write import SampleRequest, write_samples
 log = logging.getLogger(__name__)
 
 
-def _check_arguments(args) -> None:
-    """Mistakes the arguments show alone, reported before the model is read. (Counts, sizes and thread
-    numbers arrive checked by the command line's argument types.)"""
-    if args.n is None and args.per_class is None:
-        raise UserError("say how many images: --n N (in total) or --per-class K")
-    if args.n is not None and args.per_class is not None:
-        raise UserError("--n and --per-class exclude each other; give one of them")
-    if args.truncation < 0 or 0 < args.truncation < MIN_TRUNCATION:
-        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {args.truncation}")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UserError(f"--out {args.out} exists and is not a directory")
-    parse_shard(args.shard)
-    if args.filter is None and args.min_confidence is not None:
-        raise UserError("--min-confidence needs --filter CLASSIFIER.onnx (the classifier whose confidence it is)")
-    if args.filter is not None and args.min_confidence is None:
-        raise UserError("--filter needs --min-confidence TAU: the probability of its class an image needs to be "
-                        "kept (e.g. 0.9)")
-    if args.min_confidence is not None:
-        check_min_confidence(args.min_confidence)
-
-
 def _physical_memory() -> int | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -55,7 +34,22 @@ def _check_fits_in_memory(images: int, image_shape: tuple[int, ...], flag: str, 
 
 
 def main(args) -> int:
-    _check_arguments(args)
+    # Mistakes the arguments show alone come before the model is read; counts, sizes and thread numbers
+    # arrive checked by the command line's argument types.
+    if (args.n is None) == (args.per_class is None):
+        raise UserError("say how many images: --n N (in total) or --per-class K" if args.n is None else
+                        "--n and --per-class exclude each other; give one of them")
+    if args.truncation < 0 or 0 < args.truncation < MIN_TRUNCATION:
+        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {args.truncation}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} exists and is not a directory")
+    shard = parse_shard(args.shard)
+    if (args.filter is None) != (args.min_confidence is None):
+        raise UserError("--min-confidence needs --filter CLASSIFIER.onnx (the classifier whose confidence it is)"
+                        if args.filter is None else "--filter needs --min-confidence TAU: the probability of its "
+                        "class an image needs to be kept (e.g. 0.9)")
+    if args.min_confidence is not None:
+        check_min_confidence(args.min_confidence)
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
     image_filter = None if args.filter is None else ImageFilter.load(
         args.filter, sampler.meta, args.min_confidence, provider=args.provider, threads=args.threads)
@@ -66,8 +60,7 @@ def main(args) -> int:
         _check_fits_in_memory(2 * min(args.shard_size, n), sampler.meta.image_shape, "--shard-size",
                               min(args.shard_size, n))
     # one batch generated while up to two more wait for the writers
-    _check_fits_in_memory(3 * min(args.batch_size, n), sampler.meta.image_shape, "--batch-size",
-                          min(args.batch_size, n))
+    _check_fits_in_memory(3 * min(args.batch_size, n), sampler.meta.image_shape, "--batch-size", min(args.batch_size, n))
     arguments = {"n": args.n, "per_class": args.per_class, "classes": args.classes, "seed": args.seed,
                  "format": args.format, "truncation": args.truncation}
     if args.format == "npz":
@@ -76,7 +69,6 @@ def main(args) -> int:
         arguments |= {"filter": args.filter, "min_confidence": args.min_confidence}
     request = SampleRequest(out_dir=args.out, n=n, classes=classes, seed=args.seed, format=args.format,
                             truncation=args.truncation, batch_size=args.batch_size, shard_size=args.shard_size,
-                            overwrite=args.overwrite, progress=not args.no_progress, arguments=arguments,
-                            shard=parse_shard(args.shard))
+                            overwrite=args.overwrite, progress=not args.no_progress, arguments=arguments, shard=shard)
     log.info("%s", write_samples(sampler, request, filter=image_filter).summary())
     return 0

@@ -1,12 +1,8 @@
-"""`--filter CLASSIFIER.onnx --min-confidence TAU` (docs/sampler.md, "Filtering"): the classifier, the
-scores it gives, and the records of those scores that let a filtered PNG set resume.
-
-Image i is kept iff the probability of its class, computed in float64 from the classifier's float32
-output and rounded to float32, is >= float32(TAU): a function of its pixels alone. A rejected image has
-no file, so each process records every score it computes in DIR/.scores-S-of-N-B.npy (block B of
-RECORD_IMAGES positions j = i // N of shard S of an N-way split; files, not a folder, which ImageFolder
-would take for a class). A score is a fact about image i, so a run looks it up in any split's records;
-the run that finishes the set rewrites them as the unsharded split's (0-of-1) and removes the others.
+"""`--filter CLASSIFIER.onnx --min-confidence TAU` (docs/sampler.md, "Filtering"): the classifier, its
+scores, and their records. A rejected image has no file, so each process records every score it computes,
+in DIR/.scores-S-of-N-B.npy (block B of RECORD_IMAGES positions j = i // N of shard S of an N-way split;
+files, as ImageFolder would take a folder for a class). A score is a fact about image i: a run looks it
+up in any split's records, and the run that finishes the set rewrites them as the unsharded split's.
 """
 
 from __future__ import annotations
@@ -42,12 +38,7 @@ def format_score(score: np.float32) -> str:
 
 
 class ImageFilter:
-    """A classifier in onnxruntime and a threshold: which generated images to keep.
-
-    >>> image_filter = ImageFilter.load("classifier.onnx", sampler.meta, min_confidence=0.9)
-    >>> scores = image_filter.scores(images, labels)   # float32 [N]: probability of each image's label
-    >>> keep = image_filter.keeps(scores)              # bool [N]
-    """
+    """A classifier in onnxruntime and a threshold: which generated images to keep (docs/sampler.md)."""
 
     def __init__(self, session, meta: ModelMeta, min_confidence: float, sha256: str, output_kind: str,
                  provider: str, source: str = "<classifier>"):
@@ -62,8 +53,7 @@ class ImageFilter:
     def load(cls, path, meta: ModelMeta, min_confidence: float, provider: str = "auto", threads: int = 0,
              cache_dir: str | None = None) -> ImageFilter:
         """Load and check a classifier against the generator's ModelMeta (a UserError for anything off),
-        and probe it on 2 black images: N dynamic, output float32 [2, classes], finite, in [0, 1] for
-        probabilities."""
+        probing it on 2 black images (N dynamic, output float32 [2, classes], finite, probabilities in [0, 1])."""
         min_confidence = check_min_confidence(min_confidence)
         model = load_model(path, "classifier", provider, threads, cache_dir)
         output_kind = check_classifier_graph(model.session, meta.image_shape, meta.num_classes, model.source)
@@ -104,11 +94,9 @@ class ImageFilter:
         return self.probabilities(images)[np.arange(len(labels)), np.asarray(labels, np.int64)].astype(np.float32)
 
     def keeps(self, scores: np.ndarray) -> np.ndarray:
-        """bool [N]: which images the filter keeps."""
         return np.asarray(scores, np.float32) >= self.threshold
 
-    def identity(self) -> dict:
-        """What of the filter decides the files (part of the set's identity)."""
+    def identity(self) -> dict:  # what of the filter decides the files
         return {"classifier_sha256": self.sha256, "min_confidence": self.min_confidence, "scheme": SCHEME}
 
     def describe(self) -> dict:
@@ -156,16 +144,15 @@ def check_classifier_graph(session, image_shape: tuple[int, int, int], num_class
 WHOLE = Shard()
 
 
-def block_count(shard: Shard, n: int, size: int = 0) -> int:
-    """How many records (blocks of `size` positions, 0: RECORD_IMAGES) shard `shard` of n images has."""
-    return -(-shard.image_count(n) // (size or RECORD_IMAGES))
+def block_count(shard: Shard, n: int) -> int:
+    """How many records shard `shard` of a set of n images has."""
+    return -(-shard.image_count(n) // RECORD_IMAGES)
 
 
-def block_indices(shard: Shard, block: int, n: int, size: int = 0) -> np.ndarray:
+def block_indices(shard: Shard, block: int, n: int) -> np.ndarray:
     """int64 image indices of record `block` of `shard`, ascending."""
-    size = size or RECORD_IMAGES
-    return shard.index + shard.count * np.arange(block * size, min((block + 1) * size, shard.image_count(n)),
-                                                 dtype=np.int64)
+    first = shard.index + shard.count * block * RECORD_IMAGES
+    return shard.image_indices(first, min(n, first + shard.count * RECORD_IMAGES))
 
 
 class ScoreRecords:

@@ -1,8 +1,7 @@
-"""The bytes of a sample set's files: written deterministically (a PNG encoder of our own, PIL's per-image
-overhead being many times the encoding's on small images; .npz entries stored, with fixed timestamps),
-checked before a resume trusts them (image files are not fsynced, so a power cut can leave one empty or
-cut short under its name; pixels are not decoded, the PNG's CRC covers them), and bounded from above
-before a run starts.
+"""The bytes of a sample set's files: written deterministically, checked before a resume trusts them
+(image files are not fsynced, so a power cut can leave one empty or cut short under its name), and
+bounded from above before a run starts (docs/sampler.md, "Interruptions and resume", "Before anything
+is written"). The PNG encoder is our own: PIL's per-image overhead is many times the encoding's here.
 """
 
 from __future__ import annotations
@@ -70,8 +69,8 @@ def write_npz(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> N
 
 
 class PngCheck:
-    """Is a file exactly what encode_png writes for one image shape: its signature and IHDR, one IDAT
-    whose length spans the file and whose CRC matches, and IEND?"""
+    """Is a file what encode_png writes for this shape: its signature and IHDR, one IDAT whose length spans
+    the file and whose CRC matches (the pixels are not decoded), and IEND?"""
 
     def __init__(self, image_shape: tuple[int, int, int], max_bytes: int):
         self._head = encode_png(np.zeros(image_shape, np.uint8))[:_PNG_HEAD]
@@ -96,9 +95,8 @@ class PngCheck:
 
 
 def npz_arrays(path: str, image_shape: tuple[int, int, int], names: tuple[str, ...]) -> dict | None:
-    """The arrays but `images` of an .npz file as write_npz writes them: members exactly `names`
-    (images first), each a stored .npy of its NPZ_DTYPES dtype, all of one count N (images
-    [N, *image_shape]), sizes matching their headers; None when the file is not so."""
+    """The arrays but `images` of an .npz file as write_npz writes them (members exactly `names`, images first,
+    each a stored .npy of its dtype and of one count, sizes matching their headers); None if it is not so."""
     if os.path.islink(path) or not os.path.isfile(path):
         return None
     arrays, count = {}, None
@@ -132,9 +130,7 @@ def npz_is_whole(path: str, image_shape: tuple[int, int, int], labels: np.ndarra
     return arrays is not None and np.array_equal(arrays["labels"], labels)
 
 
-# ------------------------------------------------------------------------------------- free space
-# Each bound is the worst case the writers can produce, so a refused run could not have fitted.
-
+# Free space: each bound is the worst case the writers can produce, so a refused run could not have fitted.
 _ENTRY_BYTES = 256  # per file beyond its blocks: the directory entry (the names stay under 230 bytes)
 _NPZ_OVERHEAD = 4096  # zip headers, zip64 records, .npy headers, the central directory
 SCORE_BYTES = 16  # a manifest's ",score": the shortest float32 text is at most 13 characters
@@ -163,8 +159,7 @@ def manifest_bytes_bound(n: int, classes: list[tuple[int, int, int, str]], seed:
 
 
 def disk_bytes(file_sizes: list[tuple[int, int]], block: int) -> int:
-    """Disk taken by (count, size) groups of files on a file system of `block`-byte blocks (large
-    files take extent or indirect blocks too)."""
+    """Disk taken by (count, size) groups of files in `block`-byte blocks (large files take an index block)."""
     return sum(count * (-(-size // block) * block + _ENTRY_BYTES + (block if size > 64 * block else 0))
                for count, size in file_sizes)
 

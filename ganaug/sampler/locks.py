@@ -1,10 +1,7 @@
-"""Several `ganaug sample` processes on one --out (docs/sampler.md, "Sharding").
-
-A short state lock (flock on the directory) guards reading and changing the set's state; a claim
-(flock on DIR/.shard-I-of-N.lock), taken and dropped only under it, keeps two processes of one shard
-apart and tells who writes now; a done marker (DIR/.shard-I-of-N.done) says a shard has all its files.
-A killed process's flocks go with it; its lock file stays, unheld, until the set's end removes it.
-Without advisory locks (Windows, some mounts) concurrent runs go undetected: one WARNING line says so.
+"""Several `ganaug sample` processes on one --out (docs/sampler.md, "Sharding"): a short state lock (flock
+on the directory) guards the set's state; a claim (flock on DIR/.shard-I-of-N.lock), taken and dropped
+under it, keeps two processes of a shard apart; a done marker (DIR/.shard-I-of-N.done) says a shard has
+all its files. Without advisory locks (Windows, some mounts) concurrent runs go undetected, said once.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
-"""onnxruntime, the one way the sampler meets it: the import (a missing runtime said plainly, two
-clashing distributions in one WARNING line with the fix), a session on the best working provider, and
-failures as one-line UserErrors. `Sampler` and `ImageFilter` both load through `load_model`.
+"""onnxruntime, the one way the sampler meets it: the import (a missing runtime said plainly, clashing
+distributions in one WARNING line with the fix), a model file checked and loaded on the best working
+provider (docs/sampler.md, "Providers and speed"), and failures as one-line UserErrors. `Sampler` and
+`ImageFilter` both load through `load_model`.
 
-"auto" tries TensorRT, CUDA, then CPU among the providers this build lists, quietly skipping the GPU
-ones where no NVIDIA driver is loaded (onnxruntime-gpu on a CPU host is normal). A GPU provider can
-still fail to start and onnxruntime may drop it silently, so the session is asked which provider it
-got, and a fallback is one WARNING line.
+A model's bytes are checked before onnxruntime reads them ("Hostile model files"): onnxruntime, given a
+model as bytes, reads a tensor's external data relative to the current directory, and no option refuses
+it. So `check_self_contained` walks the protobuf wire format itself (no `onnx`: not a sampler dependency)
+wherever a tensor can sit, skipping weights by their length.
 """
 
 from __future__ import annotations
@@ -23,9 +24,98 @@ import numpy as np
 
 from ganaug.errors import UserError
 from ganaug.files import temporary_beside
-from ganaug.sampler.modelfile import check_self_contained
 
 log = logging.getLogger(__name__)
+
+# onnx.proto field numbers (tests/test_sampler_hostile_models.py checks them against onnx's descriptors).
+# For each message: field number -> the message kind it holds, for the fields that can lead to a tensor.
+CHILDREN = {
+    "model": {7: "graph", 20: "training_info", 25: "function"},
+    "training_info": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse_tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},
+    "tensor": {},
+}
+TENSOR_NAME, TENSOR_EXTERNAL_DATA, TENSOR_DATA_LOCATION = 8, 13, 14
+ENTRY_KEY, ENTRY_VALUE = 1, 2  # StringStringEntryProto
+NODE_OP_TYPE = 4
+EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+MAX_DEPTH = 100  # nested messages; protobuf's own parsers stop at 100 too
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ValueError("a number runs past its message")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: memoryview, start: int, end: int):
+    """(field number, wire type, value) of one message; value is (start, end) for length-delimited fields."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == _VARINT:
+            value, pos = _varint(data, pos, end)
+        elif wire == _FIXED64 or wire == _FIXED32:
+            value, pos = None, pos + (8 if wire == _FIXED64 else 4)
+        elif wire == _LENGTH:
+            length, pos = _varint(data, pos, end)
+            value, pos = (pos, pos + length), pos + length
+        else:
+            raise ValueError(f"wire type {wire} in field {number}")
+        if pos > end:
+            raise ValueError(f"field {number} runs past its message")
+        yield number, wire, value
+
+
+def _text(data: memoryview, span: tuple[int, int], limit: int = 80) -> str:
+    text = bytes(data[span[0] : min(span[1], span[0] + limit)]).decode("utf-8", errors="replace")
+    return repr(text + ("..." if span[1] - span[0] > limit else ""))
+
+
+def check_self_contained(model: bytes, source: str) -> None:
+    """Raise a UserError if the serialised ModelProto refers to data outside itself (or is not one)."""
+    data, stack = memoryview(model), [("model", 0, len(model), 0)]
+    try:
+        while stack:
+            kind, start, end, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise UserError(f"{source}: the model nests its graphs more than {MAX_DEPTH} messages deep")
+            name, location, external = "", None, False
+            for number, wire, value in _fields(data, start, end):
+                if kind == "tensor" and number == TENSOR_NAME and wire == _LENGTH:
+                    name = _text(data, value)
+                elif kind == "tensor" and number == TENSOR_DATA_LOCATION and wire == _VARINT and value == EXTERNAL:
+                    external = True
+                elif kind == "tensor" and number == TENSOR_EXTERNAL_DATA and wire == _LENGTH:
+                    external, entry = True, {n: v for n, w, v in _fields(data, *value) if w == _LENGTH}
+                    if bytes(data[slice(*entry.get(ENTRY_KEY, (0, 0)))]) == b"location" and ENTRY_VALUE in entry:
+                        location = _text(data, entry[ENTRY_VALUE])
+                elif kind == "node" and number == NODE_OP_TYPE and wire == _LENGTH:
+                    if bytes(data[slice(*value)]) == b"EPContext":
+                        raise UserError(f"{source}: the model holds an EPContext node (a precompiled execution-"
+                                        "provider graph that may load other files); export the plain ONNX graph instead")
+                elif number in CHILDREN[kind] and wire == _LENGTH:
+                    stack.append((CHILDREN[kind][number], *value, depth + 1))
+            if external:
+                raise UserError(f"{source}: tensor {name or '(unnamed)'} keeps its data in an external file"
+                                f"{f' ({location})' if location else ''}; a ganaug model holds all its weights inside "
+                                "the .onnx file, and this sampler reads nothing else")
+    except ValueError as exc:  # from _varint and _fields
+        raise UserError(f"cannot load {source} as an ONNX model: not a valid protobuf message ({exc})") from None
+
 
 DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-qnn",
                  "onnxruntime-rocm", "onnxruntime-training")
@@ -138,7 +228,13 @@ def _is_quantized(model: bytes | str) -> bool:
     return isinstance(model, bytes) and b"QuantizeLinear" in model
 
 
-def _new_session(model: bytes | str, options, providers: list[str], cache_dir: str | None):
+def _new_session(model: bytes | str, providers: list[str], threads: int, cache_dir: str | None = None,
+                 save_to: str | None = None):
+    options = session_options(threads)
+    if isinstance(model, str):  # a cached graph, optimised already
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if save_to:
+        options.optimized_model_filepath = save_to
     trt_cache = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": os.path.join(cache_dir or "", "tensorrt")}
     return ort.InferenceSession(
         model, options, providers=providers, enable_fallback=0,
@@ -149,35 +245,31 @@ def _new_session(model: bytes | str, options, providers: list[str], cache_dir: s
 def cpu_session(model: bytes, threads: int = 0):
     """A CPU session set up as `ganaug sample` sets it up (the exporter verifies and times with it)."""
     check_self_contained(model, "the model")
-    return _new_session(model, session_options(threads), [PROVIDERS["cpu"]], None)
+    return _new_session(model, [PROVIDERS["cpu"]], threads)
 
 
 def _cached_session(model: bytes, sha256: str, providers: list[str], threads: int, cache_dir: str | None):
-    """A session, from or into the optimised-model cache where one is configured. TensorRT compiles
-    into nodes that cannot be serialised and keeps its own engine cache."""
+    """A session, from or into the optimised-model cache where one is configured (TensorRT compiles into
+    nodes that cannot be saved: it keeps its own engine cache)."""
     if not cache_dir or providers[0] == PROVIDERS["tensorrt"]:
-        return _new_session(model, session_options(threads), providers, cache_dir)
+        return _new_session(model, providers, threads, cache_dir)
 
-    def cached(provider: str) -> str:  # optimised graphs may hold kernels for this CPU: key by all that shaped them
-        name = f"{sha256}-{short_provider(provider)}-ort{ort.__version__}-{platform.machine()}.onnx"
-        return os.path.join(cache_dir, name)
+    def cached(provider: str) -> str:  # an optimised graph may hold kernels for this CPU: keyed by all that shaped it
+        return os.path.join(cache_dir, f"{sha256}-{short_provider(provider)}-ort{ort.__version__}-{platform.machine()}"
+                                       ".onnx")
 
     if os.path.exists(cached(providers[0])):
-        options = session_options(threads)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
         try:
-            return _new_session(cached(providers[0]), options, providers, cache_dir)
+            return _new_session(cached(providers[0]), providers, threads, cache_dir)
         except ORT_ERRORS as exc:
             log.warning("ignoring unreadable optimised-model cache %s: %s", cached(providers[0]), ort_message(exc))
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as exc:  # a cache is an optimisation, never a reason to fail
         log.warning("not caching the optimised model: cannot create %s (%s)", cache_dir, exc.strerror or exc)
-        return _new_session(model, session_options(threads), providers, None)
-    options = session_options(threads)
-    options.optimized_model_filepath = temp = temporary_beside(cached(providers[0]))
+        return _new_session(model, providers, threads)
     try:
-        session = _new_session(model, options, providers, cache_dir)
+        session = _new_session(model, providers, threads, cache_dir, save_to=(temp := temporary_beside(cached("x"))))
         os.replace(temp, cached(session.get_providers()[0]))  # the provider it really got; atomic for readers
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -1,15 +1,10 @@
-"""`Sampler`: a ganaug generator in onnxruntime. Image i is a pure function of (model, seed, i):
-
-- latents: indices are grouped in blocks of BLOCK_SIZE; block b of a seed is drawn whole from its own
-  Philox stream keyed by (seed, b), so z_i never depends on the batch size, on what was generated
-  before, or on interruptions, and any index range costs at most two extra partial blocks;
-- labels: image i gets the selected class at position i % k (k selected classes, in model order), so
-  any prefix is as balanced as it can be (the first n % k classes get one image more).
+"""`Sampler`: a ganaug generator in onnxruntime; image i is a function of (model, seed, i) alone
+(docs/sampler.md, "Determinism"): latent blocks of BLOCK_SIZE drawn whole from a Philox stream keyed by
+(seed, block), and the selected class at position i % k as the label.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -18,8 +13,6 @@ import numpy as np
 from ganaug.contract import ModelMeta, TensorSpec, read_model_meta
 from ganaug.errors import UserError
 from ganaug.sampler.runtime import GPU_PROVIDERS, RunFailed, load_model, ort, run_checked, run_options
-
-log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1024
 SCHEME = "philox-block1024-float32-v1"  # in sample_info.json: another scheme changes every image
@@ -39,42 +32,31 @@ def latent_block(seed: int, block: int, z_dim: int, truncation: float = 0.0) -> 
 
 
 class LatentSource:
-    """Latents for any index array of one (seed, z_dim, truncation), with the last blocks cached."""
+    """Latents for any index array of one (seed, z_dim, truncation), the last blocks cached."""
 
     def __init__(self, seed: int, z_dim: int, truncation: float = 0.0, cached_blocks: int = 4):
         if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
             raise ValueError(f"truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
-        self.seed, self.z_dim, self.truncation = seed, z_dim, truncation
-        self._cached_blocks, self._cache = cached_blocks, {}
-
-    def _block(self, block: int) -> np.ndarray:
-        if block not in self._cache:
-            if len(self._cache) >= self._cached_blocks:
-                self._cache.pop(next(iter(self._cache)))  # the oldest: runs move forward
-            self._cache[block] = latent_block(self.seed, block, self.z_dim, self.truncation)
-        return self._cache[block]
+        self.seed, self.z_dim, self.truncation, self._cached_blocks, self._cache = seed, z_dim, truncation, cached_blocks, {}
 
     def latents(self, indices: np.ndarray) -> np.ndarray:
         """float32 [len(indices), z_dim]; row k is the latent of image indices[k]."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size and indices.min() < 0:
             raise ValueError("image indices must be non-negative")
-        out = np.empty((len(indices), self.z_dim), dtype=np.float32)
-        blocks = indices // BLOCK_SIZE
+        out, blocks = np.empty((len(indices), self.z_dim), dtype=np.float32), indices // BLOCK_SIZE
         for block in np.unique(blocks).tolist():
-            rows = blocks == block
-            out[rows] = self._block(block)[indices[rows] % BLOCK_SIZE]
+            if block not in self._cache:
+                if len(self._cache) >= self._cached_blocks:
+                    self._cache.pop(next(iter(self._cache)))  # the oldest: runs move forward
+                self._cache[block] = latent_block(self.seed, block, self.z_dim, self.truncation)
+            out[blocks == block] = self._cache[block][indices[blocks == block] % BLOCK_SIZE]
         return out
 
 
 def labels_for(indices: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     """int64 model class index of each image index."""
     return np.asarray(classes, dtype=np.int64)[np.asarray(indices, dtype=np.int64) % len(classes)]
-
-
-def counts_per_class(n: int, classes: tuple[int, ...]) -> list[int]:
-    """How many of images 0..n-1 each selected class gets (in the order of `classes`)."""
-    return [n // len(classes) + (position < n % len(classes)) for position in range(len(classes))]
 
 
 def class_index_of(meta: ModelMeta, name: str) -> int:
@@ -111,18 +93,17 @@ class Batch(NamedTuple):
 
 
 class _IoBindingRunner:
-    """On a GPU: inputs copied once into device buffers, the output left there until the one copy of
-    the (small, uint8) images to host memory."""
+    """On a GPU: inputs copied once into device buffers, the output left there until the one copy of the
+    (small, uint8) images to host memory."""
 
-    def __init__(self, session: ort.InferenceSession, device: str, device_id: int = 0):
-        self._session, self._device, self._device_id, self._options = session, device, device_id, run_options()
+    def __init__(self, session: ort.InferenceSession, device: str):
+        self._session, self._device, self._options = session, device, run_options()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         binding = self._session.io_binding()
         for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(array), self._device, self._device_id))
-        binding.bind_output("images", self._device, self._device_id)
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self._device))
+        binding.bind_output("images", self._device)
         self._session.run_with_iobinding(binding, self._options)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -135,63 +116,48 @@ class Sampler:
     """
 
     def __init__(self, session: ort.InferenceSession, meta: ModelMeta, provider: str, source: str = "<model>"):
-        self.session, self.meta, self.source = session, meta, source
-        self.provider = provider  # the onnxruntime provider really in use
+        self.session, self.meta, self.provider, self.source = session, meta, provider, source  # provider: in use
         options = run_options()
         self._run = _IoBindingRunner(session, "cuda") if provider in GPU_PROVIDERS else \
             lambda feeds: session.run(["images"], feeds, options)[0]
-        self._latents: LatentSource | None = None
+        self._latents = LatentSource(0, meta.z_dim)
 
     @classmethod
     def load(cls, path, provider: str = "auto", threads: int = 0, cache_dir: str | None = None) -> Sampler:
         """Load and check a model (a UserError for a hostile or inconsistent file). provider:
-        auto|cpu|cuda|tensorrt; threads: 0 = physical cores; cache_dir: optimised-model cache (default:
-        from GANAUG_ORT_CACHE, off when unset)."""
+        auto|cpu|cuda|tensorrt; threads: 0 = physical cores; cache_dir: see runtime.load_model."""
         model = load_model(path, "model", provider, threads, cache_dir)
-        meta = read_model_meta(model.metadata, [TensorSpec.from_node_arg(arg) for arg in model.session.get_inputs()],
-                               [TensorSpec.from_node_arg(arg) for arg in model.session.get_outputs()], model.sha256,
-                               model.source)
-        log.debug("loaded %s on %s: %s", path, model.provider, meta)
+        specs = [[TensorSpec.from_node_arg(arg) for arg in args]
+                 for args in (model.session.get_inputs(), model.session.get_outputs())]
+        meta = read_model_meta(model.metadata, *specs, sha256=model.sha256, source=model.source)
         sampler = cls(model.session, meta, model.provider, model.source)
-        sampler.probe()
-        return sampler
-
-    def probe(self) -> None:
-        """The metadata against what the graph does, before anything is written: a batch of 2 shows N is
-        dynamic, z takes z_dim values and the output is uint8 [N, *image_shape]; an image of the last
-        class shows the label embedding has num_classes rows (a smaller one fails, or on some providers
-        reads past its end, for the highest labels only)."""
-        meta, z = self.meta, np.zeros((2, self.meta.z_dim), np.float32)
+        # The metadata against what the graph does, before anything is written: a batch of 2 shows N is
+        # dynamic, z takes z_dim values and the output is uint8 [N, *image_shape]; an image of the last
+        # class, that the label embedding has num_classes rows (a smaller one fails, or on some providers
+        # reads past its end, for the highest labels only).
+        z = np.zeros((2, meta.z_dim), np.float32)
         try:
-            self.run(z, np.zeros(2, np.int64))
+            sampler.run(z, np.zeros(2, np.int64))
         except RunFailed as exc:
-            raise UserError(f"{self.source}: the model fails on a batch of 2 latents of ganaug.z_dim={meta.z_dim} "
+            raise UserError(f"{model.source}: the model fails on a batch of 2 latents of ganaug.z_dim={meta.z_dim} "
                             f"values ({exc.reason}); the metadata does not match the graph") from None
-        if meta.conditional and meta.num_classes > 1:
-            try:
-                self.run(z[:1], np.array([meta.num_classes - 1], np.int64))
-            except RunFailed as exc:
-                raise UserError(f"{self.source}: the model cannot generate label {meta.num_classes - 1} although "
-                                f"ganaug.num_classes is {meta.num_classes} (its label embedding is smaller: "
-                                f"{exc.reason})") from None
+        try:
+            if meta.conditional and meta.num_classes > 1:
+                sampler.run(z[:1], np.array([meta.num_classes - 1], np.int64))
+        except RunFailed as exc:
+            raise UserError(f"{model.source}: the model cannot generate label {meta.num_classes - 1} although "
+                            f"ganaug.num_classes is {meta.num_classes} (its label embedding is smaller: "
+                            f"{exc.reason})") from None
+        return sampler
 
     def latents(self, indices: np.ndarray, seed: int = 0, truncation: float = 0.0) -> np.ndarray:
         """float32 [len(indices), z_dim]: the latent of each image index."""
-        source = self._latents
-        if source is None or (source.seed, source.truncation) != (seed, float(truncation)):
+        if (self._latents.seed, self._latents.truncation) != (seed, float(truncation)):
             try:
-                source = self._latents = LatentSource(seed, self.meta.z_dim, float(truncation))
+                self._latents = LatentSource(seed, self.meta.z_dim, float(truncation))
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-        return source.latents(indices)
-
-    def class_index(self, label) -> int:
-        """A class given by index or by name -> model class index."""
-        if isinstance(label, str):
-            return class_index_of(self.meta, label)
-        if not 0 <= int(label) < self.meta.num_classes:
-            raise UserError(f"class index {int(label)} out of range 0..{self.meta.num_classes - 1}")
-        return int(label)
+        return self._latents.latents(indices)
 
     def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         """One inference call: z float32 [B, z_dim], labels int64 [B] -> uint8 [B, H, W, C]."""
@@ -213,19 +179,22 @@ class Sampler:
                 classes: Sequence | None = None, truncation: float = 0.0) -> Iterator[Batch]:
         """Images start .. start+n-1 in batches of at most batch_size. labels: None (image i gets class
         i % k of `classes`, all classes by default), one class (index or name) for all, or one per image."""
-        if n < 0 or start < 0 or batch_size < 1:
-            raise ValueError("n and start must be non-negative and batch_size positive")
+        def class_index(label) -> int:
+            if isinstance(label, str):
+                return class_index_of(self.meta, label)
+            if not 0 <= int(label) < self.meta.num_classes:
+                raise UserError(f"class index {int(label)} out of range 0..{self.meta.num_classes - 1}")
+            return int(label)
+
         if labels is not None and classes is not None:
             raise ValueError("give labels or classes, not both")
         if labels is None:
-            selected = range(self.meta.num_classes) if classes is None else sorted(map(self.class_index, classes))
+            selected = range(self.meta.num_classes) if classes is None else sorted(map(class_index, classes))
             all_labels = labels_for(np.arange(start, start + n), tuple(selected))
         elif isinstance(labels, (str, int, np.integer)):
-            all_labels = np.full(n, self.class_index(labels), dtype=np.int64)
-        else:
-            all_labels = np.asarray([self.class_index(label) for label in labels], dtype=np.int64)
-            if len(all_labels) != n:
-                raise ValueError(f"labels has {len(all_labels)} entries for n={n} images")
+            all_labels = np.full(n, class_index(labels), dtype=np.int64)
+        elif len(all_labels := np.asarray([class_index(label) for label in labels], dtype=np.int64)) != n:
+            raise ValueError(f"labels has {len(all_labels)} entries for n={n} images")
         for offset in range(0, n, batch_size):
             indices = np.arange(start + offset, start + min(offset + batch_size, n), dtype=np.int64)
             batch_labels = all_labels[offset:offset + len(indices)]

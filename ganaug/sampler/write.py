@@ -1,14 +1,13 @@
-"""`write_samples`: one process's run of a sample set (docs/sampler.md, "Interruptions and resume").
-
-It claims its shard and, under the directory's state lock (locks.py), opens the directory (layout.py),
-checks that its files fit and records the set's identity; then writes its part, inference on the main
-thread while a bounded pool of threads writes the previous batches, generating only the files missing
-or not whole; then marks its shard done, and the run that finds every shard done finishes the set.
+"""`write_samples`: one process's run on a sample set (docs/sampler.md): claim its shard; under the state
+lock, open the directory, check that its files fit, record the set; write its part (inference on the main
+thread, writer threads behind it, only the files missing or not whole); mark its shard done, and finish
+the set if it is the last.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import io
 import json
@@ -27,7 +26,7 @@ from ganaug.sampler import formats, locks
 from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices, format_score
 from ganaug.sampler.layout import Layout, Shard, class_dir_names, open_for_run, read_info, write_info
 from ganaug.sampler.runtime import physical_cores, short_provider
-from ganaug.sampler.sampler import SCHEME, Sampler, counts_per_class, labels_for
+from ganaug.sampler.sampler import SCHEME, Sampler, labels_for
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +90,8 @@ class SampleResult:
             return text
         if self.complete:
             return f"{text}; shard {self.shard}: the set is complete"
-        return f"{text}; shard {self.shard} is done, the set waits for shards {_listed(self.waiting_for)} of " \
-               f"{self.shard.count}"
-
-
-def _listed(shards) -> str:
-    return ", ".join(map(str, shards[:10])) + (", ..." if len(shards) > 10 else "")
+        waiting = ", ".join(map(str, self.waiting_for[:10])) + (", ..." if len(self.waiting_for) > 10 else "")
+        return f"{text}; shard {self.shard} is done, the set waits for shards {waiting} of {self.shard.count}"
 
 
 class Progress:
@@ -105,12 +100,9 @@ class Progress:
     def __init__(self, total: int, enabled: bool = True, log_every_s: float = 10.0):
         self.total, self.done, self._enabled, self._bar, self._log_every_s = total, 0, enabled, None, log_every_s
         self._start = self._last_log = time.monotonic()
-        if enabled:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05)
+        with contextlib.suppress(ImportError):
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05) if enabled else None
 
     def update(self, count: int) -> None:
         self.done += count
@@ -127,10 +119,9 @@ class Progress:
 
 
 class WritePool:
-    """Write jobs on threads, at most `max_pending` queued or running: memory stays bounded whatever N
-    is, and zlib and file writes (which release the GIL) overlap with inference. A job returns how many
-    images it wrote; the first failure is raised at the next submit() or on exit, where an error
-    cancels the queued jobs (running ones finish, each removing its own temporary file)."""
+    """Write jobs (returning the images they wrote) on threads, at most `max_pending` at once: memory stays
+    bounded, and zlib and file writes (which release the GIL) overlap with inference. A failure is raised
+    at the next submit() or on exit; an error cancels the queued jobs (running ones clean up after them)."""
 
     def __init__(self, workers: int, max_pending: int, on_done=lambda count: None):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ganaug-write")
@@ -165,7 +156,8 @@ class _Run:
         self.sampler, self.request, self.filter, self.out_dir = sampler, request, image_filter, request.out_dir
         self.layout = Layout(request.out_dir, request.format, class_dir_names(sampler.meta.class_names),
                              request.shard_size)
-        self.counts = counts_per_class(request.n, request.classes)
+        k = len(request.classes)  # image i has class i % k: the first n % k classes get one image more
+        self.counts = [request.n // k + (position < request.n % k) for position in range(k)]
         self.claim, self.workers = locks.Claim(request.out_dir, request.shard), request.writers or physical_cores()
         self.identity = self.info()["identity"]
 
@@ -198,8 +190,7 @@ class _Run:
         return [os.path.join(self.out_dir, self.layout.class_dirs[c]) for c, count
                 in zip(self.request.classes, self.counts, strict=True) if count and self.request.format == "png"]
 
-    def clean_temporaries(self) -> None:
-        """Remove temporaries of killed runs: only while no other run writes (they could be its own)."""
+    def clean_temporaries(self) -> None:  # only while no other run writes: they could be its own
         if stale := sum(clean_temporaries(d) for d in [self.out_dir, *self.class_directories()]):
             log.info("removed %d temporary files left by an interrupted run", stale)
 
@@ -231,8 +222,8 @@ class _Run:
         formats.check_free_space(self.out_dir, files, f"{what}, manifest.csv and sample_info.json")
 
     def open(self) -> bool:
-        """Under the state lock: a fresh set, or this set resumed (True); anything else is refused, and so is
-        a run whose files cannot fit, before it writes anything."""
+        """Under the state lock: a fresh set, or this set resumed (True); anything else is refused before it
+        writes anything, and so is a run whose files cannot fit."""
         running = self.claim.others_running()
         resuming = open_for_run(self.out_dir, self.identity, self.request.overwrite, running, self.claim.path)
         self.check_space()
@@ -266,9 +257,8 @@ class _Run:
         return len(kept) if whole else None
 
     def write_part(self, resuming: bool, progress: Progress) -> collections.Counter:
-        """This process's files, PNG or .npz, filtered or not; resuming, only those missing or not whole (a
-        filtered PNG resume also trusts the score records: a recorded rejected image is done, a recorded
-        kept one is not scored again). Counts the images written, skipped, rejected and damaged files."""
+        """This process's files; resuming, only those missing or not whole, and a filtered PNG resume trusts
+        the score records (a recorded rejected image is done, a recorded kept one is not scored again)."""
         request, layout, image_filter = self.request, self.layout, self.filter
         counts, shape, npz = collections.Counter(), self.sampler.meta.image_shape, request.format == "npz"
         check = formats.PngCheck(shape, formats.png_bytes_bound(shape)) if resuming and not npz else None
@@ -291,10 +281,8 @@ class _Run:
             units = ((np.arange(k * request.shard_size, min((k + 1) * request.shard_size, request.n), dtype=np.int64),
                       k) for k in request.npz_files)
             pool, chunk = WritePool(1, 1), 0
-        else:  # blocks of the shard's images (the score records' blocks when filtered)
-            size = 0 if records is not None else max(request.batch_size, 4096)
-            units = ((block_indices(request.shard, b, request.n, size), b)
-                     for b in range(block_count(request.shard, request.n, size)))
+        else:  # the shard's images, block by block of the score records
+            units = ((block_indices(request.shard, b, request.n), b) for b in range(block_count(request.shard, request.n)))
             chunk = max(1, min(_PNG_CHUNK, -(-request.batch_size // self.workers)))
             # enough queued work to keep every writer busy while the next batch is inferred, no more
             pool = WritePool(self.workers, max(2 * self.workers, 2 * -(-request.batch_size // chunk)), written)
@@ -354,8 +342,8 @@ class _Run:
         return counts
 
     def write_manifest(self) -> list[int]:
-        """manifest.csv of the finished set, streamed from the index range (never from what happens to be on
-        disk) or, filtered, from the score records (png) or the .npz files; returns the rows per class."""
+        """manifest.csv from the index range (not from what happens to be on disk) or, filtered, the score
+        records (png) or the .npz files, streamed; returns the rows per selected class."""
         request, layout, image_filter, names = self.request, self.layout, self.filter, self.sampler.meta.class_names
         listed = np.zeros(len(names), dtype=np.int64)
 
@@ -392,14 +380,11 @@ class _Run:
         return [int(listed[c]) for c in request.classes]
 
     def finish(self) -> list[int]:
-        """Under the state lock: mark this shard done; the run that finds every shard of its split done
-        finishes the set. Returns the shards still missing."""
-        request, shard, missing = self.request, self.request.shard, self.claim.mark_done()
+        """Under the state lock: mark this shard done, and finish the set if every shard is; the shards missing."""
+        request, missing = self.request, self.claim.mark_done()
         info = read_info(self.out_dir) or {}
         if missing and (info.get("complete") is not True or info.get("identity") != self.identity):
-            log.info("shard %s is done; the set waits for shards %s of %d (the last to finish writes manifest.csv)",
-                     shard, _listed(missing), shard.count)
-            return missing
+            return missing  # the last shard to finish writes manifest.csv
         if self.filter is not None and request.format == "png":
             ScoreRecords(self.out_dir, request.n).finish()
         kept = self.write_manifest()
@@ -422,11 +407,9 @@ class _Run:
 
 
 def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter | None = None) -> SampleResult:
-    """Generate this request's part of the set of request.n images into request.out_dir (all of it when
-    unsharded), resuming an earlier identical run; finish the set when every part is there.
-
-    filter: write only the images this classifier and threshold keep (ImageFilter.load(path, sampler.meta,
-    min_confidence)); a set is filtered or not from its first run on (part of its identity)."""
+    """Write this request's part (its shard) of the set of request.n images into request.out_dir, resuming an
+    earlier identical run, and finish the set when every part is there. filter: keep only the images this
+    ImageFilter.load(path, sampler.meta, min_confidence) keeps (part of the set's identity)."""
     if request.format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {request.format!r}")
     assert request.n > 0 and request.classes, "the entry point checks the count and the classes"

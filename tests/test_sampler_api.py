@@ -302,7 +302,7 @@ def test_png_encoder_round_trips_through_pillow(shape):  # 40x40x3 is past the s
 
     from PIL import Image
 
-    from ganaug.sampler.formats import encode_png
+    from ganaug.sampler.layout import encode_png
 
     image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     data = encode_png(image)

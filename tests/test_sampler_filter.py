@@ -276,7 +276,7 @@ def test_resume_after_sigkill_is_byte_identical(model, classifier, tmp_path):
     assert filtered(model, reference, classifier, "--n", n) == 0
     code = (
         "import sys, time\n"
-        "import ganaug.sampler.formats as part, ganaug.sampler.filter as scores\n"
+        "import ganaug.sampler.layout as part, ganaug.sampler.filter as scores\n"
         f"scores.RECORD_IMAGES = {BLOCK}\n"
         "encode = part.encode_png\n"
         "part.encode_png = lambda image: (time.sleep(0.005), encode(image))[1]\n"

@@ -12,7 +12,7 @@ from onnx_models import make_model
 from sampling import sample, tree
 
 from ganaug.sampler import write as job
-from ganaug.sampler.formats import PngCheck, encode_png, npz_is_whole, png_bytes_bound, write_npz
+from ganaug.sampler.layout import PngCheck, encode_png, npz_is_whole, png_bytes_bound, write_npz
 
 SHAPE = (8, 8, 1)
 

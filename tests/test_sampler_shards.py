@@ -168,7 +168,7 @@ def test_a_second_unsharded_run_is_refused(model, tmp_path, capsys):
 
 _SLOW_SAMPLER = (
     "import os, sys, time\n"
-    "import ganaug.sampler.formats as part\n"
+    "import ganaug.sampler.layout as part\n"
     "encode, delay = part.encode_png, float(os.environ.get('SLOW_PNG_S', '0'))\n"
     "part.encode_png = lambda image: (time.sleep(delay), encode(image))[1]\n"
     "from ganaug.cli import main\n"

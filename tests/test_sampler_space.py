@@ -14,7 +14,7 @@ from onnx_models import make_model
 from sampling import sample, sample_error
 
 import ganaug.sampler.entry as entry
-from ganaug.sampler.formats import (
+from ganaug.sampler.layout import (
     disk_bytes,
     encode_png,
     manifest_bytes_bound,

@@ -8,8 +8,7 @@ import os
 
 from ganaug.errors import UserError
 from ganaug.sampler.filter import ImageFilter, check_min_confidence
-from ganaug.sampler.formats import human
-from ganaug.sampler.layout import parse_shard
+from ganaug.sampler.layout import human, parse_shard
 from ganaug.sampler.sampler import MIN_TRUNCATION, Sampler, select_classes
 from ganaug.sampler.write import SampleRequest, write_samples
 

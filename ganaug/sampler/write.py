@@ -22,9 +22,9 @@ import numpy as np
 from ganaug import __version__
 from ganaug.errors import UserError
 from ganaug.files import clean_temporaries, sync_filesystems, write_atomic
-from ganaug.sampler import formats, locks
+from ganaug.sampler import layout, locks
 from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices, format_score
-from ganaug.sampler.layout import Layout, Shard, class_dir_names, open_for_run, read_info, write_info
+from ganaug.sampler.layout import Layout, Shard
 from ganaug.sampler.runtime import physical_cores, short_provider
 from ganaug.sampler.sampler import SCHEME, Sampler, labels_for
 
@@ -143,18 +143,18 @@ class WritePool:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _write_pngs(layout: Layout, indices: np.ndarray, labels: np.ndarray, images: np.ndarray) -> int:
+def _write_pngs(paths: Layout, indices: np.ndarray, labels: np.ndarray, images: np.ndarray) -> int:
     for index, label, image in zip(indices.tolist(), labels.tolist(), images, strict=True):
-        formats.write_file(layout.path(index, label), formats.encode_png(image))
+        layout.write_file(paths.path(index, label), layout.encode_png(image))
     return len(indices)
 
 
 class _Run:
-    """One process's run on one set: its request, and the layout and identity they imply."""
+    """One process's run on one set: its request, and the paths and identity they imply."""
 
     def __init__(self, sampler: Sampler, request: SampleRequest, image_filter: ImageFilter | None):
         self.sampler, self.request, self.filter, self.out_dir = sampler, request, image_filter, request.out_dir
-        self.layout = Layout(request.out_dir, request.format, class_dir_names(sampler.meta.class_names),
+        self.paths = Layout(request.out_dir, request.format, layout.class_dir_names(sampler.meta.class_names),
                              request.shard_size)
         k = len(request.classes)  # image i has class i % k: the first n % k classes get one image more
         self.counts = [request.n // k + (position < request.n % k) for position in range(k)]
@@ -164,12 +164,12 @@ class _Run:
     def info(self, complete: bool = False, kept: list[int] | None = None) -> dict:
         """sample_info.json. Its identity is everything that decides the files' contents (equal identity,
         same files, whatever the shard); `kept`: per selected class, the images the filter kept."""
-        request, names, class_dirs = self.request, self.sampler.meta.class_names, self.layout.class_dirs
+        request, names, class_dirs = self.request, self.sampler.meta.class_names, self.paths.class_dirs
         identity = {"model_sha256": self.sampler.meta.sha256, "seed": request.seed, "n": request.n,
                     "classes": [names[c] for c in request.classes], "format": request.format,
                     "truncation": request.truncation, "latent_scheme": SCHEME}
         if request.format == "png":  # where the files go is part of what they are
-            identity |= {"png_encoding": formats.PNG_ENCODING, "class_dirs": [class_dirs[c] for c in request.classes]}
+            identity |= {"png_encoding": layout.PNG_ENCODING, "class_dirs": [class_dirs[c] for c in request.classes]}
         else:
             identity["shard_size"] = request.shard_size
         info = {"ganaug_version": __version__, "identity": identity,
@@ -187,7 +187,7 @@ class _Run:
 
     def class_directories(self) -> list[str]:
         """A PNG set's class directories, of the classes that get images (ImageFolder refuses an empty one)."""
-        return [os.path.join(self.out_dir, self.layout.class_dirs[c]) for c, count
+        return [os.path.join(self.out_dir, self.paths.class_dirs[c]) for c, count
                 in zip(self.request.classes, self.counts, strict=True) if count and self.request.format == "png"]
 
     def clean_temporaries(self) -> None:  # only while no other run writes: they could be its own
@@ -197,38 +197,38 @@ class _Run:
     def check_space(self) -> None:
         """Refuse, before the first image, a run whose files cannot fit where --out is, counting only the
         files still missing. A filter only removes images: its records and scores add to the bound."""
-        request, layout, shape, filtered = self.request, self.layout, self.sampler.meta.image_shape, self.filter
+        request, paths, shape, filtered = self.request, self.paths, self.sampler.meta.image_shape, self.filter
         if request.format == "png":
             present = sum(i < request.n and i % request.shard.count == request.shard.index  # judged by their names
                           and request.classes[i % len(request.classes)] == label
-                          for label in request.classes for i in layout.png_indices(label))
-            count, size = request.part_images - present, formats.png_bytes_bound(shape)
+                          for label in request.classes for i in paths.png_indices(label))
+            count, size = request.part_images - present, layout.png_bytes_bound(shape)
             files = [(count + self.workers, size)]  # + one temporary per writer
             if filtered:  # this part's records, and the whole set's when this run finishes it
                 files.append((block_count(request.shard, request.n) + block_count(WHOLE, request.n) + 1,
                               ScoreRecords.bytes_bound()))
-            what = f"{count:,} PNGs ({formats.human(size)} each at most)"
+            what = f"{count:,} PNGs ({layout.human(size)} each at most)"
         else:
-            count = sum(not os.path.exists(layout.file_path(k)) for k in request.npz_files)
+            count = sum(not os.path.exists(paths.file_path(k)) for k in request.npz_files)
             # filtered: the kept images' indices (int64) and scores (float32) beside them
-            size = formats.npz_bytes_bound(request.shard_size, shape, extra_bytes_per_image=12 if filtered else 0)
+            size = layout.npz_bytes_bound(request.shard_size, shape, extra_bytes_per_image=12 if filtered else 0)
             files = [(count + 1, size)]  # + the file rewritten when one is damaged
-            what = f"{count:,} .npz files ({formats.human(size)} each at most)"
-        rows = [(count, c, len(layout.relative_path(request.n - 1, c).encode()), self.sampler.meta.class_names[c])
+            what = f"{count:,} .npz files ({layout.human(size)} each at most)"
+        rows = [(count, c, len(paths.relative_path(request.n - 1, c).encode()), self.sampler.meta.class_names[c])
                 for c, count in zip(request.classes, self.counts, strict=True)]
         info = 2 * len(json.dumps(self.info(), ensure_ascii=False).encode()) + 64 + 128 * len(rows) * bool(filtered)
-        files += [(1, formats.manifest_bytes_bound(request.n, rows, request.seed, score_column=bool(filtered))),
+        files += [(1, layout.manifest_bytes_bound(request.n, rows, request.seed, score_column=bool(filtered))),
                   (1, info), (2, 0)]  # the manifest: whichever shard finishes last writes it
-        formats.check_free_space(self.out_dir, files, f"{what}, manifest.csv and sample_info.json")
+        layout.check_free_space(self.out_dir, files, f"{what}, manifest.csv and sample_info.json")
 
     def open(self) -> bool:
         """Under the state lock: a fresh set, or this set resumed (True); anything else is refused before it
         writes anything, and so is a run whose files cannot fit."""
         running = self.claim.others_running()
-        resuming = open_for_run(self.out_dir, self.identity, self.request.overwrite, running, self.claim.path)
+        resuming = layout.open_for_run(self.out_dir, self.identity, self.request.overwrite, running, self.claim.path)
         self.check_space()
         if not resuming:
-            write_info(self.out_dir, self.info())
+            layout.write_info(self.out_dir, self.info())
         for directory in self.class_directories():
             if os.path.islink(directory):  # a link could lead the writes out of --out
                 raise UserError(f"{directory} is a symbolic link; refusing to write through it")
@@ -245,8 +245,8 @@ class _Run:
         indices ascending inside the range, each label its index's, its scores in [TAU, 1])."""
         shape = self.sampler.meta.image_shape
         if self.filter is None:
-            return len(indices) if formats.npz_is_whole(path, shape, labels) else None
-        arrays = formats.npz_arrays(path, shape, ("images", "labels", "indices", "scores"))
+            return len(indices) if layout.npz_is_whole(path, shape, labels) else None
+        arrays = layout.npz_arrays(path, shape, ("images", "labels", "indices", "scores"))
         if arrays is None:
             return None
         kept, scores = arrays["indices"], arrays["scores"]
@@ -259,14 +259,14 @@ class _Run:
     def write_part(self, resuming: bool, progress: Progress) -> collections.Counter:
         """This process's files; resuming, only those missing or not whole, and a filtered PNG resume trusts
         the score records (a recorded rejected image is done, a recorded kept one is not scored again)."""
-        request, layout, image_filter = self.request, self.layout, self.filter
+        request, paths, image_filter = self.request, self.paths, self.filter
         counts, shape, npz = collections.Counter(), self.sampler.meta.image_shape, request.format == "npz"
-        check = formats.PngCheck(shape, formats.png_bytes_bound(shape)) if resuming and not npz else None
+        check = layout.PngCheck(shape, layout.png_bytes_bound(shape)) if resuming and not npz else None
         records = ScoreRecords(self.out_dir, request.n) if image_filter is not None and not npz else None
 
         def needs_writing(index: int, label: int) -> bool:
             """Must a kept image's PNG be written? Not when a resume finds it whole."""
-            if check.is_whole(path := layout.path(index, label)):
+            if check.is_whole(path := paths.path(index, label)):
                 counts["skipped"] += 1
                 progress.update(1)
                 return False
@@ -291,7 +291,7 @@ class _Run:
                 labels, count = labels_for(indices, request.classes), len(indices)
                 known, scores = np.zeros(count, bool), np.zeros(count, np.float32)
                 if npz:
-                    path = layout.file_path(unit)
+                    path = paths.file_path(unit)
                     if resuming and (kept := self.npz_kept(path, indices, labels)) is not None:
                         counts.update(skipped=kept, rejected=count - kept)
                         progress.update(count)
@@ -329,13 +329,13 @@ class _Run:
                     kept = np.flatnonzero(take)
                     for lo in range(0, len(kept), chunk):
                         part = kept[lo:lo + chunk]
-                        pool.submit(_write_pngs, layout, indices[batch[part]], labels[batch[part]], images[part])
+                        pool.submit(_write_pngs, paths, indices[batch[part]], labels[batch[part]], images[part])
                 if npz:
                     keep = image_filter.keeps(scores) if image_filter is not None else slice(None)
                     arrays = {"images": images_of_unit[keep], "labels": labels[keep]}
                     if image_filter is not None:
                         arrays |= {"indices": indices[keep], "scores": scores[keep]}
-                    pool.submit(formats.write_npz, path, arrays)
+                    pool.submit(layout.write_npz, path, arrays)
                     counts.update(written=len(arrays["labels"]), rejected=count - len(arrays["labels"]))
                 elif records is not None and not known.all():
                     records.write(request.shard, unit, scores)
@@ -344,7 +344,7 @@ class _Run:
     def write_manifest(self) -> list[int]:
         """manifest.csv from the index range (not from what happens to be on disk) or, filtered, the score
         records (png) or the .npz files, streamed; returns the rows per selected class."""
-        request, layout, image_filter, names = self.request, self.layout, self.filter, self.sampler.meta.class_names
+        request, paths, image_filter, names = self.request, self.paths, self.filter, self.sampler.meta.class_names
         listed = np.zeros(len(names), dtype=np.int64)
 
         def chunks():
@@ -360,7 +360,7 @@ class _Run:
                     yield indices[keep], labels_for(indices[keep], request.classes), scores[keep]
             else:
                 for k in range(-(-request.n // request.shard_size)):
-                    with np.load(layout.file_path(k), allow_pickle=False) as arrays:
+                    with np.load(paths.file_path(k), allow_pickle=False) as arrays:
                         yield arrays["indices"], arrays["labels"], arrays["scores"]
 
         def fill(f) -> None:
@@ -369,20 +369,20 @@ class _Run:
             writer.writerow(["path", "label", "class_name", "index", "seed"] + ["score"] * (image_filter is not None))
             for indices, labels, scores in chunks():
                 listed[:] += np.bincount(labels, minlength=len(listed))
-                rows = ((layout.relative_path(i, label), label, names[label], i, request.seed)
+                rows = ((paths.relative_path(i, label), label, names[label], i, request.seed)
                         for i, label in zip(indices.tolist(), labels.tolist(), strict=True))
                 writer.writerows(rows if scores is None else
                                  (row + (format_score(score),) for row, score in zip(rows, scores, strict=True)))
             text.flush()
             text.detach()  # write_atomic closes the file
 
-        write_atomic(layout.manifest_path, fill, fsync=True)
+        write_atomic(paths.manifest_path, fill, fsync=True)
         return [int(listed[c]) for c in request.classes]
 
     def finish(self) -> list[int]:
         """Under the state lock: mark this shard done, and finish the set if every shard is; the shards missing."""
         request, missing = self.request, self.claim.mark_done()
-        info = read_info(self.out_dir) or {}
+        info = layout.read_info(self.out_dir) or {}
         if missing and (info.get("complete") is not True or info.get("identity") != self.identity):
             return missing  # the last shard to finish writes manifest.csv
         if self.filter is not None and request.format == "png":
@@ -392,14 +392,14 @@ class _Run:
             kept = None
         elif request.format == "png":  # ImageFolder refuses an empty class directory
             for c, count in zip(request.classes, kept, strict=True):
-                directory = os.path.join(self.out_dir, self.layout.class_dirs[c])
+                directory = os.path.join(self.out_dir, self.paths.class_dirs[c])
                 if count == 0 and os.path.isdir(directory) and not os.path.islink(directory) \
                         and not os.listdir(directory):
                     os.rmdir(directory)
                     log.warning("the filter kept no image of class %r: its directory is left out, so ImageFolder "
                                 "numbers the classes after it one lower (manifest.csv and SyntheticFolder keep the "
                                 "model's labels)", self.sampler.meta.class_names[c])
-        write_info(self.out_dir, self.info(True, kept))
+        layout.write_info(self.out_dir, self.info(True, kept))
         self.claim.remove_coordination_files()
         if not self.claim.others_running():
             self.clean_temporaries()

@@ -49,15 +49,13 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 def _varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise ValueError("a number runs past its message")
-        byte = data[pos]
-        pos += 1
+    while pos < end and shift <= 63:
+        byte, pos = data[pos], pos + 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
         shift += 7
+    raise ValueError("a number runs past its message")
 
 
 def _fields(data: memoryview, start: int, end: int):
@@ -187,11 +185,9 @@ def ort_message(exc: BaseException) -> str:
 
 def physical_cores() -> int:
     """Physical cores this process may run on (a hyper-thread shares its core's arithmetic units)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
+    if not hasattr(os, "sched_getaffinity"):  # macOS, Windows
         return os.cpu_count() or 1
-    cores = set()
+    cpus, cores = os.sched_getaffinity(0), set()
     for cpu in cpus:
         topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
         try:

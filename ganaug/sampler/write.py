@@ -50,16 +50,6 @@ class SampleRequest:
     arguments: dict = field(default_factory=dict)  # recorded in sample_info.json
     shard: Shard = Shard()  # the part of the set this process writes (--shard INDEX/COUNT)
 
-    @property
-    def npz_files(self) -> range:
-        return range(self.shard.index, -(-self.n // self.shard_size), self.shard.count)
-
-    @property
-    def part_images(self) -> int:
-        if self.format == "png":
-            return self.shard.image_count(self.n)
-        return sum(min(self.shard_size, self.n - k * self.shard_size) for k in self.npz_files)
-
 
 @dataclass(frozen=True)
 class SampleResult:
@@ -159,6 +149,9 @@ class _Run:
         k = len(request.classes)  # image i has class i % k: the first n % k classes get one image more
         self.counts = [request.n // k + (position < request.n % k) for position in range(k)]
         self.claim, self.workers = locks.Claim(request.out_dir, request.shard), request.writers or physical_cores()
+        self.npz_files = range(request.shard.index, -(-request.n // request.shard_size), request.shard.count)
+        self.part_images = request.shard.image_count(request.n) if request.format == "png" else sum(
+            min(request.shard_size, request.n - k * request.shard_size) for k in self.npz_files)
         self.identity = self.info()["identity"]
 
     def info(self, complete: bool = False, kept: list[int] | None = None) -> dict:
@@ -202,14 +195,14 @@ class _Run:
             present = sum(i < request.n and i % request.shard.count == request.shard.index  # judged by their names
                           and request.classes[i % len(request.classes)] == label
                           for label in request.classes for i in paths.png_indices(label))
-            count, size = request.part_images - present, layout.png_bytes_bound(shape)
+            count, size = self.part_images - present, layout.png_bytes_bound(shape)
             files = [(count + self.workers, size)]  # + one temporary per writer
             if filtered:  # this part's records, and the whole set's when this run finishes it
                 files.append((block_count(request.shard, request.n) + block_count(WHOLE, request.n) + 1,
                               ScoreRecords.bytes_bound()))
             what = f"{count:,} PNGs ({layout.human(size)} each at most)"
         else:
-            count = sum(not os.path.exists(paths.file_path(k)) for k in request.npz_files)
+            count = sum(not os.path.exists(paths.file_path(k)) for k in self.npz_files)
             # filtered: the kept images' indices (int64) and scores (float32) beside them
             size = layout.npz_bytes_bound(request.shard_size, shape, extra_bytes_per_image=12 if filtered else 0)
             files = [(count + 1, size)]  # + the file rewritten when one is damaged
@@ -268,24 +261,20 @@ class _Run:
             """Must a kept image's PNG be written? Not when a resume finds it whole."""
             if check.is_whole(path := paths.path(index, label)):
                 counts["skipped"] += 1
-                progress.update(1)
                 return False
             counts["damaged"] += os.path.lexists(path)
             return True
 
-        def written(count: int) -> None:
-            counts["written"] += count
-            progress.update(count)
-
         if npz:  # one file written while the next is generated: memory stays at about two files
             units = ((np.arange(k * request.shard_size, min((k + 1) * request.shard_size, request.n), dtype=np.int64),
-                      k) for k in request.npz_files)
+                      k) for k in self.npz_files)
             pool, chunk = WritePool(1, 1), 0
         else:  # the shard's images, block by block of the score records
             units = ((block_indices(request.shard, b, request.n), b) for b in range(block_count(request.shard, request.n)))
             chunk = max(1, min(_PNG_CHUNK, -(-request.batch_size // self.workers)))
             # enough queued work to keep every writer busy while the next batch is inferred, no more
-            pool = WritePool(self.workers, max(2 * self.workers, 2 * -(-request.batch_size // chunk)), written)
+            pool = WritePool(self.workers, max(2 * self.workers, 2 * -(-request.batch_size // chunk)),
+                             lambda count: counts.update(written=count))
         with pool:
             for indices, unit in units:
                 labels, count = labels_for(indices, request.classes), len(indices)
@@ -304,25 +293,24 @@ class _Run:
                     elif resuming:
                         known, scores = records.lookup(indices)
                     keep = known & (image_filter.keeps(scores) if image_filter is not None else True)
-                    counts["rejected"] += (rejected := int((known & ~keep).sum()))
-                    progress.update(rejected)
+                    counts["rejected"] += int((known & ~keep).sum())
                     generate = ~known | keep  # known and kept: generated again only if its file is not whole
                     for row in np.flatnonzero(keep).tolist() if check is not None else ():
                         generate[row] = needs_writing(int(indices[row]), int(labels[row]))
                 rows = np.flatnonzero(generate)
+                progress.update(count - len(rows))
                 for start in range(0, len(rows), request.batch_size):
                     batch = rows[start:start + request.batch_size]
                     images = self.sampler.images_for(indices[batch], labels[batch], request.seed, request.truncation)
                     new = ~known[batch]
+                    progress.update(len(batch))
                     if image_filter is not None and new.any():
                         scores[batch[new]] = image_filter.scores(images[new], labels[batch[new]])
                     if npz:
                         images_of_unit[batch] = images
-                        progress.update(len(batch))
                         continue
                     take = image_filter.keeps(scores[batch]) if image_filter is not None else ~new
                     counts["rejected"] += int((~take).sum())
-                    progress.update(int((~take).sum()))
                     for position in np.flatnonzero(take & new).tolist() if check is not None else ():
                         # a newly scored kept image may have been written before its record was
                         take[position] = needs_writing(int(indices[batch[position]]), int(labels[batch[position]]))
@@ -430,11 +418,11 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
             run.claim.release()
             raise
     try:
-        which = "" if request.shard.whole else f" (shard {request.shard}: {request.part_images} of them)"
+        which = "" if request.shard.whole else f" (shard {request.shard}: {run.part_images} of them)"
         kept = "" if filter is None else f", keeping those {filter.source} gives their class >= {filter.min_confidence}"
         log.info("%s %d images%s on %s into %s%s", "resuming" if resuming else "sampling", request.n, which,
                  short_provider(sampler.provider), request.out_dir, kept)
-        started, progress = time.monotonic(), Progress(request.part_images, enabled=request.progress)
+        started, progress = time.monotonic(), Progress(run.part_images, enabled=request.progress)
         try:
             counts = run.write_part(resuming, progress)
         finally:

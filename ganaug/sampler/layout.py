@@ -7,6 +7,7 @@ the encoding's on small images; .npz entries are stored, with fixed timestamps),
 trusts them (image files are not fsynced: a power cut can leave one empty or cut short under its name),
 and bounded from above before a run starts ("Before anything is written").
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -58,11 +58,7 @@ def state_lock(out_dir: str):
     except OSError as exc:
         raise UserError(f"cannot open {out_dir}: {exc.strerror or exc}") from None
     try:
-        try:
-            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, out_dir)
-        except BlockingIOError:
-            log.info("waiting for another `ganaug sample` to finish setting up or finishing %s", out_dir)
-            _flock(fd, fcntl.LOCK_EX, out_dir)
+        _flock(fd, fcntl.LOCK_EX, out_dir)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -75,10 +71,6 @@ class Claim:
         self.shard, self.out_dir = shard, out_dir
         self.path = os.path.join(out_dir, shard_file_name(shard, "lock"))
         self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self) -> None:
         if fcntl is None:

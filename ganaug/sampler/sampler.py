@@ -21,8 +21,6 @@ MIN_TRUNCATION = 0.01  # redrawing beyond +-t takes about 1 / P(|x| < t) rounds:
 
 def latent_block(seed: int, block: int, z_dim: int, truncation: float = 0.0) -> np.ndarray:
     """All BLOCK_SIZE latents of one block, float32 [BLOCK_SIZE, z_dim]; seeds are taken modulo 2**64."""
-    if block < 0:
-        raise ValueError(f"block must be non-negative, got {block}")
     generator = np.random.Generator(np.random.Philox(key=(block << 64) | seed % 2**64))
     z = generator.standard_normal((BLOCK_SIZE, z_dim), dtype=np.float32)
     # Redrawn rather than clipped, so values stay normal inside [-t, t]; the redraws continue the stream.

@@ -155,8 +155,7 @@ class _Run:
         self.identity = self.info()["identity"]
 
     def info(self, complete: bool = False, kept: list[int] | None = None) -> dict:
-        """sample_info.json. Its identity is everything that decides the files' contents (equal identity,
-        same files, whatever the shard); `kept`: per selected class, the images the filter kept."""
+        """sample_info.json; its identity is all that decides the files (same identity, same files, any shard)."""
         request, names, class_dirs = self.request, self.sampler.meta.class_names, self.paths.class_dirs
         identity = {"model_sha256": self.sampler.meta.sha256, "seed": request.seed, "n": request.n,
                     "classes": [names[c] for c in request.classes], "format": request.format,
@@ -188,8 +187,7 @@ class _Run:
             log.info("removed %d temporary files left by an interrupted run", stale)
 
     def check_space(self) -> None:
-        """Refuse, before the first image, a run whose files cannot fit where --out is, counting only the
-        files still missing. A filter only removes images: its records and scores add to the bound."""
+        """Refuse a run whose missing files cannot fit where --out is (a filter only removes images)."""
         request, paths, shape, filtered = self.request, self.paths, self.sampler.meta.image_shape, self.filter
         if request.format == "png":
             present = sum(i < request.n and i % request.shard.count == request.shard.index  # judged by their names
@@ -215,8 +213,7 @@ class _Run:
         layout.check_free_space(self.out_dir, files, f"{what}, manifest.csv and sample_info.json")
 
     def open(self) -> bool:
-        """Under the state lock: a fresh set, or this set resumed (True); anything else is refused before it
-        writes anything, and so is a run whose files cannot fit."""
+        """Under the state lock: a fresh set, or this set resumed (True); anything else is refused."""
         running = self.claim.others_running()
         resuming = layout.open_for_run(self.out_dir, self.identity, self.request.overwrite, running, self.claim.path)
         self.check_space()
@@ -234,8 +231,8 @@ class _Run:
         return resuming
 
     def npz_kept(self, path: str, indices: np.ndarray, labels: np.ndarray) -> int | None:
-        """How many images a whole .npz file of these images keeps; None when it is not whole (filtered: its
-        indices ascending inside the range, each label its index's, its scores in [TAU, 1])."""
+        """The images a whole .npz file of these images keeps; None when it is not whole (filtered: its indices
+        ascending inside the range, each label its index's, its scores in [TAU, 1])."""
         shape = self.sampler.meta.image_shape
         if self.filter is None:
             return len(indices) if layout.npz_is_whole(path, shape, labels) else None
@@ -410,14 +407,10 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
     except OSError as exc:
         raise UserError(f"cannot create output directory {request.out_dir}: {exc.strerror or exc}") from None
     run = _Run(sampler, request, filter)
-    with locks.state_lock(request.out_dir):
-        run.claim.acquire()
-        try:
-            resuming = run.open()
-        except BaseException:
-            run.claim.release()
-            raise
     try:
+        with locks.state_lock(request.out_dir):
+            run.claim.acquire()
+            resuming = run.open()
         which = "" if request.shard.whole else f" (shard {request.shard}: {run.part_images} of them)"
         kept = "" if filter is None else f", keeping those {filter.source} gives their class >= {filter.min_confidence}"
         log.info("%s %d images%s on %s into %s%s", "resuming" if resuming else "sampling", request.n, which,
@@ -433,9 +426,8 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
             missing = run.finish()
             run.claim.release()
     finally:
-        if run.claim.held:
-            with locks.state_lock(request.out_dir):
-                run.claim.release()
+        with locks.state_lock(request.out_dir):
+            run.claim.release()  # a claim not taken is left alone
     if counts["damaged"]:
         log.warning("rewrote %d damaged or incomplete files left by an interrupted run", counts["damaged"])
     return SampleResult(request.out_dir, counts["written"], counts["skipped"], time.monotonic() - started,

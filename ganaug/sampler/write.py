@@ -151,7 +151,7 @@ class _Run:
         self.claim, self.workers = locks.Claim(request.out_dir, request.shard), request.writers or physical_cores()
         self.npz_files = range(request.shard.index, -(-request.n // request.shard_size), request.shard.count)
         self.part_images = request.shard.image_count(request.n) if request.format == "png" else sum(
-            min(request.shard_size, request.n - k * request.shard_size) for k in self.npz_files)
+            min(request.shard_size, request.n - j * request.shard_size) for j in self.npz_files)
         self.identity = self.info()["identity"]
 
     def info(self, complete: bool = False, kept: list[int] | None = None) -> dict:

@@ -90,9 +90,10 @@ class Progress:
     def __init__(self, total: int, enabled: bool = True, log_every_s: float = 10.0):
         self.total, self.done, self._enabled, self._bar, self._log_every_s = total, 0, enabled, None, log_every_s
         self._start = self._last_log = time.monotonic()
-        with contextlib.suppress(ImportError):
-            from tqdm import tqdm
-            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05) if enabled else None
+        if enabled:
+            with contextlib.suppress(ImportError):
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05)
 
     def update(self, count: int) -> None:
         self.done += count

@@ -245,7 +245,7 @@ def _add_augment(sub) -> None:
 def _run_augment(args) -> int:
     from ganaug.augment import AugmentSettings, run
     from ganaug.evaluate.study import resolve_gan_config
-    from ganaug.sampler.shards import parse_shard
+    from ganaug.sampler.layout import parse_shard
 
     shard = parse_shard(args.shard)
     cfg = resolve_gan_config(args.config, args.overrides)

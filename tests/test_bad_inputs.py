@@ -1820,7 +1820,7 @@ def _sample_resume_directory_as_image(env):
 
 
 def _whole_png(env):
-    from ganaug.sampler.verify import PngCheck
+    from ganaug.sampler.layout import PngCheck
 
     assert PngCheck((8, 8, 1), 10_000).is_whole(str(env.tmp / "out" / "cat" / "cat_00000000.png"))
 
@@ -1837,7 +1837,7 @@ def _sample_resume_empty_png(env):
 
 
 def _whole_npz(env):
-    from ganaug.sampler.verify import npz_is_whole
+    from ganaug.sampler.layout import npz_is_whole
 
     assert npz_is_whole(str(env.tmp / "out" / "shard_00001.npz"), (8, 8, 1), np.array([2, 0]))
 

@@ -13,8 +13,7 @@ from onnx_models import make_model, reference_images
 
 from ganaug.errors import UserError
 from ganaug.sampler import BLOCK_SIZE, LatentSource, Sampler
-from ganaug.sampler.rng import latent_block
-from ganaug.sampler.sampler import _IoBindingRunner
+from ganaug.sampler.sampler import _IoBindingRunner, latent_block
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -195,7 +194,7 @@ def test_gpu_provider_falls_back_to_cpu_with_one_warning(model, provider, gpu, g
     still warns."""
     import onnxruntime as ort
 
-    import ganaug.sampler.session as session
+    import ganaug.sampler.runtime as session
 
     monkeypatch.setattr(session, "gpu_present", lambda: gpu)
     ganaug_logs.set_level(logging.DEBUG, logger="ganaug")
@@ -216,7 +215,7 @@ def test_gpu_provider_falls_back_to_cpu_with_one_warning(model, provider, gpu, g
 
 
 def test_gpu_probe_looks_for_the_nvidia_driver(monkeypatch):
-    import ganaug.sampler.session as session
+    import ganaug.sampler.runtime as session
 
     seen = []
     monkeypatch.setattr(session.os.path, "exists", lambda path: seen.append(path) or path == "/proc/driver/nvidia")
@@ -273,7 +272,7 @@ def test_sampler_and_cli_never_import_torch(model, tmp_path):
 
 
 def test_physical_cores_is_within_the_cpus_we_may_use():
-    from ganaug.sampler.session import physical_cores, session_options
+    from ganaug.sampler.runtime import physical_cores, session_options
 
     cores = physical_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
@@ -284,7 +283,7 @@ def test_physical_cores_is_within_the_cpus_we_may_use():
 def test_quantized_graphs_are_recognised_for_their_layout_settings():
     from onnx import TensorProto, helper
 
-    from ganaug.sampler.session import _is_quantized
+    from ganaug.sampler.runtime import _is_quantized
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
@@ -303,7 +302,7 @@ def test_png_encoder_round_trips_through_pillow(shape):  # 40x40x3 is past the s
 
     from PIL import Image
 
-    from ganaug.sampler.writers import encode_png
+    from ganaug.sampler.layout import encode_png
 
     image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     data = encode_png(image)

@@ -14,7 +14,7 @@ from onnx_models import make_model
 from PIL import Image
 from sampling import kill_once_written, sample, tree
 
-import ganaug.sampler.writers as writers
+import ganaug.sampler.layout as writers
 from ganaug.sampler import Sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -205,7 +205,7 @@ def test_resume_after_interruption_is_byte_identical(model, tmp_path, monkeypatc
 def test_resume_npz_after_interruption(model, tmp_path, monkeypatch):
     args = ("--n", 50, "--format", "npz", "--shard-size", 16)
     sample(model, tmp_path / "reference", *args)
-    import ganaug.sampler.part as part
+    import ganaug.sampler.layout as part
 
     original = part.write_npz
     shards_written = []
@@ -236,7 +236,7 @@ def test_resume_after_sigkill_is_byte_identical(model, tmp_path):
     # Slow the writer down (5 ms per image) so the kill surely lands mid-run.
     code = (
         "import sys, time\n"
-        "import ganaug.sampler.part as part\n"
+        "import ganaug.sampler.layout as part\n"
         "encode = part.encode_png\n"
         "part.encode_png = lambda image: (time.sleep(0.005), encode(image))[1]\n"
         "from ganaug.cli import main\n"
@@ -364,12 +364,12 @@ def test_progress_fallback_without_tqdm(model, tmp_path, monkeypatch):
     import logging
 
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails, as in a slim install
-    from ganaug.sampler.progress import Progress
+    from ganaug.sampler.write import Progress
 
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("ganaug.sampler.progress")
+    logger = logging.getLogger("ganaug.sampler.write")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:

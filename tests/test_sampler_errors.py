@@ -13,7 +13,7 @@ from onnx import TensorProto
 from onnx_models import make_model
 from PIL import Image
 
-import ganaug.sampler.writers as writers
+import ganaug.sampler.layout as writers
 from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.sampler import Sampler

@@ -17,7 +17,7 @@ from PIL import Image
 from sampling import kill_once_written, sample, sample_error, tree
 
 import ganaug.sampler.filter as filter_module
-import ganaug.sampler.scores as scores_module
+import ganaug.sampler.filter as scores_module
 from ganaug.errors import UserError
 from ganaug.sampler import ImageFilter, Sampler
 from ganaug.sampler.filter import format_score
@@ -276,7 +276,7 @@ def test_resume_after_sigkill_is_byte_identical(model, classifier, tmp_path):
     assert filtered(model, reference, classifier, "--n", n) == 0
     code = (
         "import sys, time\n"
-        "import ganaug.sampler.part as part, ganaug.sampler.scores as scores\n"
+        "import ganaug.sampler.layout as part, ganaug.sampler.filter as scores\n"
         f"scores.RECORD_IMAGES = {BLOCK}\n"
         "encode = part.encode_png\n"
         "part.encode_png = lambda image: (time.sleep(0.005), encode(image))[1]\n"

@@ -14,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data
 from onnx_models import IR_VERSION, OPSET, make_model
 
+import ganaug.sampler.runtime as modelfile
 from ganaug.cli import main
 from ganaug.errors import UserError
-from ganaug.sampler import Sampler, modelfile
-from ganaug.sampler.modelfile import check_self_contained
+from ganaug.sampler import Sampler
+from ganaug.sampler.runtime import check_self_contained
 
 SECRET = "secrets/key"  # relative: onnxruntime resolves it against the current directory
 

@@ -11,10 +11,8 @@ import pytest
 from onnx_models import make_model
 from sampling import sample, tree
 
-from ganaug.sampler import job
-from ganaug.sampler.space import png_bytes_bound
-from ganaug.sampler.verify import PngCheck, npz_is_whole
-from ganaug.sampler.writers import encode_png, write_npz
+from ganaug.sampler import write as job
+from ganaug.sampler.layout import PngCheck, encode_png, npz_is_whole, png_bytes_bound, write_npz
 
 SHAPE = (8, 8, 1)
 

@@ -15,7 +15,7 @@ import pytest
 from onnx_models import make_model
 from sampling import sample, sample_error, tree
 
-from ganaug.sampler.shards import Shard, parse_shard
+from ganaug.sampler.layout import Shard, parse_shard
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 fcntl = pytest.importorskip("fcntl")
@@ -168,7 +168,7 @@ def test_a_second_unsharded_run_is_refused(model, tmp_path, capsys):
 
 _SLOW_SAMPLER = (
     "import os, sys, time\n"
-    "import ganaug.sampler.part as part\n"
+    "import ganaug.sampler.layout as part\n"
     "encode, delay = part.encode_png, float(os.environ.get('SLOW_PNG_S', '0'))\n"
     "part.encode_png = lambda image: (time.sleep(delay), encode(image))[1]\n"
     "from ganaug.cli import main\n"

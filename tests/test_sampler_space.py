@@ -14,8 +14,14 @@ from onnx_models import make_model
 from sampling import sample, sample_error
 
 import ganaug.sampler.entry as entry
-from ganaug.sampler.space import disk_bytes, manifest_bytes_bound, npz_bytes_bound, png_bytes_bound
-from ganaug.sampler.writers import encode_png, write_npz
+from ganaug.sampler.layout import (
+    disk_bytes,
+    encode_png,
+    manifest_bytes_bound,
+    npz_bytes_bound,
+    png_bytes_bound,
+    write_npz,
+)
 
 
 @pytest.fixture(scope="module")

@@ -70,12 +70,12 @@ def test_synthetic_folder_transform_gets_a_pil_image(model, tmp_path):
 
 
 def test_synthetic_folder_refuses_an_unfinished_set(model, tmp_path, monkeypatch):
-    import ganaug.sampler.job as job
+    import ganaug.sampler.write as job
 
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "_write_manifest", interrupt)
+    monkeypatch.setattr(job._Run, "write_manifest", interrupt)
     assert sample(model, tmp_path / "out", "--n", 3) == 130  # Ctrl-C just before the manifest
     with pytest.raises(ValueError, match="unfinished sample set"):
         SyntheticFolder(tmp_path / "out")

@@ -22,8 +22,7 @@ import numpy as np
 
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
-from ganaug.sampler.names import class_dir_names
-from ganaug.sampler.writers import encode_png
+from ganaug.sampler.layout import class_dir_names, encode_png
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("path", "label", "class_name", "source", "origin", "confidence", "weight", "model")

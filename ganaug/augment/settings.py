@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ganaug.errors import UserError
 from ganaug.evaluate.policies import AUTO_POLICIES, POLICIES
-from ganaug.sampler.shards import Shard
+from ganaug.sampler.layout import Shard
 
 SYNTHETIC_CHOICES = ("auto", "never")
 

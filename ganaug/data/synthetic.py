@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset, WeightedRandomSampler
 
-from ganaug.sampler.labels import labels_for, select_classes
+from ganaug.sampler.sampler import labels_for, select_classes
 
 _ZIP_LOCAL_HEADER_SIZE = 30
 

@@ -76,7 +76,7 @@ def measure_model(model: str, data_source: str, out: Path, data_root: str = "dat
                   max_real: int = 10000, features: str | None = None, seed: int = 0, truncation: float = 0.0) -> dict:
     """FD, KID, precision/recall, per-class FD and memorisation of an ONNX model against real data;
     writes out/metrics.json, metrics.md and figures, prints the table, returns the metrics."""
-    from ganaug.evaluate.study import check_truncation
+    from ganaug.sampler.sampler import check_truncation
 
     check_truncation(truncation)
     check_data_source(data_source, "--data")

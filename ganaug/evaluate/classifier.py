@@ -240,7 +240,7 @@ def export_classifier_onnx(model: nn.Module, path: str | Path, image_shape: tupl
     from ganaug.export.onnx_export import DEFAULT_OPSET
     from ganaug.files import write_atomic
     from ganaug.sampler.filter import check_classifier_graph
-    from ganaug.sampler.session import cpu_session
+    from ganaug.sampler.runtime import cpu_session
 
     height, width, channels = image_shape
     wrapper = _ImageClassifier(copy.deepcopy(model).float().cpu()).eval()

@@ -44,6 +44,7 @@ from ganaug.export import export_model
 from ganaug.files import write_atomic
 from ganaug.nested import changed_leaves
 from ganaug.sampler import ImageFilter, Sampler, SampleRequest, write_samples
+from ganaug.sampler.sampler import check_truncation
 from ganaug.train import with_overrides
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,6 @@ QUICK = {"ks": [5, 20], "seeds": 2, "gan_steps": 1200}
 FULL = {"ks": [5, 10, 20, ALL], "seeds": 3, "gan_steps": 3000}
 
 
-def check_truncation(truncation: float) -> None:
-    """The sampler's rule (below its floor, redrawing latents would crawl), checked before any work."""
-    from ganaug.sampler.rng import MIN_TRUNCATION
-
-    if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
-        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
-
-
 def k_name(k: int | None) -> str:
     return "all" if k is ALL else str(k)
 
@@ -162,7 +155,7 @@ class StudySettings:
     def __post_init__(self):
         if not 0 < self.test_fraction < 1:
             raise UserError("--test-fraction must be strictly between 0 and 1")
-        check_truncation(self.truncation)
+        check_truncation(self.truncation)  # the sampler's rule, checked before any work
 
     @property
     def classifier(self) -> TrainSettings:

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from ganaug import __version__, contract
 from ganaug.errors import UserError
 from ganaug.files import sha256_of, write_atomic
-from ganaug.sampler.session import cpu_session
+from ganaug.sampler.runtime import cpu_session
 
 log = logging.getLogger(__name__)
 

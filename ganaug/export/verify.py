@@ -31,7 +31,7 @@ from ganaug.export.distance import image_distance
 from ganaug.export.inputs import random_inputs
 from ganaug.export.wrapper import FLOAT_IMAGES, IMAGES, ImageGenerator
 from ganaug.models import ModelSpec
-from ganaug.sampler.session import cpu_session
+from ganaug.sampler.runtime import cpu_session
 
 log = logging.getLogger(__name__)
 

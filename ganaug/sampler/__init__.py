@@ -1,31 +1,13 @@
-"""The torch-free sampler: onnxruntime + numpy + pillow only (a test keeps torch out).
-
-    from ganaug.sampler import Sampler
-    sampler = Sampler.load("model.onnx")            # provider="auto", threads=0 (physical cores)
-    images, labels = sampler.generate(64, seed=0)    # uint8 [64, H, W, C], int64 [64]
-    sampler.meta.class_names, sampler.meta.image_shape, sampler.meta.sha256
-
-`ganaug sample` (entry.py) writes whole sample sets, optionally filtered by a classifier
-(`write_samples(sampler, request, filter=ImageFilter.load("classifier.onnx", sampler.meta, 0.9))`);
-see docs/sampler.md.
+"""The torch-free sampler (onnxruntime and numpy only; a test keeps torch out): `Sampler` turns a ganaug
+ONNX model into images, `write_samples` (`ganaug sample`) into a sample set, optionally filtered by an
+`ImageFilter`. docs/sampler.md has the command, the output and the module that owns each part.
 """
 
 from ganaug.contract import ModelMeta
 from ganaug.sampler.filter import ImageFilter
-from ganaug.sampler.job import SampleRequest, SampleResult, write_samples
-from ganaug.sampler.rng import BLOCK_SIZE, LatentSource
-from ganaug.sampler.sampler import Batch, Sampler
-from ganaug.sampler.shards import Shard
+from ganaug.sampler.layout import Shard
+from ganaug.sampler.sampler import BLOCK_SIZE, Batch, LatentSource, Sampler
+from ganaug.sampler.write import SampleRequest, SampleResult, write_samples
 
-__all__ = [
-    "BLOCK_SIZE",
-    "Batch",
-    "ImageFilter",
-    "LatentSource",
-    "ModelMeta",
-    "SampleRequest",
-    "SampleResult",
-    "Sampler",
-    "Shard",
-    "write_samples",
-]
+__all__ = ["BLOCK_SIZE", "Batch", "ImageFilter", "LatentSource", "ModelMeta", "SampleRequest", "SampleResult",
+           "Sampler", "Shard", "write_samples"]

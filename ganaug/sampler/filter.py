@@ -1,23 +1,14 @@
-"""`--filter CLASSIFIER.onnx --min-confidence TAU`: keep the images a classifier gives their class.
-
-The classifier contract (docs/sampler.md, "Filtering"): one self-contained ONNX file with
-- one input: uint8 [N, H, W, C], 0..255, the generator's own image shape: the very pixels the
-  sampler writes (a classifier's pre-processing, e.g. scaling to [-1, 1], lives in its graph, as
-  the generator's post-processing lives in the generator's);
-- one output, float32 [N, num_classes] with the generator's class count, named `logits` (the
-  sampler applies the softmax) or `probabilities` (taken as they are; each in [0, 1]);
-- a dynamic N; optional metadata `ganaug.class_names` and `ganaug.image_shape`, checked against the
-  generator's when present (a classifier with the classes in another order would filter nonsense).
-
-Image i is kept iff the probability of its conditioning class, computed in float64 from the float32
-output and rounded to float32, is >= float32(TAU). Each image's score depends on its pixels alone,
-so the kept set is a function of (model, seed, i, classifier, TAU) as the pixels are of (model, seed, i).
+"""`--filter CLASSIFIER.onnx --min-confidence TAU` (docs/sampler.md, "Filtering"): the classifier, its
+scores, and their records. A rejected image has no file, so each process records every score it computes,
+in DIR/.scores-S-of-N-B.npy (block B of RECORD_IMAGES positions j = i // N of shard S of an N-way split;
+files, as ImageFolder would take a folder for a class). A score is a fact about image i: a run looks it
+up in any split's records, and the run that finishes the set rewrites them as the unsharded split's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
+import contextlib
+import io
 import math
 import os
 
@@ -25,19 +16,17 @@ import numpy as np
 
 from ganaug.contract import ModelMeta, TensorSpec, check_classifier_metadata
 from ganaug.errors import UserError
-from ganaug.sampler.runtime import ort
-from ganaug.sampler.sampler import read_model_file
-from ganaug.sampler.session import ORT_ERRORS, cache_dir_from_env, create_session, ort_message, run_options
-
-log = logging.getLogger(__name__)
+from ganaug.files import write_atomic
+from ganaug.sampler.layout import Shard, record_name, scan
+from ganaug.sampler.runtime import RunFailed, load_model, run_checked, run_options
 
 OUTPUT_KINDS = ("logits", "probabilities")
-# Recorded in the set's identity: how a score is computed and compared (a resume must not mix schemes).
-SCHEME = "softmax-f64-of-f32-logits-score-f32-ge-f32-tau-v1"
+SCHEME = "softmax-f64-of-f32-logits-score-f32-ge-f32-tau-v1"  # in the set's identity: schemes never mix
+RECORD_IMAGES = 4096  # images of one shard per record: 16 KiB of scores
 
 
 def check_min_confidence(value: float) -> float:
-    """TAU must be a probability above 0: 0 would keep everything, which is no filter."""
+    """TAU is a probability above 0: 0 would keep everything, which is no filter."""
     if not (math.isfinite(value) and 0 < value <= 1):
         raise UserError(f"--min-confidence must be in (0, 1] (a probability above 0), got {value}")
     return float(value)
@@ -48,113 +37,66 @@ def format_score(score: np.float32) -> str:
     return str(np.float32(score))
 
 
-def _short(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _static(dim) -> int | None:
-    return dim if isinstance(dim, int) and dim > 0 else None
-
-
-class _RunFailed(UserError):
-    """The classifier failed on a batch, or broke the output contract: one line, with the reason apart."""
-
-    def __init__(self, source: str, reason: str):
-        super().__init__(f"{source}: {reason}")
-        self.reason = reason
-
-
 class ImageFilter:
-    """A classifier in onnxruntime and a threshold: which generated images to keep.
+    """A classifier in onnxruntime and a threshold: which generated images to keep (docs/sampler.md)."""
 
-    >>> image_filter = ImageFilter.load("classifier.onnx", sampler.meta, min_confidence=0.9)
-    >>> scores = image_filter.scores(images, labels)   # float32 [N]: probability of each image's label
-    >>> keep = image_filter.keeps(scores)              # bool [N]
-    """
-
-    def __init__(self, session: ort.InferenceSession, meta: ModelMeta, min_confidence: float, sha256: str,
-                 output_kind: str, provider: str, source: str = "<classifier>"):
-        self.session = session
-        self.meta = meta  # the generator's: what the classifier must match
+    def __init__(self, session, meta: ModelMeta, min_confidence: float, sha256: str, output_kind: str,
+                 provider: str, source: str = "<classifier>"):
+        self.session, self.meta, self.sha256, self.source = session, meta, sha256, source  # meta: the generator's
         self.min_confidence = check_min_confidence(min_confidence)
         self.threshold = np.float32(self.min_confidence)
-        self.sha256 = sha256
-        self.output_kind = output_kind
-        self.provider = provider
-        self.source = source
-        self._input = session.get_inputs()[0].name
-        self._options = run_options()
+        self.output_kind, self.provider = output_kind, provider
+        input_name, options = session.get_inputs()[0].name, run_options()
+        self._run = lambda images: session.run(None, {input_name: images}, options)[0]
 
     @classmethod
     def load(cls, path, meta: ModelMeta, min_confidence: float, provider: str = "auto", threads: int = 0,
              cache_dir: str | None = None) -> ImageFilter:
-        """Load and check a classifier against the generator's ModelMeta (a UserError for anything off)."""
+        """Load and check a classifier against the generator's ModelMeta (a UserError for anything off),
+        probing it on 2 black images (N dynamic, output float32 [2, classes], finite, probabilities in [0, 1])."""
         min_confidence = check_min_confidence(min_confidence)
-        source = str(path)
-        data = read_model_file(path, what="classifier")
-        sha256 = hashlib.sha256(data).hexdigest()
-        session, actual = create_session(data, sha256, source, provider=provider, threads=threads,
-                                         cache_dir=cache_dir_from_env() if cache_dir is None else cache_dir)
-        output_kind = check_classifier_graph(session, meta.image_shape, meta.num_classes, source)
-        check_classifier_metadata(dict(session.get_modelmeta().custom_metadata_map), meta, source)
-        image_filter = cls(session, meta, min_confidence, sha256, output_kind, actual, source)
-        image_filter.probe()
+        model = load_model(path, "classifier", provider, threads, cache_dir)
+        output_kind = check_classifier_graph(model.session, meta.image_shape, meta.num_classes, model.source)
+        check_classifier_metadata(model.metadata, meta, model.source)
+        image_filter = cls(model.session, meta, min_confidence, model.sha256, output_kind, model.provider, model.source)
+        try:
+            image_filter.probabilities(np.zeros((2, *meta.image_shape), np.uint8))
+        except RunFailed as exc:
+            raise UserError(f"{model.source}: the classifier fails on a batch of 2 uint8 images of "
+                            f"{list(meta.image_shape)} (H, W, C): {exc.context}{exc.reason}") from None
         return image_filter
-
-    def probe(self) -> None:
-        """A batch of 2 black images, before anything is written: N is dynamic, the output is float32
-        [2, num_classes], finite (and in [0, 1] for probabilities)."""
-        images = np.zeros((2, *self.meta.image_shape), np.uint8)
-        try:
-            self.probabilities(images)
-        except _RunFailed as exc:
-            raise UserError(f"{self.source}: the classifier fails on a batch of 2 uint8 images of "
-                            f"{list(self.meta.image_shape)} (H, W, C): {exc.reason}") from None
-
-    def _run(self, images: np.ndarray) -> np.ndarray:
-        try:
-            out = self.session.run(None, {self._input: np.ascontiguousarray(images, dtype=np.uint8)}, self._options)[0]
-        except ORT_ERRORS as exc:
-            raise _RunFailed(self.source, f"onnxruntime failed on a batch of {len(images)} images: "
-                                          f"{_short(ort_message(exc))}") from None
-        expected = (len(images), self.meta.num_classes)
-        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != expected:
-            shown = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise _RunFailed(self.source, f"the classifier returned {shown}; the contract is float32 "
-                                          f"{list(expected)} (N, classes: the generator's {self.meta.num_classes})")
-        return out
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float64 [N, classes]: the classifier's probabilities for uint8 images [N, H, W, C]."""
-        out = self._run(images)
+        out = run_checked(self._run, np.ascontiguousarray(images, dtype=np.uint8), len(images), self.source)
+        expected = (len(images), self.meta.num_classes)
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != expected:
+            shown = f"{out.dtype} {list(out.shape)}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise RunFailed(self.source, f"the classifier returned {shown}; the contract is float32 {list(expected)} "
+                                         f"(N, classes: the generator's {self.meta.num_classes})")
         if not np.isfinite(out).all():
             raise UserError(f"{self.source}: the classifier returned NaN or infinite {self.output_kind} "
                             f"for {int((~np.isfinite(out)).any(axis=1).sum())} of {len(out)} images")
         values = out.astype(np.float64)
         if self.output_kind == "probabilities":
             if values.min(initial=0.0) < 0 or values.max(initial=0.0) > 1:
-                raise UserError(f"{self.source}: the classifier's output 'probabilities' holds values outside "
-                                f"[0, 1] (from {values.min():.4g} to {values.max():.4g}); name it 'logits' if the "
-                                "sampler should apply the softmax")
+                raise UserError(f"{self.source}: the classifier's output 'probabilities' holds values outside [0, 1] "
+                                f"(from {values.min():.4g} to {values.max():.4g}); name it 'logits' if the sampler "
+                                "should apply the softmax")
             return values
-        values -= values.max(axis=1, keepdims=True)
-        np.exp(values, out=values)
-        values /= values.sum(axis=1, keepdims=True)
-        return values
+        values = np.exp(values - values.max(axis=1, keepdims=True))
+        return values / values.sum(axis=1, keepdims=True)
 
     def scores(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """float32 [N]: each image's probability of its own label (its conditioning class)."""
+        """float32 [N]: each image's probability of its own label."""
         if len(images) == 0:
             return np.empty(0, np.float32)
-        probabilities = self.probabilities(images)
-        return probabilities[np.arange(len(labels)), np.asarray(labels, np.int64)].astype(np.float32)
+        return self.probabilities(images)[np.arange(len(labels)), np.asarray(labels, np.int64)].astype(np.float32)
 
     def keeps(self, scores: np.ndarray) -> np.ndarray:
-        """bool [N]: which images the filter keeps."""
         return np.asarray(scores, np.float32) >= self.threshold
 
-    def identity(self) -> dict:
-        """What of the filter decides the files (part of the set's identity in sample_info.json)."""
+    def identity(self) -> dict:  # what of the filter decides the files
         return {"classifier_sha256": self.sha256, "min_confidence": self.min_confidence, "scheme": SCHEME}
 
     def describe(self) -> dict:
@@ -162,48 +104,118 @@ class ImageFilter:
                 "min_confidence": self.min_confidence}
 
 
-def check_classifier_graph(session: ort.InferenceSession, image_shape: tuple[int, int, int], num_classes: int,
-                           source: str) -> str:
-    """The classifier's declared inputs and outputs against the contract; returns the output's kind."""
-    _check_input([TensorSpec.from_node_arg(arg) for arg in session.get_inputs()], image_shape, source)
-    return _check_output([TensorSpec.from_node_arg(arg) for arg in session.get_outputs()], num_classes, source)
-
-
-def _check_dynamic_batch(spec: TensorSpec, role: str, source: str) -> None:
-    if _static(spec.shape[0]) is not None:
-        raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; the "
-                        "contract is a dynamic N (export with a dynamic batch axis)")
-
-
-def _check_input(inputs: list[TensorSpec], image_shape: tuple[int, int, int], source: str) -> None:
+def check_classifier_graph(session, image_shape: tuple[int, int, int], num_classes: int, source: str) -> str:
+    """The classifier's declared input and output against the contract; returns the output's kind."""
+    inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
+    outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
     contract = f"uint8 [N, {', '.join(map(str, image_shape))}] (N, H, W, C: the generator's images)"
     if len(inputs) != 1:
-        names = ", ".join(repr(spec.name) for spec in inputs)
-        raise UserError(f"{source}: the classifier must have one input, {contract}; it has {len(inputs)}: {names}")
-    spec = inputs[0]
-    if spec.type != "tensor(uint8)" or len(spec.shape) != 4:
-        raise UserError(f"{source}: classifier input {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
-                        f"the contract is {contract}, scaled inside the graph")
-    _check_dynamic_batch(spec, "input", source)
-    for axis, (dim, expected) in enumerate(zip(spec.shape[1:], image_shape, strict=True), start=1):
-        if _static(dim) not in (None, expected):
-            raise UserError(f"{source}: classifier input {spec.name!r} has size {dim} on axis {axis} but the "
-                            f"generator's images are {list(image_shape)} (H, W, C)")
-
-
-def _check_output(outputs: list[TensorSpec], num_classes: int, source: str) -> str:
+        raise UserError(f"{source}: the classifier must have one input, {contract}; it has {len(inputs)}: "
+                        + ", ".join(repr(spec.name) for spec in inputs))
+    if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+        raise UserError(f"{source}: classifier input {inputs[0].name!r} is {inputs[0].type} of rank "
+                        f"{len(inputs[0].shape)}; the contract is {contract}, scaled inside the graph")
     contract = f"float32 [N, {num_classes}] named 'logits' or 'probabilities'"
     if len(outputs) != 1:
-        names = ", ".join(repr(spec.name) for spec in outputs)
-        raise UserError(f"{source}: the classifier must have one output, {contract}; it has {len(outputs)}: {names}")
-    spec = outputs[0]
-    if spec.name not in OUTPUT_KINDS:
-        raise UserError(f"{source}: the classifier's output is named {spec.name!r}; name it 'logits' (the sampler "
-                        "applies the softmax) or 'probabilities' (taken as they are)")
-    if spec.type != "tensor(float)" or len(spec.shape) != 2:
-        raise UserError(f"{source}: classifier output {spec.name!r} is {spec.type} of rank {len(spec.shape)}; "
-                        f"the contract is {contract}")
-    _check_dynamic_batch(spec, "output", source)
-    if _static(spec.shape[1]) not in (None, num_classes):
-        raise UserError(f"{source}: the classifier has {spec.shape[1]} classes but the generator has {num_classes}")
-    return spec.name
+        raise UserError(f"{source}: the classifier must have one output, {contract}; it has {len(outputs)}: "
+                        + ", ".join(repr(spec.name) for spec in outputs))
+    if outputs[0].name not in OUTPUT_KINDS:
+        raise UserError(f"{source}: the classifier's output is named {outputs[0].name!r}; name it 'logits' (the "
+                        "sampler applies the softmax) or 'probabilities' (taken as they are)")
+    if outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 2:
+        raise UserError(f"{source}: classifier output {outputs[0].name!r} is {outputs[0].type} of rank "
+                        f"{len(outputs[0].shape)}; the contract is {contract}")
+    for role, spec in (("input", inputs[0]), ("output", outputs[0])):
+        if isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
+                            "the contract is a dynamic N (export with a dynamic batch axis)")
+    declared = [(f"classifier input {inputs[0].name!r} has size {dim} on axis {axis} but the generator's images are "
+                 f"{list(image_shape)} (H, W, C)", dim, expected)
+                for axis, (dim, expected) in enumerate(zip(inputs[0].shape[1:], image_shape, strict=True), start=1)]
+    declared.append((f"the classifier has {outputs[0].shape[1]} classes but the generator has {num_classes}",
+                     outputs[0].shape[1], num_classes))
+    for message, dim, expected in declared:
+        if isinstance(dim, int) and dim > 0 and dim != expected:  # a dynamic size is checked by the probe
+            raise UserError(f"{source}: {message}")
+    return outputs[0].name
+
+
+# ------------------------------------------------------------------------------------ score records
+WHOLE = Shard()
+
+
+def block_count(shard: Shard, n: int) -> int:
+    """How many records shard `shard` of a set of n images has."""
+    return -(-shard.image_count(n) // RECORD_IMAGES)
+
+
+def block_indices(shard: Shard, block: int, n: int) -> np.ndarray:
+    """int64 image indices of record `block` of `shard`, ascending."""
+    first = shard.index + shard.count * block * RECORD_IMAGES
+    return shard.image_indices(first, min(n, first + shard.count * RECORD_IMAGES))
+
+
+class ScoreRecords:
+    """The score records (DIR/.scores-*.npy) of one set of n images."""
+
+    def __init__(self, out_dir: str, n: int):
+        self.directory, self.n, self._cache = out_dir, n, {}
+        self._present = {(shard, block) for shard, block, _ in scan(out_dir, "npy")}  # other processes add more
+
+    @staticmethod
+    def bytes_bound() -> int:
+        return 4 * RECORD_IMAGES + 128  # the scores and the .npy header
+
+    def load(self, shard: Shard, block: int) -> np.ndarray | None:
+        """A record's scores; None when it is missing, unreadable or not what this set's record holds."""
+        if (shard, block) not in self._cache:
+            if len(self._cache) >= 64:  # a block of split N touches up to N records of the unsharded split
+                self._cache.clear()
+            expected, scores = len(block_indices(shard, block, self.n)), None
+            with contextlib.suppress(OSError, ValueError, EOFError):  # being replaced or removed, or damaged
+                with open(os.path.join(self.directory, record_name(shard, block)), "rb") as f:
+                    array = np.load(io.BytesIO(f.read(4 * expected + 4096)), allow_pickle=False)
+                if (isinstance(array, np.ndarray) and array.dtype == np.dtype("<f4") and array.shape == (expected,)
+                        and expected and np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+                    scores = array
+            self._cache[shard, block] = scores
+        return self._cache[shard, block]
+
+    def lookup(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(known bool [B], scores float32 [B]) of these image indices, from any split's records."""
+        known, scores = np.zeros(len(indices), dtype=bool), np.zeros(len(indices), dtype=np.float32)
+        for shard in {shard for shard, _ in self._present}:
+            mine = np.flatnonzero(~known & (indices % shard.count == shard.index))
+            positions = indices[mine] // shard.count
+            for block in np.unique(positions // RECORD_IMAGES).tolist():
+                if (shard, block) in self._present and (record := self.load(shard, block)) is not None:
+                    rows = positions // RECORD_IMAGES == block
+                    scores[mine[rows]] = record[positions[rows] - block * RECORD_IMAGES]
+                    known[mine[rows]] = True
+        return known, scores
+
+    def write(self, shard: Shard, block: int, scores: np.ndarray) -> None:
+        assert len(scores) == len(block_indices(shard, block, self.n)), "a record holds a whole block"
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.ascontiguousarray(scores, dtype="<f4"), allow_pickle=False)
+        write_atomic(os.path.join(self.directory, record_name(shard, block)), buffer.getvalue(), fsync=True)
+        self._present.add((shard, block))
+        self._cache.pop((shard, block), None)
+
+    def finish(self) -> None:
+        """Rewrite every score as the unsharded split's records and remove all others (by the run that
+        finishes the set, under the state lock, when every image has a score)."""
+        blocks = block_count(WHOLE, self.n)
+        for block in range(blocks):
+            if (WHOLE, block) in self._present and self.load(WHOLE, block) is not None:
+                continue
+            known, scores = self.lookup(indices := block_indices(WHOLE, block, self.n))
+            if not known.all():
+                raise UserError(f"{self.directory} lacks the recorded scores of {int((~known).sum())} images (image "
+                                f"{int(indices[~known][0])} first), which every shard should have recorded; run the "
+                                "same command without --shard to score them again")
+            self.write(WHOLE, block, scores)
+        for shard, block, path in scan(self.directory, "npy"):
+            if shard != WHOLE or block >= blocks:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)

@@ -1,6 +1,7 @@
-"""The model contract, in one torch-free module: the ganaug.* metadata keys of an ONNX model, written
-for generators (`ganaug export`) and classifiers (`export_classifier_onnx`: the sampler's filter,
-augment's teacher), and read and checked with the graph's inputs and outputs.
+"""The contract, in one torch-free module: the ganaug.* metadata keys of an ONNX model, written for
+generators (`ganaug export`) and classifiers (`export_classifier_onnx`: the sampler's filter, augment's
+teacher), and read and checked with the graph's inputs and outputs; and the sample set's layout (its
+paths, class directory names and manifest.csv), which `ganaug sample` writes and others read.
 
 See "The ONNX model" in the design. Every violation is a UserError naming the file and what is
 wrong, because the usual cause is a file that was not written by ganaug. No other module spells a
@@ -9,12 +10,20 @@ ganaug.* key: they build and read metadata here.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
+import os
 import re
+import unicodedata
 from dataclasses import dataclass
+
+import numpy as np
 
 from ganaug import safejson
 from ganaug.errors import UserError
+from ganaug.files import write_atomic
 
 SCHEMA = "1"
 SCHEMA_KEY = "ganaug.schema"
@@ -30,6 +39,7 @@ PROVENANCE_PREFIX = "ganaug."  # export adds provenance keys under it (arch, ver
 REQUIRED_KEYS = (SCHEMA_KEY, Z_DIM_KEY, NUM_CLASSES_KEY, CLASS_NAMES_KEY, IMAGE_SHAPE_KEY, PRECISION_KEY,
                  TRAIN_STEP_KEY, CHECKPOINT_SHA256_KEY)
 GENERATOR, CLASSIFIER = "generator", "classifier"
+CLASSIFIER_OUTPUTS = ("logits", "probabilities")  # the sampler applies a softmax to logits
 
 
 def generator_metadata(z_dim: int, num_classes: int, class_names: list[str], image_shape: tuple[int, int, int],
@@ -314,3 +324,133 @@ def check_classifier_metadata(metadata: dict, meta: ModelMeta, source: str) -> N
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_classifier_graph(session, image_shape: tuple[int, int, int], num_classes: int, source: str) -> str:
+    """The classifier's declared input and output against the contract; returns the output's kind."""
+    inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
+    outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
+    contract = f"uint8 [N, {', '.join(map(str, image_shape))}] (N, H, W, C: the generator's images)"
+    if len(inputs) != 1:
+        raise UserError(f"{source}: the classifier must have one input, {contract}; it has {len(inputs)}: "
+                        + ", ".join(repr(spec.name) for spec in inputs))
+    if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
+        raise UserError(f"{source}: classifier input {inputs[0].name!r} is {inputs[0].type} of rank "
+                        f"{len(inputs[0].shape)}; the contract is {contract}, scaled inside the graph")
+    contract = f"float32 [N, {num_classes}] named 'logits' or 'probabilities'"
+    if len(outputs) != 1:
+        raise UserError(f"{source}: the classifier must have one output, {contract}; it has {len(outputs)}: "
+                        + ", ".join(repr(spec.name) for spec in outputs))
+    if outputs[0].name not in CLASSIFIER_OUTPUTS:
+        raise UserError(f"{source}: the classifier's output is named {outputs[0].name!r}; name it 'logits' (the "
+                        "sampler applies the softmax) or 'probabilities' (taken as they are)")
+    if outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 2:
+        raise UserError(f"{source}: classifier output {outputs[0].name!r} is {outputs[0].type} of rank "
+                        f"{len(outputs[0].shape)}; the contract is {contract}")
+    for role, spec in (("input", inputs[0]), ("output", outputs[0])):
+        if isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
+                            "the contract is a dynamic N (export with a dynamic batch axis)")
+    declared = [(f"classifier input {inputs[0].name!r} has size {dim} on axis {axis} but the generator's images are "
+                 f"{list(image_shape)} (H, W, C)", dim, expected)
+                for axis, (dim, expected) in enumerate(zip(inputs[0].shape[1:], image_shape, strict=True), start=1)]
+    declared.append((f"the classifier has {outputs[0].shape[1]} classes but the generator has {num_classes}",
+                     outputs[0].shape[1], num_classes))
+    for message, dim, expected in declared:
+        if isinstance(dim, int) and dim > 0 and dim != expected:  # a dynamic size is checked by the probe
+            raise UserError(f"{source}: {message}")
+    return outputs[0].name
+
+
+# ------------------------------------------------------------------------------------------- the sample set
+# docs/sampler.md, "Output layout": what `ganaug sample` writes and `ganaug augment` and SyntheticFolder read.
+INFO_NAME, MANIFEST_NAME = "sample_info.json", "manifest.csv"
+MANIFEST_COLUMNS = ("path", "label", "class_name", "index", "seed")  # and "score" in a filtered set
+_UNSAFE_CHARS = re.compile(r'[\\/<>:"|?*\x00-\x1f\x7f]')  # separators, Windows-reserved, control characters
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_MAX_NAME_BYTES = 200  # "<dir>_<8 digits>.png" stays under the usual 255-byte limit
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
+    """Safe, distinct directory names, one per class, that sort in class order (ImageFolder numbers them in
+    sorted() order). Duplicates, compared case-insensitively as macOS and Windows do, get _1, _2, ... in
+    class order; where the names do not sort in class order, each gets its zero-padded label as a prefix."""
+    taken, result = {INFO_NAME, MANIFEST_NAME}, []
+    for index, name in enumerate(class_names):
+        text = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", name))
+        # Leading dots hide a directory; Windows drops trailing dots and spaces ("a." would merge with "a").
+        text = _truncate_utf8(text.strip().strip(".").strip(), _MAX_NAME_BYTES).rstrip(". ") or f"class_{index}"
+        stem, dot, extension = text.partition(".")
+        base = candidate = f"{stem}_{dot}{extension}" if stem.upper() in _WINDOWS_RESERVED else text  # "CON.txt" too
+        suffix = 0
+        while candidate.casefold() in taken:
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        taken.add(candidate.casefold())
+        result.append(candidate)
+    if sorted(result) != result:  # equal-width digits then "_": the prefixes alone decide the order
+        width = len(str(len(result) - 1))
+        result = [(prefix := f"{label:0{width}d}_") + _truncate_utf8(name, _MAX_NAME_BYTES - len(prefix)).rstrip(". ")
+                  for label, name in enumerate(result)]
+    assert all(name and name not in (".", "..") and os.path.basename(name) == name for name in result), result
+    return result
+
+
+class Layout:
+    """Where image i of a set lives."""
+
+    def __init__(self, out_dir: str, fmt: str, class_dirs: list[str], shard_size: int):
+        self.out_dir, self.format, self.class_dirs, self.shard_size = out_dir, fmt, class_dirs, shard_size
+        self.manifest_path = os.path.join(out_dir, MANIFEST_NAME)
+
+    def relative_path(self, index: int, label: int) -> str:
+        if self.format == "png":
+            return f"{self.class_dirs[label]}/{self.class_dirs[label]}_{index:08d}.png"
+        return f"shard_{index // self.shard_size:05d}.npz"
+
+    def path(self, index: int, label: int) -> str:
+        return os.path.join(self.out_dir, *self.relative_path(index, label).split("/"))
+
+    def file_path(self, k: int) -> str:
+        return os.path.join(self.out_dir, f"shard_{k:05d}.npz")
+
+    def png_indices(self, label: int) -> list[int]:
+        """The indices of the PNGs in class `label`'s directory, by their names."""
+        directory, pattern = self.class_dirs[label], png_pattern(self.class_dirs[label])
+        with contextlib.suppress(OSError):
+            return [int(name[len(directory) + 1:-4]) for name in os.listdir(os.path.join(self.out_dir, directory))
+                    if pattern.fullmatch(name)]
+        return []
+
+
+def png_pattern(class_dir: str) -> re.Pattern:
+    return re.compile(re.escape(class_dir) + r"_\d{8,}\.png")
+
+
+def format_score(score: np.float32) -> str:
+    """The shortest text that reads back as the same float32 (manifest.csv's `score`)."""
+    return str(np.float32(score))
+
+
+def write_manifest(path: str, rows, scored: bool) -> None:
+    """manifest.csv, atomically: rows (MANIFEST_COLUMNS, then the score of a filtered set) from any iterable."""
+
+    def fill(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS + ("score",) * scored)
+        writer.writerows(rows)
+        text.flush()
+        text.detach()  # write_atomic closes the file
+
+    write_atomic(path, fill, fsync=True)
+
+
+def read_manifest(out_dir: str) -> list[dict[str, str]]:
+    """A set's manifest.csv, one dict per row keyed by its columns."""
+    with open(os.path.join(out_dir, MANIFEST_NAME), encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))

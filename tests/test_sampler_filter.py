@@ -18,9 +18,9 @@ from sampling import kill_once_written, sample, sample_error, tree
 
 import ganaug.sampler.filter as filter_module
 import ganaug.sampler.filter as scores_module
+from ganaug.contract import format_score
 from ganaug.errors import UserError
 from ganaug.sampler import ImageFilter, Sampler
-from ganaug.sampler.filter import format_score
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAU = 0.75  # keeps about two images in three of this test classifier's (its scores run from 0.6 to 0.9)

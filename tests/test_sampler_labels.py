@@ -12,7 +12,7 @@ import pytest
 from onnx_models import make_model
 
 from ganaug.cli import main
-from ganaug.sampler.layout import class_dir_names
+from ganaug.contract import class_dir_names
 
 torchvision = pytest.importorskip("torchvision")
 

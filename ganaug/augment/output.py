@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ganaug.contract import class_dir_names
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
-from ganaug.sampler.layout import class_dir_names, encode_png
+from ganaug.sampler.layout import encode_png
 
 MANIFEST = "manifest.csv"
 COLUMNS = ("path", "label", "class_name", "source", "origin", "confidence", "weight", "model")

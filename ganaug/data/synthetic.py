@@ -16,7 +16,6 @@ the real set. Unlike the sampler itself, this module needs torch.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import struct
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset, WeightedRandomSampler
 
+from ganaug.contract import INFO_NAME, read_manifest
 from ganaug.sampler.sampler import labels_for, select_classes
 
 _ZIP_LOCAL_HEADER_SIZE = 30
@@ -75,7 +75,7 @@ class SyntheticFolder(Dataset):
     def __init__(self, root, transform: Callable | None = None):
         self.root = os.fspath(root)
         self.transform = transform
-        with open(os.path.join(self.root, "sample_info.json"), encoding="utf-8") as f:
+        with open(os.path.join(self.root, INFO_NAME), encoding="utf-8") as f:
             info = json.load(f)
         if not info.get("complete"):
             raise ValueError(
@@ -86,8 +86,7 @@ class SyntheticFolder(Dataset):
         self.shard_size = info["identity"].get("shard_size")
         self.classes: list[str] = list(info["model"]["class_names"])
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
-        with open(os.path.join(self.root, "manifest.csv"), encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_manifest(self.root)
         self.paths = [row["path"] for row in rows]
         self.indices = np.array([int(row["index"]) for row in rows], dtype=np.int64)
         # Where each image sits in its .npz file: rows are in index order, and so are a file's images

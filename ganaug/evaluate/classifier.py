@@ -236,10 +236,9 @@ def export_classifier_onnx(model: nn.Module, path: str | Path, image_shape: tupl
     atomically (an existing file is replaced)."""
     import onnx
 
-    from ganaug.contract import classifier_metadata
+    from ganaug.contract import check_classifier_graph, classifier_metadata
     from ganaug.export.onnx_export import DEFAULT_OPSET
     from ganaug.files import write_atomic
-    from ganaug.sampler.filter import check_classifier_graph
     from ganaug.sampler.runtime import cpu_session
 
     height, width, channels = image_shape

@@ -14,13 +14,12 @@ import os
 
 import numpy as np
 
-from ganaug.contract import ModelMeta, TensorSpec, check_classifier_metadata
+from ganaug.contract import ModelMeta, check_classifier_graph, check_classifier_metadata
 from ganaug.errors import UserError
 from ganaug.files import write_atomic
 from ganaug.sampler.layout import Shard, record_name, scan
 from ganaug.sampler.runtime import RunFailed, load_model, run_checked, run_options
 
-OUTPUT_KINDS = ("logits", "probabilities")
 SCHEME = "softmax-f64-of-f32-logits-score-f32-ge-f32-tau-v1"  # in the set's identity: schemes never mix
 RECORD_IMAGES = 4096  # images of one shard per record: 16 KiB of scores
 
@@ -30,11 +29,6 @@ def check_min_confidence(value: float) -> float:
     if not (math.isfinite(value) and 0 < value <= 1):
         raise UserError(f"--min-confidence must be in (0, 1] (a probability above 0), got {value}")
     return float(value)
-
-
-def format_score(score: np.float32) -> str:
-    """The shortest text that reads back as the same float32 (manifest.csv's `score`)."""
-    return str(np.float32(score))
 
 
 class ImageFilter:
@@ -102,42 +96,6 @@ class ImageFilter:
     def describe(self) -> dict:
         return {"file": os.path.basename(self.source), "sha256": self.sha256, "output": self.output_kind,
                 "min_confidence": self.min_confidence}
-
-
-def check_classifier_graph(session, image_shape: tuple[int, int, int], num_classes: int, source: str) -> str:
-    """The classifier's declared input and output against the contract; returns the output's kind."""
-    inputs = [TensorSpec.from_node_arg(arg) for arg in session.get_inputs()]
-    outputs = [TensorSpec.from_node_arg(arg) for arg in session.get_outputs()]
-    contract = f"uint8 [N, {', '.join(map(str, image_shape))}] (N, H, W, C: the generator's images)"
-    if len(inputs) != 1:
-        raise UserError(f"{source}: the classifier must have one input, {contract}; it has {len(inputs)}: "
-                        + ", ".join(repr(spec.name) for spec in inputs))
-    if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4:
-        raise UserError(f"{source}: classifier input {inputs[0].name!r} is {inputs[0].type} of rank "
-                        f"{len(inputs[0].shape)}; the contract is {contract}, scaled inside the graph")
-    contract = f"float32 [N, {num_classes}] named 'logits' or 'probabilities'"
-    if len(outputs) != 1:
-        raise UserError(f"{source}: the classifier must have one output, {contract}; it has {len(outputs)}: "
-                        + ", ".join(repr(spec.name) for spec in outputs))
-    if outputs[0].name not in OUTPUT_KINDS:
-        raise UserError(f"{source}: the classifier's output is named {outputs[0].name!r}; name it 'logits' (the "
-                        "sampler applies the softmax) or 'probabilities' (taken as they are)")
-    if outputs[0].type != "tensor(float)" or len(outputs[0].shape) != 2:
-        raise UserError(f"{source}: classifier output {outputs[0].name!r} is {outputs[0].type} of rank "
-                        f"{len(outputs[0].shape)}; the contract is {contract}")
-    for role, spec in (("input", inputs[0]), ("output", outputs[0])):
-        if isinstance(spec.shape[0], int) and spec.shape[0] > 0:
-            raise UserError(f"{source}: classifier {role} {spec.name!r} has a fixed batch size of {spec.shape[0]}; "
-                            "the contract is a dynamic N (export with a dynamic batch axis)")
-    declared = [(f"classifier input {inputs[0].name!r} has size {dim} on axis {axis} but the generator's images are "
-                 f"{list(image_shape)} (H, W, C)", dim, expected)
-                for axis, (dim, expected) in enumerate(zip(inputs[0].shape[1:], image_shape, strict=True), start=1)]
-    declared.append((f"the classifier has {outputs[0].shape[1]} classes but the generator has {num_classes}",
-                     outputs[0].shape[1], num_classes))
-    for message, dim, expected in declared:
-        if isinstance(dim, int) and dim > 0 and dim != expected:  # a dynamic size is checked by the probe
-            raise UserError(f"{source}: {message}")
-    return outputs[0].name
 
 
 # ------------------------------------------------------------------------------------ score records

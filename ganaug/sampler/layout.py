@@ -17,7 +17,6 @@ import math
 import os
 import re
 import struct
-import unicodedata
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -25,17 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganaug import safejson
+from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern
 from ganaug.errors import UserError
 from ganaug.files import is_temporary, write_atomic, write_bytes
 from ganaug.nested import changed_leaves
 
-INFO_NAME, MANIFEST_NAME = "sample_info.json", "manifest.csv"
 NPZ_PATTERN = re.compile(r"shard_\d{5,}\.npz")
 # a shard's lock file and done marker (.shard-I-of-N.lock|done), a score record (.scores-I-of-N-B.npy)
 _OWN_FILE = re.compile(r"\.(?:shard|scores)-([0-9]{1,9})-of-([0-9]{1,9})(?:-([0-9]{9,18}))?\.(lock|done|npy)")
-_UNSAFE_CHARS = re.compile(r'[\\/<>:"|?*\x00-\x1f\x7f]')  # separators, Windows-reserved, control characters
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
-_MAX_NAME_BYTES = 200  # "<dir>_<8 digits>.png" stays under the usual 255-byte limit
 MAX_SHARDS = 1 << 20
 # The class names appear three times: 16 Mi characters of names at most (contract.MAX_VALUE_CHARS).
 MAX_INFO_CHARS, MAX_INFO_DEPTH = 128 << 20, 8
@@ -79,66 +75,6 @@ def parse_shard(text: str | None) -> Shard:
     if index >= count:
         raise UserError(f"--shard {text}: INDEX must be 0 .. {count - 1} (COUNT - 1), got {match[1]}")
     return Shard(index, count)
-
-
-def _truncate_utf8(text: str, max_bytes: int) -> str:
-    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def class_dir_names(class_names: list[str] | tuple[str, ...]) -> list[str]:
-    """Safe, distinct directory names, one per class, that sort in class order (ImageFolder numbers them in
-    sorted() order). Duplicates, compared case-insensitively as macOS and Windows do, get _1, _2, ... in
-    class order; where the names do not sort in class order, each gets its zero-padded label as a prefix."""
-    taken, result = {INFO_NAME, MANIFEST_NAME}, []
-    for index, name in enumerate(class_names):
-        text = _UNSAFE_CHARS.sub("_", unicodedata.normalize("NFC", name))
-        # Leading dots hide a directory; Windows drops trailing dots and spaces ("a." would merge with "a").
-        text = _truncate_utf8(text.strip().strip(".").strip(), _MAX_NAME_BYTES).rstrip(". ") or f"class_{index}"
-        stem, dot, extension = text.partition(".")
-        base = candidate = f"{stem}_{dot}{extension}" if stem.upper() in _WINDOWS_RESERVED else text  # "CON.txt" too
-        suffix = 0
-        while candidate.casefold() in taken:
-            suffix += 1
-            candidate = f"{base}_{suffix}"
-        taken.add(candidate.casefold())
-        result.append(candidate)
-    if sorted(result) != result:  # equal-width digits then "_": the prefixes alone decide the order
-        width = len(str(len(result) - 1))
-        result = [(prefix := f"{label:0{width}d}_") + _truncate_utf8(name, _MAX_NAME_BYTES - len(prefix)).rstrip(". ")
-                  for label, name in enumerate(result)]
-    assert all(name and name not in (".", "..") and os.path.basename(name) == name for name in result), result
-    return result
-
-
-class Layout:
-    """Where image i of a set lives."""
-
-    def __init__(self, out_dir: str, fmt: str, class_dirs: list[str], shard_size: int):
-        self.out_dir, self.format, self.class_dirs, self.shard_size = out_dir, fmt, class_dirs, shard_size
-        self.manifest_path = os.path.join(out_dir, MANIFEST_NAME)
-
-    def relative_path(self, index: int, label: int) -> str:
-        if self.format == "png":
-            return f"{self.class_dirs[label]}/{self.class_dirs[label]}_{index:08d}.png"
-        return f"shard_{index // self.shard_size:05d}.npz"
-
-    def path(self, index: int, label: int) -> str:
-        return os.path.join(self.out_dir, *self.relative_path(index, label).split("/"))
-
-    def file_path(self, k: int) -> str:
-        return os.path.join(self.out_dir, f"shard_{k:05d}.npz")
-
-    def png_indices(self, label: int) -> list[int]:
-        """The indices of the PNGs in class `label`'s directory, by their names."""
-        directory, pattern = self.class_dirs[label], png_pattern(self.class_dirs[label])
-        with contextlib.suppress(OSError):
-            return [int(name[len(directory) + 1:-4]) for name in os.listdir(os.path.join(self.out_dir, directory))
-                    if pattern.fullmatch(name)]
-        return []
-
-
-def png_pattern(class_dir: str) -> re.Pattern:
-    return re.compile(re.escape(class_dir) + r"_\d{8,}\.png")
 
 
 def shard_file_name(shard: Shard, kind: str) -> str:

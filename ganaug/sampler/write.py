@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
@@ -20,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ganaug import __version__
+from ganaug.contract import Layout, class_dir_names, format_score, write_manifest
 from ganaug.errors import UserError
-from ganaug.files import clean_temporaries, sync_filesystems, write_atomic
+from ganaug.files import clean_temporaries, sync_filesystems
 from ganaug.sampler import layout, locks
-from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices, format_score
-from ganaug.sampler.layout import Layout, Shard
+from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices
+from ganaug.sampler.layout import Shard
 from ganaug.sampler.runtime import physical_cores, short_provider
 from ganaug.sampler.sampler import SCHEME, Sampler, labels_for
 
@@ -145,7 +144,7 @@ class _Run:
 
     def __init__(self, sampler: Sampler, request: SampleRequest, image_filter: ImageFilter | None):
         self.sampler, self.request, self.filter, self.out_dir = sampler, request, image_filter, request.out_dir
-        self.paths = Layout(request.out_dir, request.format, layout.class_dir_names(sampler.meta.class_names),
+        self.paths = Layout(request.out_dir, request.format, class_dir_names(sampler.meta.class_names),
                              request.shard_size)
         k = len(request.classes)  # image i has class i % k: the first n % k classes get one image more
         self.counts = [request.n // k + (position < request.n % k) for position in range(k)]
@@ -349,20 +348,15 @@ class _Run:
                     with np.load(paths.file_path(k), allow_pickle=False) as arrays:
                         yield arrays["indices"], arrays["labels"], arrays["scores"]
 
-        def fill(f) -> None:
-            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(["path", "label", "class_name", "index", "seed"] + ["score"] * (image_filter is not None))
+        def rows():
             for indices, labels, scores in chunks():
                 listed[:] += np.bincount(labels, minlength=len(listed))
                 rows = ((paths.relative_path(i, label), label, names[label], i, request.seed)
                         for i, label in zip(indices.tolist(), labels.tolist(), strict=True))
-                writer.writerows(rows if scores is None else
-                                 (row + (format_score(score),) for row, score in zip(rows, scores, strict=True)))
-            text.flush()
-            text.detach()  # write_atomic closes the file
+                yield from (rows if scores is None else
+                            (row + (format_score(score),) for row, score in zip(rows, scores, strict=True)))
 
-        write_atomic(paths.manifest_path, fill, fsync=True)
+        write_manifest(paths.manifest_path, rows(), scored=image_filter is not None)
         return [int(listed[c]) for c in request.classes]
 
     def finish(self) -> list[int]:

@@ -316,13 +316,13 @@ def check_classifier_metadata(metadata: dict, meta: ModelMeta, source: str) -> N
         except ValueError:
             raise UserError(f"{source}: classifier metadata {key} is not a flat JSON list") from None
         if value != expected:
-            shown = _short(repr(value), 120)
-            raise UserError(f"{source}: the classifier's {what} {shown} are not the generator's {_short(repr(expected), 120)}"
+            shown = shorten(repr(value), 120)
+            raise UserError(f"{source}: the classifier's {what} {shown} are not the generator's {shorten(repr(expected), 120)}"
                             + (" (same classes in another order?)" if key == CLASS_NAMES_KEY
                                and isinstance(value, list) and sorted(map(str, value)) == sorted(expected) else ""))
 
 
-def _short(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
@@ -366,6 +366,7 @@ def check_classifier_graph(session, image_shape: tuple[int, int, int], num_class
 # docs/sampler.md, "Output layout": what `ganaug sample` writes and `ganaug augment` and SyntheticFolder read.
 INFO_NAME, MANIFEST_NAME = "sample_info.json", "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "class_name", "index", "seed")  # and "score" in a filtered set
+SCORE_BYTES = 16  # a manifest's ",score": the shortest float32 text is at most 13 characters
 _UNSAFE_CHARS = re.compile(r'[\\/<>:"|?*\x00-\x1f\x7f]')  # separators, Windows-reserved, control characters
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
 _MAX_NAME_BYTES = 200  # "<dir>_<8 digits>.png" stays under the usual 255-byte limit
@@ -448,6 +449,14 @@ def write_manifest(path: str, rows, scored: bool) -> None:
         text.detach()  # write_atomic closes the file
 
     write_atomic(path, fill, fsync=True)
+
+
+def manifest_bytes_bound(n: int, classes: list[tuple[int, int, int, str]], seed: int, score_column: bool = False) -> int:
+    """manifest.csv of n rows; classes: (rows, label, longest path in bytes, class name) per class."""
+    digits, score = len(str(max(n - 1, 0))), SCORE_BYTES if score_column else 0
+    return 64 + sum(  # a quoted name doubles its quotes at worst
+        rows * (path_bytes + 2 * len(name.encode()) + 2 + len(str(label)) + digits + len(str(seed)) + 5 + score)
+        for rows, label, path_bytes, name in classes)
 
 
 def read_manifest(out_dir: str) -> list[dict[str, str]]:

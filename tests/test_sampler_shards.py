@@ -221,13 +221,13 @@ def test_a_file_system_without_locks_is_one_warning_not_a_failure(model, tmp_pat
     """e.g. Lustre mounted without flock support: flock fails with ENOLCK."""
     import errno
 
-    import ganaug.sampler.locks as locks
+    import ganaug.sampler.layout as layout
 
     def no_locks(fd, flags):
         raise OSError(errno.ENOLCK, "No locks available")
 
     reference = _reference(model, tmp_path, "--n", 12)
-    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    monkeypatch.setattr(layout.fcntl, "flock", no_locks)
     out = tmp_path / "out"
     assert sample(model, out, "--n", 12, "--shard", "0/2") == 0
     assert sample(model, out, "--n", 12, "--shard", "1/2") == 0

@@ -14,10 +14,10 @@ from onnx_models import make_model
 from sampling import sample, sample_error
 
 import ganaug.sampler.entry as entry
+from ganaug.contract import manifest_bytes_bound
 from ganaug.sampler.layout import (
     disk_bytes,
     encode_png,
-    manifest_bytes_bound,
     npz_bytes_bound,
     png_bytes_bound,
     write_npz,

@@ -1,6 +1,7 @@
-"""The sample set on disk (docs/sampler.md, "Output layout"): every name in its directory, the split into
-shards, the bytes of its files, and sample_info.json, ganaug's only proof of which files there it wrote
-(without a readable one, a non-empty directory is never written into and --overwrite deletes nothing).
+"""The sample set on disk (docs/sampler.md, "Output layout"; its names are the contract's): the split into
+shards and the locks of the processes that share it, the bytes of its files, and sample_info.json, ganaug's
+only proof of which files there it wrote (without a readable one, a non-empty directory is never written
+into and --overwrite deletes nothing).
 
 Files are written deterministically (the PNG encoder is our own: PIL's per-image overhead is many times
 the encoding's on small images; .npz entries are stored, with fixed timestamps), checked before a resume
@@ -11,8 +12,10 @@ and bounded from above before a run starts ("Before anything is written").
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -24,10 +27,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ganaug import safejson
-from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern
+from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern, shorten
 from ganaug.errors import UserError
 from ganaug.files import is_temporary, write_atomic, write_bytes
 from ganaug.nested import changed_leaves
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+log = logging.getLogger(__name__)
 
 NPZ_PATTERN = re.compile(r"shard_\d{5,}\.npz")
 # a shard's lock file and done marker (.shard-I-of-N.lock|done), a score record (.scores-I-of-N-B.npy)
@@ -97,10 +107,6 @@ def scan(out_dir: str, kind: str) -> list[tuple[Shard, int, str]]:
     return sorted(found)
 
 
-def _short(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def read_info(out_dir: str) -> dict | None:
     """The set's sample_info.json, None when there is none. A file from disk: its size and nesting are
     bounded before it is parsed, and the fields that steer resuming and deleting checked."""
@@ -114,7 +120,7 @@ def read_info(out_dir: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise UserError(f"cannot read {path} ({_short(str(exc), 200)}); {_UNPROVEN}") from None
+        raise UserError(f"cannot read {path} ({shorten(str(exc), 200)}); {_UNPROVEN}") from None
     class_dirs = info.get("class_dirs", []) if isinstance(info, dict) else None
     if not (isinstance(info, dict) and isinstance(info.get("identity"), dict) and isinstance(class_dirs, list)
             and all(isinstance(name, str) for name in class_dirs)):
@@ -135,7 +141,7 @@ def open_for_run(out_dir: str, identity: dict, overwrite: bool, running: list[Sh
     if old_info is not None and old_info["identity"] == identity:
         return True
     if old_info is not None and not overwrite:
-        differences = "; ".join(f"{key} {_short(repr(a), 80)} there, {_short(repr(b), 80)} now"
+        differences = "; ".join(f"{key} {shorten(repr(a), 80)} there, {shorten(repr(b), 80)} now"
                                 for key, a, b in changed_leaves(old_info["identity"], identity))
         raise UserError(f"{out_dir} holds samples made with other settings ({differences}); "
                         "choose another --out or pass --overwrite to replace them")
@@ -286,7 +292,6 @@ def npz_is_whole(path: str, image_shape: tuple[int, int, int], labels: np.ndarra
 # Free space: each bound is the worst case the writers can produce, so a refused run could not have fitted.
 _ENTRY_BYTES = 256  # per file beyond its blocks: the directory entry (the names stay under 230 bytes)
 _NPZ_OVERHEAD = 4096  # zip headers, zip64 records, .npy headers, the central directory
-SCORE_BYTES = 16  # a manifest's ",score": the shortest float32 text is at most 13 characters
 
 
 def png_bytes_bound(image_shape: tuple[int, int, int]) -> int:
@@ -301,14 +306,6 @@ def npz_bytes_bound(count: int, image_shape: tuple[int, int, int], extra_bytes_p
     """No .npz file of `count` images is longer (extra: the bytes per image of arrays beyond labels)."""
     overhead = _NPZ_OVERHEAD * (2 if extra_bytes_per_image else 1)
     return count * (math.prod(image_shape) + 8 + extra_bytes_per_image) + overhead
-
-
-def manifest_bytes_bound(n: int, classes: list[tuple[int, int, int, str]], seed: int, score_column: bool = False) -> int:
-    """manifest.csv of n rows; classes: (rows, label, longest path in bytes, class name) per class."""
-    digits, score = len(str(max(n - 1, 0))), SCORE_BYTES if score_column else 0
-    return 64 + sum(  # a quoted name doubles its quotes at worst
-        rows * (path_bytes + 2 * len(name.encode()) + 2 + len(str(label)) + digits + len(str(seed)) + 5 + score)
-        for rows, label, path_bytes, name in classes)
 
 
 def disk_bytes(file_sizes: list[tuple[int, int]], block: int) -> int:
@@ -341,3 +338,119 @@ def check_free_space(out_dir: str, file_sizes: list[tuple[int, int]], what: str)
     if fs.f_files and files > fs.f_favail:  # f_files == 0: no inode limit
         raise UserError(f"not enough free inodes for --out {out_dir}: {what} need up to {files:,} new files and its "
                         f"file system can take {fs.f_favail:,} more; choose another --out or ask for fewer images")
+
+
+# ------------------------------------------------------------------------------------------- the locks
+# Several `ganaug sample` processes on one --out (docs/sampler.md, "Sharding"): a short state lock (flock
+# on the directory) guards the set's state; a claim (flock on DIR/.shard-I-of-N.lock), taken and dropped
+# under it, keeps two processes of a shard apart; a done marker (DIR/.shard-I-of-N.done) says a shard has
+# all its files. Without advisory locks (Windows, some mounts) concurrent runs go undetected, said once.
+# What flock raises where the file system cannot lock (e.g. Lustre mounted without -o flock).
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+_warned_no_locks: set[str] = set()
+
+
+def _flock(fd: int, flags: int, out_dir: str) -> None:
+    """flock, or one WARNING line per directory where locks are unsupported; a lock held elsewhere
+    raises BlockingIOError (with LOCK_NB)."""
+    try:
+        fcntl.flock(fd, flags)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise UserError(f"cannot lock {out_dir}: {exc.strerror or exc}") from None
+        if out_dir not in _warned_no_locks:
+            _warned_no_locks.add(out_dir)
+            log.warning("the file system of %s does not support file locks (%s): runs writing to it at the same "
+                        "time are not detected", out_dir, exc.strerror or exc)
+
+
+def _describe(shard: Shard) -> str:
+    return "`ganaug sample`" if shard.whole else f"`ganaug sample --shard {shard}`"
+
+
+@contextlib.contextmanager
+def state_lock(out_dir: str):
+    """Hold the directory's state lock (waiting: others hold it for a moment only)."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        fd = os.open(out_dir, os.O_RDONLY)
+    except OSError as exc:
+        raise UserError(f"cannot open {out_dir}: {exc.strerror or exc}") from None
+    try:
+        _flock(fd, fcntl.LOCK_EX, out_dir)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class Claim:
+    """This process's claim on its shard of the set in out_dir; every method runs under state_lock."""
+
+    def __init__(self, out_dir: str, shard: Shard):
+        self.shard, self.out_dir = shard, out_dir
+        self.path = os.path.join(out_dir, shard_file_name(shard, "lock"))
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        try:
+            _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, self.out_dir)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise UserError(f"another {_describe(self.shard)} is writing to {self.out_dir}") from None
+            raise
+        self._fd = fd  # held even where locks are unsupported: release() removes the file either way
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)  # before unlocking: nobody can take the claim meanwhile (state lock)
+            os.close(self._fd)
+            self._fd = None
+
+    def others_running(self) -> list[Shard]:
+        """The shards other processes write now. They must split the set as this one does: the markers of
+        one COUNT finish it."""
+        running = []
+        for shard, _, path in scan(self.out_dir, "lock") if fcntl is not None else ():
+            if path == self.path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue
+            try:
+                _flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, self.out_dir)
+            except BlockingIOError:
+                running.append(shard)
+            finally:
+                os.close(fd)
+        if other := next((s for s in running if s.count != self.shard.count), None):
+            raise UserError(f"{_describe(other)} is writing to {self.out_dir}; runs at the same time on one --out must "
+                            f"use the same --shard COUNT ({other.count}), so wait for it or use --shard "
+                            f"INDEX/{other.count}")
+        return running
+
+    def mark_done(self) -> list[int]:
+        """Mark this shard done; return the shards of its split that are not."""
+        write_atomic(os.path.join(self.out_dir, shard_file_name(self.shard, "done")), b"", fsync=True)
+        done = {shard.index for shard, _, _ in scan(self.out_dir, "done") if shard.count == self.shard.count}
+        return [index for index in range(self.shard.count) if index not in done]
+
+    def remove_coordination_files(self) -> None:
+        """Remove every done marker and every lock file but those held (this one's, running ones')."""
+        busy = set(self.others_running())
+        for shard, _, path in scan(self.out_dir, "done") + scan(self.out_dir, "lock"):
+            if path.endswith(".done") or (path != self.path and shard not in busy):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)

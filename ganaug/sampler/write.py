@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ganaug import __version__
-from ganaug.contract import Layout, class_dir_names, format_score, write_manifest
+from ganaug.contract import Layout, class_dir_names, format_score, manifest_bytes_bound, write_manifest
 from ganaug.errors import UserError
 from ganaug.files import clean_temporaries, sync_filesystems
-from ganaug.sampler import layout, locks
+from ganaug.sampler import layout
 from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices
 from ganaug.sampler.layout import Shard
 from ganaug.sampler.runtime import physical_cores, short_provider
@@ -148,7 +148,7 @@ class _Run:
                              request.shard_size)
         k = len(request.classes)  # image i has class i % k: the first n % k classes get one image more
         self.counts = [request.n // k + (position < request.n % k) for position in range(k)]
-        self.claim, self.workers = locks.Claim(request.out_dir, request.shard), request.writers or physical_cores()
+        self.claim, self.workers = layout.Claim(request.out_dir, request.shard), request.writers or physical_cores()
         self.npz_files = range(request.shard.index, -(-request.n // request.shard_size), request.shard.count)
         self.part_images = request.shard.image_count(request.n) if request.format == "png" else sum(
             min(request.shard_size, request.n - j * request.shard_size) for j in self.npz_files)
@@ -208,7 +208,7 @@ class _Run:
         rows = [(count, c, len(paths.relative_path(request.n - 1, c).encode()), self.sampler.meta.class_names[c])
                 for c, count in zip(request.classes, self.counts, strict=True)]
         info = 2 * len(json.dumps(self.info(), ensure_ascii=False).encode()) + 64 + 128 * len(rows) * bool(filtered)
-        files += [(1, layout.manifest_bytes_bound(request.n, rows, request.seed, score_column=bool(filtered))),
+        files += [(1, manifest_bytes_bound(request.n, rows, request.seed, score_column=bool(filtered))),
                   (1, info), (2, 0)]  # the manifest: whichever shard finishes last writes it
         layout.check_free_space(self.out_dir, files, f"{what}, manifest.csv and sample_info.json")
 
@@ -403,7 +403,7 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
         raise UserError(f"cannot create output directory {request.out_dir}: {exc.strerror or exc}") from None
     run = _Run(sampler, request, filter)
     try:
-        with locks.state_lock(request.out_dir):
+        with layout.state_lock(request.out_dir):
             run.claim.acquire()
             resuming = run.open()
         which = "" if request.shard.whole else f" (shard {request.shard}: {run.part_images} of them)"
@@ -417,11 +417,11 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
             progress.close()
         if request.format == "png":  # a shard is recorded done, and a set complete, once its PNGs are on disk
             sync_filesystems()
-        with locks.state_lock(request.out_dir):
+        with layout.state_lock(request.out_dir):
             missing = run.finish()
             run.claim.release()
     finally:
-        with locks.state_lock(request.out_dir):
+        with layout.state_lock(request.out_dir):
             run.claim.release()  # a claim not taken is left alone
     if counts["damaged"]:
         log.warning("rewrote %d damaged or incomplete files left by an interrupted run", counts["damaged"])

@@ -19,10 +19,14 @@ SCHEME = "philox-block1024-float32-v1"  # in sample_info.json: another scheme ch
 MIN_TRUNCATION = 0.01  # redrawing beyond +-t takes about 1 / P(|x| < t) rounds: below this it crawls
 
 
+class TruncationError(UserError, ValueError):
+    """A truncation the sampler refuses: one line on a command line, a ValueError to library callers."""
+
+
 def check_truncation(truncation: float) -> None:
     """The one truncation rule, for the sampler and every command that passes a truncation to it."""
     if truncation < 0 or 0 < truncation < MIN_TRUNCATION:
-        raise UserError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
+        raise TruncationError(f"--truncation must be 0 (off) or at least {MIN_TRUNCATION}, got {truncation}")
 
 
 def latent_block(seed: int, block: int, z_dim: int, truncation: float = 0.0) -> np.ndarray:

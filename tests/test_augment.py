@@ -277,8 +277,15 @@ def _forced(decision: dict):
     return staticmethod(decide)
 
 
+def _no_estimate(job):
+    """What the estimate returns, without its folds: for tests of the output stage under a forced
+    decision (the estimate itself is tested end to end above)."""
+    return {"policy": "affine", "policy_accuracy": {"affine": 0.5}, "folds": 2, "per_fold": {}, "held_out_share": 0.5}
+
+
 def test_shards_of_the_unlabelled_pool_together_equal_one_run(few_labels, tmp_path, monkeypatch):
     monkeypatch.setattr(_Job, "decide", _forced({"recipe": BOTH, "pseudo": True, "synthetic": True}))
+    monkeypatch.setattr(_Job, "estimate", _no_estimate)
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     args = ("--unlabelled", str(few_labels / "unlabelled.npz"))
     assert _augment(few_labels, whole, *args) == 0
@@ -314,6 +321,7 @@ def test_the_teacher_is_a_filter_the_sampler_takes(few_labels, tmp_path, monkeyp
     from ganaug.sampler import ImageFilter, Sampler
 
     monkeypatch.setattr(_Job, "decide", _forced({"recipe": CLASSICAL, "pseudo": False, "synthetic": False}))
+    monkeypatch.setattr(_Job, "estimate", _no_estimate)
     out = tmp_path / "set"
     assert _augment(few_labels, out, "--synthetic", "never") == 0
     run = trained_run("data.resolution=8", "model.z_dim=8")

@@ -38,7 +38,7 @@ def whole_number(low: int, high: int | None = None, what: str = ""):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if high is None and value < low:
+        if value < low and (high is None or low == 1):
             raise argparse.ArgumentTypeError(f"{value} must be positive" if low == 1 else f"{value} is below {low}")
         if high is not None and not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not in {what or f'{low}..{high}'}")
@@ -172,12 +172,13 @@ def _add_sample(sub) -> None:
                                    "shards. Image i depends only on (model, seed, i); re-running completes "
                                    "an interrupted run.")
     p.add_argument("model", help="ganaug ONNX model")
-    p.add_argument("--n", type=positive_int, help="number of images (class-balanced when conditional)")
+    image_count = whole_number(1, 2**63 - 1, "1..2^63-1")  # image indices are int64 everywhere
+    p.add_argument("--n", type=image_count, help="number of images (class-balanced when conditional)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="png", choices=("png", "npz"))
     p.add_argument("--seed", type=int, default=0, help="latent seed: any integer (taken modulo 2^64)")
     p.add_argument("--classes", help="comma-separated class names to generate (default: all)")
-    p.add_argument("--per-class", type=positive_int, help="images per class (instead of --n)")
+    p.add_argument("--per-class", type=image_count, help="images per class (instead of --n)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--provider", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--threads", type=thread_count, default=0, help="inference threads (0: physical cores)")

@@ -1625,6 +1625,24 @@ def _sample_class_unknown(env):
     return env.sample(env.model(), "--n", "3", "--classes", "cat,zebra")
 
 
+@case("sample-classes-trailing-space", "sample", "--classes 'cat ' (a trailing space)",
+      "unknown class 'cat '; the model's classes are", found="sampled class 'cat' without a word (names were stripped)")
+def _sample_classes_trailing_space(env):
+    return env.sample(env.model(), "--n", "3", "--classes", "cat ")
+
+
+@case("sample-n-past-int64", "sample", "--n 10^20", "argument --n: 100000000000000000000 is not in 1..2^63-1",
+      found="OverflowError traceback ('Python int too large to convert to C ssize_t'), exit 1")
+def _sample_n_past_int64(env):
+    return env.sample(env.model(), "--n", str(10**20))
+
+
+@case("sample-per-class-past-int64", "sample", "--per-class 2^62 with 3 classes (past int64 in all)",
+      "image indices are int64, so at most", found="OverflowError traceback, exit 1")
+def _sample_per_class_past_int64(env):
+    return env.sample(env.model(), "--per-class", str(2**62))
+
+
 @case("sample-class-twice", "sample", "--classes naming a class twice", "class 'cat' is named twice in --classes")
 def _sample_class_twice(env):
     return env.sample(env.model(), "--n", "3", "--classes", "cat,cat")

@@ -13,6 +13,7 @@ from ganaug.sampler.sampler import Sampler, check_truncation, select_classes
 from ganaug.sampler.write import SampleRequest, write_samples
 
 log = logging.getLogger(__name__)
+MAX_IMAGES = 2**63 - 1  # image indices are int64 in the sampler and its files
 
 
 def _physical_memory() -> int | None:
@@ -51,9 +52,14 @@ def main(args) -> int:
     sampler = Sampler.load(args.model, provider=args.provider, threads=args.threads)
     image_filter = None if args.filter is None else ImageFilter.load(
         args.filter, sampler.meta, args.min_confidence, provider=args.provider, threads=args.threads)
-    names = None if args.classes is None else [name.strip() for name in args.classes.split(",") if name.strip()]
+    # Names are matched as typed: "a " is not "a" (a folder can be named either, so stripping could pick
+    # another class than the one meant; an unknown name is refused with the model's classes listed).
+    names = None if args.classes is None else [name for name in args.classes.split(",") if name]
     classes = select_classes(sampler.meta, names)
     n = args.n if args.n is not None else args.per_class * len(classes)
+    if n > MAX_IMAGES:
+        raise UserError(f"--per-class {args.per_class} x {len(classes)} classes is {n} images; image indices are "
+                        f"int64, so at most {MAX_IMAGES // len(classes)} per class")
     if args.format == "npz":  # one file generated while the one before is written
         _check_fits_in_memory(2 * min(args.shard_size, n), sampler.meta.image_shape, "--shard-size",
                               min(args.shard_size, n))

@@ -30,6 +30,7 @@ from ganaug.errors import ERROR_DIR_ENV, LAUNCHER_PID_ENV
 
 # How torchrun stops the other workers once one has failed: SIGTERM, then SIGKILL after a grace period.
 STOPPED_BY_TORCHRUN = {-signal.SIGTERM, -signal.SIGKILL}
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 def ganaug_arguments(args) -> list[str] | None:
@@ -61,6 +62,11 @@ def run_torchrun(args) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
     from torch.distributed.run import run
 
+    # A fresh rendezvous store for the workers of every restart, unless the user chose otherwise. With
+    # torch's default the restarted workers share the dead group's store, read a dead worker's address
+    # from it and fail to connect (pytorch/pytorch issues 135712 and 167288): with torch 2.14.1 every
+    # restart after rank 0 died ended so, under `--standalone` as under a c10d endpoint.
+    os.environ.setdefault(FRESH_STORE_ENV, "1")
     folder = Path(tempfile.mkdtemp(prefix="ganaug-launch-"))
     os.environ[ERROR_DIR_ENV] = str(folder)  # torchrun passes this environment on to the workers
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())

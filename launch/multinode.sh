@@ -31,10 +31,6 @@ fi
 CONFIG=${CONFIG:-}
 PYTHON=${PYTHON:-python3}        # the Python that has ganaug[train] installed
 MAX_RESTARTS=${MAX_RESTARTS:-3}  # worker-group restarts (failures and membership changes) before giving up
-# By default the workers of every restart share one store with the workers before them, and may
-# read a dead worker's address from it: the restarted group then fails to connect (pytorch/pytorch
-# issues 135712 and 167288; seen with torch 2.14). A fresh store per restart avoids that.
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 
 # torchrun as `python -m ganaug.launch` (see launch/train.sh): a user error is one line, printed last.
 exec "$PYTHON" -m ganaug.launch --nnodes "$NNODES" --nproc-per-node "$NPROC" \

@@ -113,3 +113,14 @@ def test_ranks_that_found_different_checkpoints_stop_with_one_clear_error(monkey
         entry._check_same_resume_step(8)
     monkeypatch.setattr(entry, "gather_objects", lambda step: [8, 8])
     entry._check_same_resume_step(8)  # agreeing ranks pass
+
+
+def test_a_bare_torchrun_with_restarts_and_a_shared_store_is_warned_about():
+    from ganaug.train.dist import shared_store_warning
+
+    bare = {"TORCHELASTIC_MAX_RESTARTS": "3"}  # what torchrun --max-restarts 3 gives its workers
+    assert "a restart after rank 0 dies fails to connect" in shared_store_warning(bare)
+    assert "python -m ganaug.launch" in shared_store_warning({**bare, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"})
+    assert shared_store_warning({**bare, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}) is None  # ganaug.launch's
+    assert shared_store_warning({"TORCHELASTIC_MAX_RESTARTS": "0"}) is None  # no restarts: nothing to share
+    assert shared_store_warning({}) is None  # not under torchrun

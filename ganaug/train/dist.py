@@ -7,11 +7,16 @@ local rank; the CPU gets gloo. One code path serves 1 process and many processes
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ganaug.torchrun import FRESH_STORE_ENV
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,21 @@ def cpu_threads(requested: int, local_processes: int) -> int:
     return requested or max(1, cores // local_processes)
 
 
+def shared_store_warning(environ) -> str | None:
+    """Why restarts of this torchrun will fail, if they will: a bare torchrun asked for restarts and
+    left torch's store shared between them (ganaug.torchrun says why that fails; `python -m
+    ganaug.launch` and every launcher in launch/ give each restart a fresh one)."""
+    if int(environ.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0 and environ.get(FRESH_STORE_ENV) != "1":
+        return (f"restarts share torchrun's rendezvous store, so a restart after rank 0 dies fails to connect; "
+                f"launch with `python -m ganaug.launch` (same arguments) or set {FRESH_STORE_ENV}=1")
+    return None
+
+
 def init_distributed(timeout_s: float = 600.0) -> DistInfo:
     info = read_env()
+    warning = shared_store_warning(os.environ)
+    if warning and info.is_main:
+        log.warning(warning)
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
     if info.distributed and not dist.is_initialized():

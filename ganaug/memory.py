@@ -50,6 +50,10 @@ def check_fits(count: int, bytes_each: int, what: str, advice: Callable[[int], s
                 f"{advice(memory // max(bytes_each, 1))}")
 
 
-def size(count: int) -> str:
-    """Bytes for people: '1.5 GiB', '28 MiB'."""
-    return f"{count / 2**30:,.1f} GiB" if count >= 2**30 else f"{count / 2**20:,.0f} MiB"
+def size(count: float) -> str:
+    """Bytes for people: '64 bytes', '48.0 KiB', '28.0 MiB', '1.5 GiB'."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count:,.1f} TiB"

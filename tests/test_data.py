@@ -430,7 +430,7 @@ def test_a_dataset_beyond_the_memory_available_is_refused_before_it_is_allocated
     from ganaug import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda: 10 * 2**20)  # 10 MiB
-    with pytest.raises(UserError, match=r"^data.source: holding 1797 images of 1x128x128 needs about 28 MiB of "
-                                        r"memory and 10 MiB are available here; .*at most 640 fit"):
+    with pytest.raises(UserError, match=r"^data.source: holding 1797 images of 1x128x128 needs about 28.1 MiB of "
+                                        r"memory and 10.0 MiB are available here; .*at most 640 fit"):
         load_dataset(DataConfig(resolution=128))
     assert len(load_dataset(DataConfig(resolution=64))) == 1797  # 7 MiB: fits

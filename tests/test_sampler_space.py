@@ -13,7 +13,7 @@ import pytest
 from onnx_models import make_model
 from sampling import sample, sample_error
 
-import ganaug.sampler.entry as entry
+from ganaug import memory
 from ganaug.contract import manifest_bytes_bound
 from ganaug.sampler.layout import (
     disk_bytes,
@@ -122,10 +122,10 @@ def test_npz_runs_are_checked_too(model, tmp_path, capsys, fake_fs):
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused(model, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(entry, "_physical_memory", lambda: 64 * 1024)  # 64 KiB: 32 KiB for images in flight
+    monkeypatch.setattr(memory, "available_memory", lambda: 32 * 1024)  # 32 KiB for 64-byte images
     assert sample(model, tmp_path / "out", "--n", 1000, "--batch-size", 256) == 2
     line = sample_error(capsys)
-    assert "--batch-size 256: 768 images of 64 bytes in flight (48.0 KiB) do not fit" in line
+    assert "--batch-size 256: 768 images in flight needs about 48.0 KiB of memory and 32.0 KiB are available" in line
     assert "use --batch-size 170 or less" in line
     assert not (tmp_path / "out").exists()
     assert sample(model, tmp_path / "out", "--n", 1000, "--batch-size", 170) == 0

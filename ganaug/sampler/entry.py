@@ -7,8 +7,9 @@ import math
 import os
 
 from ganaug.errors import UserError
+from ganaug.memory import check_fits
 from ganaug.sampler.filter import ImageFilter, check_min_confidence
-from ganaug.sampler.layout import human, parse_shard
+from ganaug.sampler.layout import parse_shard
 from ganaug.sampler.sampler import Sampler, check_truncation, select_classes
 from ganaug.sampler.write import SampleRequest, write_samples
 
@@ -16,21 +17,11 @@ log = logging.getLogger(__name__)
 MAX_IMAGES = 2**63 - 1  # image indices are int64 in the sampler and its files
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): no check
-        return None
-
-
 def _check_fits_in_memory(images: int, image_shape: tuple[int, ...], flag: str, value: int) -> None:
-    """Refuse a run whose images in flight cannot fit in half of this machine's memory."""
-    image_bytes, memory = math.prod(image_shape), _physical_memory()
-    if memory is not None and images * image_bytes > memory // 2:
-        per_unit = max(1, images // value) * image_bytes
-        raise UserError(f"{flag} {value}: {images} images of {human(image_bytes)} in flight "
-                        f"({human(images * image_bytes)}) do not fit in half of this machine's "
-                        f"{human(memory // 2 * 2)}; use {flag} {max(1, memory // 2 // per_unit)} or less")
+    """Refuse a run whose images in flight (`images`, for `flag` `value`) cannot fit in memory."""
+    per_value = max(1, images // value)
+    check_fits(images, math.prod(image_shape), f"{flag} {value}: {images} images in flight",
+               lambda fit: f"use {flag} {max(1, fit // per_value)} or less")
 
 
 def main(args) -> int:

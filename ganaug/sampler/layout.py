@@ -30,6 +30,7 @@ from ganaug import safejson
 from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern, shorten
 from ganaug.errors import UserError
 from ganaug.files import is_temporary, write_atomic, write_bytes
+from ganaug.memory import size
 from ganaug.nested import changed_leaves
 
 try:
@@ -314,14 +315,6 @@ def disk_bytes(file_sizes: list[tuple[int, int]], block: int) -> int:
                for count, size in file_sizes)
 
 
-def human(size: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def check_free_space(out_dir: str, file_sizes: list[tuple[int, int]], what: str) -> None:
     """Refuse, in one line, files (count, size) that cannot fit on out_dir's file system."""
     try:
@@ -331,8 +324,8 @@ def check_free_space(out_dir: str, file_sizes: list[tuple[int, int]], what: str)
     block = fs.f_frsize or fs.f_bsize or 4096
     need, available = disk_bytes(file_sizes, block), fs.f_bavail * block
     if need > available:
-        raise UserError(f"not enough free space for --out {out_dir}: {what} need up to {human(need)} on disk, and its "
-                        f"file system has {human(available)} available; free some space, choose another --out, or "
+        raise UserError(f"not enough free space for --out {out_dir}: {what} need up to {size(need)} on disk, and its "
+                        f"file system has {size(available)} available; free some space, choose another --out, or "
                         "ask for fewer images")
     files = sum(count for count, _ in file_sizes)
     if fs.f_files and files > fs.f_favail:  # f_files == 0: no inode limit

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ganaug import __version__
+from ganaug import __version__, memory
 from ganaug.contract import Layout, class_dir_names, format_score, manifest_bytes_bound, write_manifest
 from ganaug.errors import UserError
 from ganaug.files import clean_temporaries, sync_filesystems
@@ -198,13 +198,13 @@ class _Run:
             if filtered:  # this part's records, and the whole set's when this run finishes it
                 files.append((block_count(request.shard, request.n) + block_count(WHOLE, request.n) + 1,
                               ScoreRecords.bytes_bound()))
-            what = f"{count:,} PNGs ({layout.human(size)} each at most)"
+            what = f"{count:,} PNGs ({memory.size(size)} each at most)"
         else:
             count = sum(not os.path.exists(paths.file_path(k)) for k in self.npz_files)
             # filtered: the kept images' indices (int64) and scores (float32) beside them
             size = layout.npz_bytes_bound(request.shard_size, shape, extra_bytes_per_image=12 if filtered else 0)
             files = [(count + 1, size)]  # + the file rewritten when one is damaged
-            what = f"{count:,} .npz files ({layout.human(size)} each at most)"
+            what = f"{count:,} .npz files ({memory.size(size)} each at most)"
         rows = [(count, c, len(paths.relative_path(request.n - 1, c).encode()), self.sampler.meta.class_names[c])
                 for c, count in zip(request.classes, self.counts, strict=True)]
         info = 2 * len(json.dumps(self.info(), ensure_ascii=False).encode()) + 64 + 128 * len(rows) * bool(filtered)

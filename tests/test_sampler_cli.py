@@ -14,7 +14,7 @@ from onnx_models import make_model
 from PIL import Image
 from sampling import kill_once_written, sample, tree
 
-import ganaug.sampler.layout as writers
+import ganaug.files as writers
 from ganaug.sampler import Sampler
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

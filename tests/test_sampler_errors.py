@@ -13,7 +13,7 @@ from onnx import TensorProto
 from onnx_models import make_model
 from PIL import Image
 
-import ganaug.sampler.layout as writers
+import ganaug.files as writers
 from ganaug.cli import main
 from ganaug.errors import UserError
 from ganaug.sampler import Sampler
@@ -191,7 +191,7 @@ def test_out_under_a_regular_file(model, tmp_path, capsys):
     target = tmp_path / "file.txt"
     target.write_text("keep me")
     assert sample(model, target / "sub" / "out", "--n", 3) == 2
-    assert "cannot create output directory" in error_line(capsys)
+    assert f"--out {target}/sub/out is not a writable directory" in error_line(capsys)
     assert target.read_text() == "keep me"
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganaug import safejson
+from ganaug import files, safejson
 from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern, shorten
 from ganaug.errors import UserError
-from ganaug.files import is_temporary, write_atomic, write_bytes
+from ganaug.files import is_temporary, write_atomic
 from ganaug.memory import size
 from ganaug.nested import changed_leaves
 
@@ -132,7 +132,7 @@ def read_info(out_dir: str) -> dict | None:
 
 def write_info(out_dir: str, info: dict) -> None:
     data = json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    write_file(os.path.join(out_dir, INFO_NAME), data.encode("utf-8"), fsync=True)
+    write_atomic(os.path.join(out_dir, INFO_NAME), data, fsync=True)
 
 
 def open_for_run(out_dir: str, identity: dict, overwrite: bool, running: list[Shard], keep: str) -> bool:
@@ -190,10 +190,6 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 NPZ_DTYPES = {"images": np.uint8, "labels": np.int64, "indices": np.int64, "scores": np.float32}
 
 
-def write_file(path: str, data: bytes, fsync: bool = False) -> None:
-    write_atomic(path, lambda f: write_bytes(f, data), fsync=fsync)
-
-
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -221,9 +217,9 @@ def write_npz(path: str, arrays: dict[str, np.ndarray], fsync: bool = True) -> N
                 header = io.BytesIO()
                 np.lib.format.write_array_header_2_0(header, np.lib.format.header_data_from_array_1_0(array))
                 with archive.open(info, "w", force_zip64=True) as member:
-                    write_bytes(member, header.getvalue())
+                    files.write_bytes(member, header.getvalue())  # one place to inject a full disk
                     # reshape first: a memoryview of an empty array cannot be cast
-                    write_bytes(member, memoryview(array.reshape(-1).view(np.uint8)))
+                    files.write_bytes(member, memoryview(array.reshape(-1).view(np.uint8)))
 
     write_atomic(path, fill, fsync=fsync)
 
@@ -244,9 +240,7 @@ class PngCheck:
                 data = f.read(self._max_bytes + 1)
         except OSError:  # missing, a link, a directory or unreadable
             return False
-        if not _PNG_HEAD + 24 <= len(data) <= self._max_bytes:
-            return False
-        if data[:_PNG_HEAD] != self._head or data[-12:] != _IEND:
+        if not _PNG_HEAD + 24 <= len(data) <= self._max_bytes or data[:_PNG_HEAD] != self._head or data[-12:] != _IEND:
             return False
         length, kind = struct.unpack(">I4s", data[_PNG_HEAD:_PNG_HEAD + 8])
         end = _PNG_HEAD + 8 + length
@@ -327,9 +321,9 @@ def check_free_space(out_dir: str, file_sizes: list[tuple[int, int]], what: str)
         raise UserError(f"not enough free space for --out {out_dir}: {what} need up to {size(need)} on disk, and its "
                         f"file system has {size(available)} available; free some space, choose another --out, or "
                         "ask for fewer images")
-    files = sum(count for count, _ in file_sizes)
-    if fs.f_files and files > fs.f_favail:  # f_files == 0: no inode limit
-        raise UserError(f"not enough free inodes for --out {out_dir}: {what} need up to {files:,} new files and its "
+    new_files = sum(count for count, _ in file_sizes)
+    if fs.f_files and new_files > fs.f_favail:  # f_files == 0: no inode limit
+        raise UserError(f"not enough free inodes for --out {out_dir}: {what} need up to {new_files:,} new files and its "
                         f"file system can take {fs.f_favail:,} more; choose another --out or ask for fewer images")
 
 

@@ -160,10 +160,7 @@ class Sampler:
     def latents(self, indices: np.ndarray, seed: int = 0, truncation: float = 0.0) -> np.ndarray:
         """float32 [len(indices), z_dim]: the latent of each image index."""
         if (self._latents.seed, self._latents.truncation) != (seed, float(truncation)):
-            try:
-                self._latents = LatentSource(seed, self.meta.z_dim, float(truncation))
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
+            self._latents = LatentSource(seed, self.meta.z_dim, float(truncation))  # TruncationError: a UserError
         return self._latents.latents(indices)
 
     def run(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:

@@ -14,13 +14,14 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ganaug import __version__, memory
 from ganaug.contract import Layout, class_dir_names, format_score, manifest_bytes_bound, write_manifest
 from ganaug.errors import UserError
-from ganaug.files import clean_temporaries, sync_filesystems
+from ganaug.files import clean_temporaries, ensure_writable_dir, sync_filesystems, write_atomic
 from ganaug.sampler import layout
 from ganaug.sampler.filter import WHOLE, ImageFilter, ScoreRecords, block_count, block_indices
 from ganaug.sampler.layout import Shard
@@ -135,7 +136,7 @@ class WritePool:
 
 def _write_pngs(paths: Layout, indices: np.ndarray, labels: np.ndarray, images: np.ndarray) -> int:
     for index, label, image in zip(indices.tolist(), labels.tolist(), images, strict=True):
-        layout.write_file(paths.path(index, label), layout.encode_png(image))
+        write_atomic(paths.path(index, label), layout.encode_png(image))
     return len(indices)
 
 
@@ -222,10 +223,7 @@ class _Run:
         for directory in self.class_directories():
             if os.path.islink(directory):  # a link could lead the writes out of --out
                 raise UserError(f"{directory} is a symbolic link; refusing to write through it")
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"cannot create {directory}: {exc.strerror or exc}") from None
+            ensure_writable_dir(Path(directory), "class directory")
         if not running:
             self.clean_temporaries()
         return resuming
@@ -395,12 +393,7 @@ def write_samples(sampler: Sampler, request: SampleRequest, filter: ImageFilter 
     assert request.n > 0 and request.classes, "the entry point checks the count and the classes"
     if filter is not None and filter.meta != sampler.meta:
         raise ValueError("the filter was loaded for another generator (ImageFilter.load(path, sampler.meta, ...))")
-    if os.path.exists(request.out_dir) and not os.path.isdir(request.out_dir):
-        raise UserError(f"--out {request.out_dir} exists and is not a directory")
-    try:
-        os.makedirs(request.out_dir, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory {request.out_dir}: {exc.strerror or exc}") from None
+    ensure_writable_dir(Path(request.out_dir), "--out")
     run = _Run(sampler, request, filter)
     try:
         with layout.state_lock(request.out_dir):

@@ -105,7 +105,9 @@ def run_bench(out: Path | None = None, quick: bool = False) -> dict:
         results |= bench_training(work / "train", steps=3 if quick else 8, rounds=3 if quick else 5,
                                   precision=precision)
         log.info("bench: DDP scaling (torchrun, gloo)")
-        results |= bench_ddp(steps=20 if quick else 60, rounds=1 if quick else 2)
+        # 30 timed steps of 64 images per rank: about 30 s a launch at fp32 on a 2-core AVX2 CPU, where
+        # 60 made the full run 10.7 minutes on a quiet machine (docs/performance.md)
+        results |= bench_ddp(steps=20 if quick else 30, rounds=1 if quick else 2)
         log.info("bench: sampling")
         run = _train_run(work)
         results |= bench_sampling(run, work, n=1024 if quick else 4096, rounds=3 if quick else 5,

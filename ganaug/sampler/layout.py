@@ -26,11 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ganaug import files, safejson
+from ganaug import files, memory, safejson
 from ganaug.contract import INFO_NAME, MANIFEST_NAME, png_pattern, shorten
 from ganaug.errors import UserError
 from ganaug.files import is_temporary, write_atomic
-from ganaug.memory import size
 from ganaug.nested import changed_leaves
 
 try:
@@ -318,8 +317,8 @@ def check_free_space(out_dir: str, file_sizes: list[tuple[int, int]], what: str)
     block = fs.f_frsize or fs.f_bsize or 4096
     need, available = disk_bytes(file_sizes, block), fs.f_bavail * block
     if need > available:
-        raise UserError(f"not enough free space for --out {out_dir}: {what} need up to {size(need)} on disk, and its "
-                        f"file system has {size(available)} available; free some space, choose another --out, or "
+        raise UserError(f"not enough free space for --out {out_dir}: {what} need up to {memory.size(need)} on disk, and its "
+                        f"file system has {memory.size(available)} available; free some space, choose another --out, or "
                         "ask for fewer images")
     new_files = sum(count for count, _ in file_sizes)
     if fs.f_files and new_files > fs.f_favail:  # f_files == 0: no inode limit

@@ -227,6 +227,9 @@ def _add_augment(sub) -> None:
                    help="folds of the labelled images (default 5, or the image count of the rarest class if fewer)")
     p.add_argument("--seeds", type=whole_number(1, 100, "1..100"), default=1, help="classifier seeds per fold")
     p.add_argument("--gan-steps", type=step_count, default=2000, help="steps of each generator augment trains")
+    p.add_argument("--jobs", type=whole_number(0, 1024, "0..1024"), default=0,
+                   help="classifiers and generators of the estimate trained at a time, one thread each; the "
+                        "estimate is the same for any count (0: one per core)")
     p.add_argument("--synthetic-per-class", type=whole_number(1, 10**6, "1..10^6"), default=500,
                    help="synthetic images kept per class (after the filter)")
     p.add_argument("--synthetic-share", type=fraction, default=0.5, help="the synthetic images' share of a batch")
@@ -256,7 +259,7 @@ def _run_augment(args) -> int:
         gan_steps=args.gan_steps, synthetic_per_class=args.synthetic_per_class,
         synthetic_share=args.synthetic_share, filter_confidence=args.min_confidence,
         pseudo_label_confidence=args.pseudo_label_confidence, classifier_steps=args.classifier_steps,
-        estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir, shard=shard,
+        estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir, shard=shard, jobs=args.jobs,
         progress=not args.no_progress)
     result = run(settings)
     if not result.complete:

@@ -3,7 +3,9 @@ output tree (ImageFolder labels, weights, resume, shards) and its one-line refus
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import re
@@ -248,9 +250,17 @@ def _image_folder_agrees_with_manifest(out: Path) -> list[dict]:
     return rows
 
 
-def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_labels, tmp_path, capsys):
-    out = tmp_path / "set"
-    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz")) == 0
+@pytest.fixture(scope="module")
+def two_jobs(few_labels, tmp_path_factory):
+    """A whole run, its estimate's units in two worker processes: the output and what it printed."""
+    out, printed = tmp_path_factory.mktemp("two_jobs") / "set", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--jobs", "2") == 0
+    return out, printed.getvalue()
+
+
+def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_labels, two_jobs, capsys):
+    out, printed = two_jobs
     rows = _image_folder_agrees_with_manifest(out)
     report = json.loads((out / "report.json").read_text())
     assert report["estimate"]["folds"] == 2 and set(report["estimate"]["accuracy_per_fold"]) == {
@@ -258,7 +268,7 @@ def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_l
     assert sum(r["source"] == "real" for r in rows) == 50
     assert report["output"]["images"] == {s: sum(r["source"] == s for r in rows) for s in {r["source"] for r in rows}}
     assert (out / "teacher.onnx").is_file() and "## The estimate" in (out / "report.md").read_text()
-    assert capsys.readouterr().out.strip().endswith("(manifest.csv, teacher.onnx, report.md)")
+    assert printed.strip().endswith("(manifest.csv, teacher.onnx, report.md)")
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz")) == 0  # a finished run
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
@@ -266,6 +276,28 @@ def test_augment_writes_an_image_folder_a_teacher_and_a_report_and_resumes(few_l
     assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--seed", "1") == 2
     assert "other settings" in error_line(capsys.readouterr().err, "augment")
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
+
+
+def _estimate_files(out: Path) -> tuple[dict, dict]:
+    """The estimate's accuracies in the state, and the classifiers its units handed on."""
+    work = out.parent / f"{out.name}.work"
+    units = json.loads((work / "state.json").read_text())["units"]
+    classifiers = {str(p.relative_to(work)): torch.load(p, weights_only=True) for p in work.rglob("folds/*/*.pt")}
+    return {k: v for k, v in units.items() if k.startswith(("policy/", "arm/"))}, classifiers
+
+
+def test_the_estimate_is_the_same_for_any_number_of_jobs(few_labels, two_jobs, tmp_path):
+    """--jobs 2 trained the estimate's units in two worker processes, --jobs 1 trains them in this
+    one: one thread per unit either way, so the same weights, accuracies and output."""
+    one = tmp_path / "one"
+    assert _augment(few_labels, one, "--unlabelled", str(few_labels / "unlabelled.npz"), "--jobs", "1") == 0
+    (accuracies, classifiers), (accuracies_2, classifiers_2) = map(_estimate_files, (one, two_jobs[0]))
+    assert len(accuracies) == 2 * 4 and accuracies == accuracies_2  # 2 folds x (affine, 3 ingredient arms)
+    assert sorted(classifiers) == sorted(classifiers_2) == sorted(
+        f"folds/fold{f}/{name}-seed0.pt" for f in (0, 1) for name in ("classical-affine", "fixmatch"))
+    for name, weights in classifiers.items():
+        assert all(torch.equal(weights[k], classifiers_2[name][k]) for k in weights), name
+    assert (one / "report.json").read_text() == (two_jobs[0] / "report.json").read_text()
 
 
 def _forced(decision: dict):

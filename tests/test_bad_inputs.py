@@ -2459,6 +2459,23 @@ def _augment_state_corrupt(env):
     return env.augment()
 
 
+@case("augment-fold-teacher-corrupt", "augment",
+      "a fold's FixMatch teacher in the work directory overwritten by text, read by an estimate worker process",
+      "fixmatch-seed0.pt is not a PyTorch checkpoint",
+      survives=("set/manifest.csv", "set.work/folds/fold1/fixmatch-seed0.pt"),
+      may_change=("set.work/state.json",))  # rewritten on start, the same units in another layout
+def _augment_fold_teacher_corrupt(env):
+    env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
+    argv = env.augment("--unlabelled", str(env.tmp / "u.npz"), "--jobs", "2")
+    assert _run_quietly(argv) == 0
+    state = env.tmp / "set.work" / "state.json"
+    saved = json.loads(state.read_text())  # as if stopped before the fold's student was measured
+    saved["units"] = {key: value for key, value in saved["units"].items() if key.startswith("policy/")}
+    state.write_text(json.dumps(saved))
+    (env.tmp / "set.work" / "folds" / "fold0" / "fixmatch-seed0.pt").write_text("not a classifier")
+    return argv
+
+
 @case("augment-other-settings-same-out", "augment", "a finished --out rerun with another --seed",
       "holds a run of ganaug augment with other settings", survives=("set/manifest.csv", "set.work/state.json"))
 def _augment_other_settings_same_out(env):
@@ -2482,6 +2499,26 @@ def _augment_part_manifest_damaged(env):
     (env.tmp / "set.work" / "pool_part_0_of_1.csv").write_text("path,label\nx,1\n")
     (env.tmp / "set" / "manifest.csv").unlink()
     return env.augment("--unlabelled", str(env.tmp / "u.npz"))
+
+
+@case("augment-shard-teacher-corrupt", "augment",
+      "the teacher.pt that shards reload, overwritten by text before the second shard runs",
+      "teacher.pt is not a PyTorch checkpoint", survives=("set.work/pool_part_1_of_2.csv",),
+      found="a traceback: torch's UnpicklingError got past the teacher's loader, which caught OSError, "
+            "RuntimeError and ValueError only")
+def _augment_shard_teacher_corrupt(env):
+    from ganaug.augment.api import _Job
+
+    env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
+    original = _Job.decide
+    _Job.decide = staticmethod(lambda estimate: {"recipe": "self-training", "pseudo": True, "synthetic": False,
+                                                 "rules": {}, "differences": {}})
+    try:
+        assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"), "--shard", "1/2")) == 0
+    finally:
+        _Job.decide = staticmethod(original)
+    (env.tmp / "set.work" / "teacher.pt").write_text("not a classifier")
+    return env.augment("--unlabelled", str(env.tmp / "u.npz"), "--shard", "0/2")
 
 
 # ============================================================================== helpers for the checks

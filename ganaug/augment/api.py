@@ -7,7 +7,7 @@
    synthetic images of a generator that saw only the fold's labelled images (filtered by the
    fold's classical classifier), and both (pseudo-labels and filter then from the FixMatch teacher,
    so that "both" differs from "pseudo-labels" by the synthetic images alone). Accuracy on the
-   held-out fold; paired differences (estimate.py).
+   held-out fold; paired differences (estimate.py). Those units run --jobs at a time (folds.py).
 2. Decide (estimate.py's two rules): pseudo-labels where they are not worse on average, synthetic
    images only where their interval is above zero.
 3. Write: the labelled images, and the kept ingredients made with a teacher trained on every
@@ -19,7 +19,8 @@ points to that classifier on held-out MNIST-5k, while FixMatch gained 6 to 8 (do
 augment can only hand its gain on as data, and a student of the FixMatch teacher's pseudo-labels
 kept it (validation images of the train side, docs/evaluation.md "What was tried").
 
-Every finished unit is recorded in the work directory's state.json, so an interrupted run resumes;
+Every finished unit is recorded in the work directory's state.json (and the teachers and generators
+it hands on in WORK/folds), so an interrupted run resumes;
 `--shard I/N` splits the pseudo-labelling of a large unlabelled pool across processes (the
 estimate and the teacher are made once, under a lock, by whichever process comes first).
 """
@@ -47,32 +48,35 @@ from ganaug.augment.estimate import (
     corrected_difference,
     stratified_folds,
 )
+from ganaug.augment.folds import (
+    BOTH,
+    CLASSICAL,
+    PSEUDO,
+    STUDENT,
+    SYNTHETIC,
+    FoldData,
+    Unit,
+    best_policy,
+    measure,
+    policy_key,
+)
 from ganaug.augment.pool import UnlabelledPool
+from ganaug.augment.recipes import Recipes
 from ganaug.augment.settings import AugmentSettings
-from ganaug.augment.synthetic import keep_first_per_class, torch_scorer, train_generator
 from ganaug.config import config_from_dict
 from ganaug.data import load_dataset
 from ganaug.errors import UserError
-from ganaug.evaluate.classifier import (
-    SmallCNN,
-    TrainingSet,
-    TrainSettings,
-    accuracy,
-    export_classifier_onnx,
-    predict_proba,
-    train_classifier,
-    train_fixmatch,
-)
+from ganaug.evaluate.classifier import SmallCNN, export_classifier_onnx, predict_proba
 from ganaug.files import sha256_of, write_atomic
+from ganaug.train.dist import cpu_threads
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = 2  # 2: pseudo-labels from a FixMatch teacher
+STATE_FORMAT = 3  # 2: pseudo-labels from a FixMatch teacher; 3: every estimate unit on one thread
 MAX_STATE_CHARS = 64 << 20  # a state holds a few numbers per classifier trained: far below this
 MAX_STATE_DEPTH = 8
 TEACHER = "teacher"  # work/teacher.pt (what shards reload) and DIR/teacher.onnx (the user's)
 DEFAULT_FOLDS = 5
-CLASSICAL, PSEUDO, SYNTHETIC, BOTH = "classical", "pseudo-labels", "synthetic", "pseudo-labels+synthetic"
 
 
 @dataclass(frozen=True)
@@ -194,69 +198,40 @@ class _Job:
                             f"have {self.class_names[:10]}: a generator of the same classes, in the same order, is needed")
         self.pool = (UnlabelledPool.load(settings.unlabelled, data_cfg, self.data.channels)
                      if settings.unlabelled else None)
+        self.jobs = settings.jobs or cpu_threads(self.gan.train.threads, 1)  # 0: one unit per core
         self._check_memory(resolution * resolution * self.data.channels)
         self.state = _State(self.work / output.STATE, settings.fingerprint())
         self.tree = output.Tree(self.out, self.class_names)
         # Five folds, or as many as the rarest class has images (at least 2: stratified_folds says so).
         self.folds = settings.folds or max(2, min(DEFAULT_FOLDS, int(present.min())))
         self.image_shape = (resolution, resolution, self.data.channels)
+        self.recipes = Recipes(settings, self.gan, tuple(self.class_names), self.data.channels, self.model)
 
     def _check_memory(self, image_bytes: int) -> None:
-        """The synthetic set and the estimate's unlabelled images are held whole: refuse counts that
-        cannot fit before the first classifier is trained, not after."""
+        """The synthetic set and the estimate's unlabelled images are held whole, once here and once
+        in each of the estimate's worker processes: refuse counts that cannot fit before the first
+        classifier is trained, not after."""
         from ganaug.memory import check_fits
 
-        classes = len(self.class_names)
+        classes, copies = len(self.class_names), self.jobs + (self.jobs > 1)
+        fewer_jobs = f", or fewer --jobs than {self.jobs}" if copies > 1 else ""
         if self.s.uses_generator:
             per_class = self.s.synthetic_per_class
-            check_fits(per_class * classes, 2 * image_bytes + 32,
+            check_fits(per_class * classes, copies * (2 * image_bytes + 32),
                        f"--synthetic-per-class {per_class}: {per_class} x {classes} classes of synthetic images",
-                       lambda fits: f"use --synthetic-per-class {max(1, fits // classes)} or less")
+                       lambda fits: f"use --synthetic-per-class {max(1, fits // classes)} or less{fewer_jobs}")
         if self.pool is not None:
             count = min(self.s.estimate_unlabelled, len(self.pool))
-            check_fits(count, 2 * image_bytes, f"--estimate-unlabelled {count}: that many unlabelled images",
-                       lambda fits: f"use --estimate-unlabelled {max(1, fits)} or less")
+            check_fits(count, copies * 2 * image_bytes, f"--estimate-unlabelled {count}: that many unlabelled images",
+                       lambda fits: f"use --estimate-unlabelled {max(1, fits)} or less{fewer_jobs}")
 
-    # -- the classifier every arm trains ------------------------------------------------------
-
-    def _budget(self, n_labelled: int) -> TrainSettings:
-        return TrainSettings(steps=self.s.classifier_steps, min_epochs=self.s.classifier_min_epochs).budget(n_labelled)
-
-    def _train(self, images, labels, n_labelled: int, seed: int, policy: str, synthetic=None) -> SmallCNN:
-        """The one classifier recipe: every image warped by the policy, the user's training loop
-        warps every image of the folder it gets too; synthetic images take their share of each batch."""
-        data = TrainingSet(images, labels, warp_synthetic=True)
-        if synthetic is not None and len(synthetic[0]):
-            data = TrainingSet(images, labels, synthetic[0], synthetic[1], synthetic_fraction=self.s.synthetic_share,
-                               warp_synthetic=True)
-        return train_classifier(data, len(self.class_names), self._budget(n_labelled), seed=seed, augment=True,
-                                policy=policy)
-
-    def _fixmatch(self, images, labels, unlabelled: torch.Tensor, seed: int) -> SmallCNN:
-        """The pseudo-labelling teacher: the same network, budget and steps, trained FixMatch-style on
-        the labelled images and `unlabelled`."""
-        return train_fixmatch(TrainingSet(images, labels), unlabelled, len(self.class_names),
-                              self._budget(len(labels)), seed=seed)
+    # -- 1. the estimate ---------------------------------------------------------------------
 
     @functools.cached_property
     def pool_sample(self) -> torch.Tensor:
         """The unlabelled images the estimate and the teacher train on (at most --estimate-unlabelled,
         a seeded subsample of the pool, held in memory)."""
         return self.pool.images(self.pool.subsample(self.s.estimate_unlabelled, self.s.seed))
-
-    def _pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        confidence, labels = predict_proba(teacher, images).max(1)
-        keep = confidence >= self.s.pseudo_label_confidence
-        return images[keep], labels[keep]
-
-    def _synthetic(self, model: Path, teacher: SmallCNN):
-        from ganaug.sampler import Sampler
-
-        kept = keep_first_per_class(Sampler.load(model), torch_scorer(teacher), self.s.synthetic_per_class,
-                                    self.s.filter_confidence, seed=self.s.seed)
-        return kept, (torch.from_numpy(kept.images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(kept.labels))
-
-    # -- 1. the estimate ---------------------------------------------------------------------
 
     def _arms(self) -> tuple[str, ...]:
         arms = [CLASSICAL]
@@ -268,48 +243,30 @@ class _Job:
                 arms.append(BOTH)
         return tuple(arms)
 
-    def _fold_generator(self, fold: int, train_index: np.ndarray) -> Path:
-        if self.model is not None:
-            return self.model
-        index = torch.as_tensor(train_index)
-        return train_generator(self.data.images[index], self.data.labels[index], self.class_names, self.gan,
-                               self.work / "folds" / f"fold{fold}", self.s.gan_steps, self.s.progress)
-
     def estimate(self) -> dict:
         """Per arm, the held-out accuracy of every fold (the mean over its seeds); the policy chosen."""
         from tqdm import tqdm
 
-        folds = stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed)
-        pool_images = self.pool_sample if self.pool is not None else None
-        policies, arms = self.s.policies, self._arms()
-        total = len(folds) * self.s.seeds * (len(policies) + len(arms) - 1)
+        data = FoldData(self.recipes, self.data.images, self.data.labels,
+                        stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed),
+                        self.pool_sample if self.pool is not None else None, self.work / "folds")
+        policies, arms, seeds = self.s.policies, self._arms(), self.s.seeds
+        measured = self.folds * seeds * (len(policies) + len(arms) - 1)
         done = sum(1 for key in self.state.units if key.startswith(("policy/", "arm/")))
-        bar = tqdm(total=total, initial=min(done, total), unit="classifier", desc="estimate",
-                   disable=not self.s.progress)
+        with tqdm(total=measured, initial=min(done, measured), unit="classifier", desc="estimate",
+                  disable=not self.s.progress) as bar:
+            measure(data, policies, arms, seeds, self.state, self.jobs,
+                    on_done=lambda unit: bar.update(unit.key is not None))
 
-        def accuracy_of(key: str, unit: _FoldUnit, arm: str) -> float:
-            if self.state.get(key) is None:
-                self.state.record(key, accuracy(unit.classifier(arm), *unit.held_out))
-                bar.update(1)
-            return self.state.get(key)
+        def fold_mean(key) -> list[float]:  # the mean over the classifier seeds of each fold
+            return [float(np.mean([self.state.get(key(fold, r)) for r in range(seeds)])) for fold in range(self.folds)]
 
-        def units(policy: str):
-            for fold, (train_index, held) in enumerate(folds):
-                yield fold, [_FoldUnit(self, fold, train_index, held, repeat, policy, pool_images)
-                             for repeat in range(self.s.seeds)]
-
-        # The policy first: every fold's teacher then uses the one that is best over all folds.
-        scores = {policy: [accuracy_of(f"policy/{policy}/fold{fold}/seed{unit.repeat}", unit, CLASSICAL)
-                           for fold, fold_units in units(policy) for unit in fold_units] for policy in policies}
-        policy = max(policies, key=lambda p: float(np.mean(scores[p])))  # ties: the first listed
-        per_fold = {arm: [] for arm in arms}
-        for fold, fold_units in units(policy):
-            for arm in arms:
-                keys = [f"{'policy/' + policy if arm == CLASSICAL else 'arm/' + arm}/fold{fold}/seed{unit.repeat}"
-                        for unit in fold_units]
-                per_fold[arm].append(float(np.mean([accuracy_of(key, unit, arm)
-                                                    for key, unit in zip(keys, fold_units, strict=True)])))
-        bar.close()
+        scores = {p: [self.state.get(policy_key(p, f, r)) for f in range(self.folds) for r in range(seeds)]
+                  for p in policies}
+        policy = best_policy(policies, scores)
+        per_fold = {CLASSICAL: fold_mean(lambda f, r: policy_key(policy, f, r))}
+        for arm in arms[1:]:
+            per_fold[arm] = fold_mean(lambda f, r, arm=arm: Unit(STUDENT, f, r, arm=arm).key)
         return {"policy": policy, "policy_accuracy": {p: float(np.mean(v)) for p, v in scores.items()},
                 "folds": self.folds, "per_fold": per_fold, "held_out_share": 1 / self.folds}
 
@@ -345,19 +302,12 @@ class _Job:
 
     def _save_teacher(self, model: SmallCNN) -> str:
         """work/teacher.pt (what shards reload) and DIR/teacher.onnx (the user's); the ONNX file's sha256."""
-        torch.save(model.state_dict(), self.work / f"{TEACHER}.pt")
+        self.recipes.save(model, self.work / f"{TEACHER}.pt")
         return sha256_of(export_classifier_onnx(model, self.out / f"{TEACHER}.onnx", self.image_shape,
                                                 self.class_names))
 
     def _load_teacher(self) -> SmallCNN:
-        path = self.work / f"{TEACHER}.pt"
-        model = SmallCNN(self.data.channels, len(self.class_names), self._budget(1).widths)
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise UserError(f"{path} is unreadable ({str(exc).splitlines()[0]}); delete "
-                            f"{self.work / output.STATE} and rerun") from None
-        return model.eval()
+        return self.recipes.load(self.work / f"{TEACHER}.pt", f"delete {self.work / output.STATE} and rerun")
 
     def prepare(self) -> None:
         if self.state.get("prepared"):
@@ -372,8 +322,8 @@ class _Job:
 
         # The teacher filters the synthetic images and makes the pseudo-labels: FixMatch-trained where
         # pseudo-labels are kept (as in the estimate's arms), the classical classifier otherwise.
-        teacher = (self._fixmatch(self.data.images, self.data.labels, self.pool_sample, seed)
-                   if decision["pseudo"] else self._train(self.data.images, self.data.labels, n, seed, policy))
+        teacher = (self.recipes.fixmatch(self.data.images, self.data.labels, self.pool_sample, seed)
+                   if decision["pseudo"] else self.recipes.train(self.data.images, self.data.labels, n, seed, policy))
         teacher_sha = self._save_teacher(teacher)
         rows = [self.tree.row("real", int(label), i, str(i), None, "")
                 for i, label in enumerate(self.data.labels.tolist())]
@@ -381,10 +331,10 @@ class _Job:
             self.tree.write(row["path"], self.data.images[i].permute(1, 2, 0).numpy())
         synthetic_info = None
         if decision["synthetic"]:
-            generator = self.model or train_generator(self.data.images, self.data.labels, self.class_names,
-                                                      self.gan, self.work / "final", self.s.gan_steps, self.s.progress)
+            generator = self.recipes.generator(self.data.images, self.data.labels, self.work / "final",
+                                               progress=self.s.progress)
             generator_sha = sha256_of(generator)
-            kept, _ = self._synthetic(generator, teacher)
+            kept, _ = self.recipes.synthetic(generator, teacher)
             for image, label, score, index in zip(kept.images, kept.labels, kept.scores, kept.indices, strict=True):
                 row = self.tree.row("synthetic", int(label), int(index), str(int(index)), float(score),
                                     f"generator:{generator_sha}")
@@ -447,53 +397,3 @@ class _Job:
         write_report(self.out, report)
         self.state.record("complete", True)
         return AugmentResult(self.out, True, report)
-
-
-class _FoldUnit:
-    """One (fold, classifier seed) of the estimate: its teacher, synthetic images and students, each
-    made once, when the first arm that needs it is measured (a resumed run makes only what is missing)."""
-
-    def __init__(self, job: _Job, fold: int, train_index: np.ndarray, held: np.ndarray, repeat: int, policy: str,
-                 pool_images: torch.Tensor | None):
-        self.job, self.fold, self.train_index, self.repeat, self.policy = job, fold, train_index, repeat, policy
-        self.real, self.real_labels = job.data.images[train_index], job.data.labels[train_index]
-        self.held_out = (job.data.images[held], job.data.labels[held])
-        self.seed = job.s.seed * 10_007 + fold * 101 + repeat
-        self.pool_images = pool_images
-        self._made: dict = {}
-
-    def _once(self, name: str, make):
-        if name not in self._made:
-            self._made[name] = make()
-        return self._made[name]
-
-    def _student(self, teacher: str | None, pseudo: bool, synthetic: bool) -> SmallCNN:
-        """The classifier on the fold's labelled images, plus the pseudo-labels and/or the synthetic
-        images that `teacher` ("classical" or "fixmatch") made."""
-        images, labels = self.real, self.real_labels
-        if pseudo:
-            extra, extra_labels = self.job._pseudo(self.teacher(teacher), self.pool_images)
-            images, labels = torch.cat([images, extra]), torch.cat([labels, extra_labels])
-        return self.job._train(images, labels, len(self.real), self.seed, self.policy,
-                               self.synthetic(teacher) if synthetic else None)
-
-    def teacher(self, kind: str) -> SmallCNN:
-        if kind == "classical":
-            return self.classifier(CLASSICAL)
-        return self._once("fixmatch", lambda: self.job._fixmatch(self.real, self.real_labels, self.pool_images,
-                                                                 self.seed))
-
-    def synthetic(self, teacher: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fold generator's images that `teacher` keeps (the generator saw this fold's labelled
-        images only)."""
-        return self._once(f"synthetic:{teacher}", lambda: self.job._synthetic(
-            self.job._fold_generator(self.fold, self.train_index), self.teacher(teacher))[1])
-
-    def classifier(self, arm: str) -> SmallCNN:
-        recipes = {
-            CLASSICAL: lambda: self._student(None, False, False),
-            PSEUDO: lambda: self._student("fixmatch", True, False),
-            SYNTHETIC: lambda: self._student("classical", False, True),
-            BOTH: lambda: self._student("fixmatch", True, True),  # = PSEUDO plus synthetic images
-        }
-        return self._once(f"classifier:{arm}", recipes[arm])

@@ -1,7 +1,7 @@
 """`AugmentSettings`: everything that decides augment's output, checked once before any work.
 
 Its `fingerprint()` is what a resumed run must share with the first one (where to write, which
-shard and the progress bar change how it runs, not what it writes).
+shard, how many jobs and the progress bar change how it runs, not what it writes).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class AugmentSettings:
     estimate_unlabelled: int = 2000  # unlabelled images the FixMatch teachers train on, the estimate pseudo-labels
     work_dir: str | None = None  # default: DIR.work beside DIR
     shard: Shard = Shard()
+    jobs: int = 0  # estimate units at a time, one thread each; 0: one per core (or train.threads)
     progress: bool = True
 
     def __post_init__(self):
@@ -47,6 +48,7 @@ class AugmentSettings:
             (self.policy in (*POLICIES, "auto"), f"--policy must be auto or one of {', '.join(POLICIES)}"),
             (self.folds is None or 2 <= self.folds <= 100, f"--folds must be in 2..100, got {self.folds}"),
             (1 <= self.seeds <= 100, f"--seeds must be in 1..100, got {self.seeds}"),
+            (0 <= self.jobs <= 1024, f"--jobs must be in 0..1024, got {self.jobs}"),
             (0 < self.synthetic_share < 1, f"--synthetic-share must be in (0, 1), got {self.synthetic_share}"),
             (0 < self.filter_confidence <= 1, f"--min-confidence must be in (0, 1], got {self.filter_confidence}"),
             (0 < self.pseudo_label_confidence <= 1,
@@ -81,7 +83,7 @@ class AugmentSettings:
 
     def fingerprint(self) -> dict:
         values = dataclasses.asdict(self)
-        for key in ("out", "work_dir", "shard", "progress"):
+        for key in ("out", "work_dir", "shard", "jobs", "progress"):
             values.pop(key)
         gan = {section: dict(keys) for section, keys in values["gan_config"].items() if section not in ("log", "ckpt")}
         if gan:

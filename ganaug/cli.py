@@ -210,7 +210,7 @@ def _add_augment(sub) -> None:
                        description="From labelled images (and optionally unlabelled ones and a generator), write "
                                    "the training set that cross-validation on the labelled images says is best: an "
                                    "ImageFolder tree, manifest.csv, teacher.onnx, report.md. Re-running resumes.")
-    p.add_argument("--labelled", required=True, help="labelled images: digits | mnist5k | a class-folder tree | "
+    p.add_argument("--labelled", required=True, help="labelled images: digits | mnist5k | animal_shape | a class-folder tree | "
                                                      ".npz with labels | mnist | fashion_mnist | cifar10")
     p.add_argument("--unlabelled", help="unlabelled images, any source kind (streamed when large)")
     p.add_argument("--model", help="a ganaug generator ONNX of the same classes (default: augment trains its own)")

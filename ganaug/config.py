@@ -48,7 +48,7 @@ def option(default: Any, doc: str, *, min: float | None = None, max: float | Non
 
 @dataclass
 class DataConfig:
-    source: str = option("digits", "digits | mnist5k | mnist | fashion_mnist | cifar10 | an image folder | a .npz file")
+    source: str = option("digits", "digits | mnist5k | animal_shape | mnist | fashion_mnist | cifar10 | an image folder | a .npz file")
     unlabelled: str = option("", "more images without labels for the GAN (any source kind); '' for none")
     root: str = option("data", "where torchvision datasets (mnist, fashion_mnist, cifar10) are looked for")
     download: bool = option(False, "let torchvision download its dataset into data.root when missing")

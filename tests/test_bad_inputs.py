@@ -2483,9 +2483,9 @@ def _augment_other_settings_same_out(env):
     return env.augment("--seed", "1")
 
 
-@case("augment-part-manifest-damaged", "augment",
-      "a shard's part manifest in the work directory replaced by other columns", "pool_part_0_of_1.csv is unreadable")
-def _augment_part_manifest_damaged(env):
+def _augment_with_pseudo_labels(env, *args: str) -> None:
+    """A finished tiny augment run over 6 unlabelled images (u.npz) that keeps their pseudo-labels,
+    whatever its tiny estimate says: the output stage's files exist to be damaged."""
     from ganaug.augment.api import _Job
 
     env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
@@ -2493,9 +2493,15 @@ def _augment_part_manifest_damaged(env):
     _Job.decide = staticmethod(lambda estimate: {"recipe": "self-training", "pseudo": True, "synthetic": False,
                                                  "rules": {}, "differences": {}})
     try:
-        assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"))) == 0
+        assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"), *args)) == 0
     finally:
         _Job.decide = staticmethod(original)
+
+
+@case("augment-part-manifest-damaged", "augment",
+      "a shard's part manifest in the work directory replaced by other columns", "pool_part_0_of_1.csv is unreadable")
+def _augment_part_manifest_damaged(env):
+    _augment_with_pseudo_labels(env)
     (env.tmp / "set.work" / "pool_part_0_of_1.csv").write_text("path,label\nx,1\n")
     (env.tmp / "set" / "manifest.csv").unlink()
     return env.augment("--unlabelled", str(env.tmp / "u.npz"))
@@ -2507,16 +2513,7 @@ def _augment_part_manifest_damaged(env):
       found="a traceback: torch's UnpicklingError got past the teacher's loader, which caught OSError, "
             "RuntimeError and ValueError only")
 def _augment_shard_teacher_corrupt(env):
-    from ganaug.augment.api import _Job
-
-    env.npz("u.npz", images=np.zeros((6, 8, 8), np.uint8))
-    original = _Job.decide
-    _Job.decide = staticmethod(lambda estimate: {"recipe": "self-training", "pseudo": True, "synthetic": False,
-                                                 "rules": {}, "differences": {}})
-    try:
-        assert _run_quietly(env.augment("--unlabelled", str(env.tmp / "u.npz"), "--shard", "1/2")) == 0
-    finally:
-        _Job.decide = staticmethod(original)
+    _augment_with_pseudo_labels(env, "--shard", "1/2")
     (env.tmp / "set.work" / "teacher.pt").write_text("not a classifier")
     return env.augment("--unlabelled", str(env.tmp / "u.npz"), "--shard", "0/2")
 

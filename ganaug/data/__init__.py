@@ -1,4 +1,4 @@
-"""Datasets for training: the embedded digits and mnist5k, image folders, .npz files and torchvision datasets.
+"""Datasets for training: the embedded digits, mnist5k and animal_shape, image folders, .npz files and torchvision datasets.
 
 `load_dataset` returns an `ImageData`: uint8 images at the model's resolution held in memory, or,
 for an image folder too large for memory, the list of files to stream. Labels are int64 class
@@ -19,7 +19,7 @@ from ganaug.errors import UserError
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_SOURCES = ("digits", "mnist5k")  # read from files installed packages ship: never downloaded
+EMBEDDED_SOURCES = ("digits", "mnist5k", "animal_shape")  # read from files installed packages ship: never downloaded
 TORCHVISION_SOURCES = ("mnist", "fashion_mnist", "cifar10")
 
 
@@ -81,7 +81,7 @@ def check_sources(cfg: DataConfig) -> None:
 
 def _check_name(source: str) -> None:
     if not source.strip():
-        raise DataError("is empty; name a dataset (digits, mnist5k, mnist, fashion_mnist, cifar10), a folder or a .npz file")
+        raise DataError("is empty; name a dataset (digits, mnist5k, animal_shape, mnist, fashion_mnist, cifar10), a folder or a .npz file")
     if source in EMBEDDED_SOURCES or source in TORCHVISION_SOURCES or Path(source).exists():
         return
     if Path(source).suffix.lower() == ".npz":
@@ -100,6 +100,10 @@ def _load(cfg: DataConfig) -> ImageData:
         from ganaug.data.mnist5k import load_mnist5k
 
         return load_mnist5k(cfg.resolution, cfg.channels)
+    if source == "animal_shape":
+        from ganaug.data.animal_shape import load_animal_shape
+
+        return load_animal_shape(cfg.resolution, cfg.channels)
     if source in TORCHVISION_SOURCES:
         from ganaug.data.torchvision_sets import load_torchvision
 

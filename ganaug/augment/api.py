@@ -245,18 +245,11 @@ class _Job:
 
     def estimate(self) -> dict:
         """Per arm, the held-out accuracy of every fold (the mean over its seeds); the policy chosen."""
-        from tqdm import tqdm
-
         data = FoldData(self.recipes, self.data.images, self.data.labels,
                         stratified_folds(self.data.labels.numpy(), self.folds, self.s.seed),
                         self.pool_sample if self.pool is not None else None, self.work / "folds")
         policies, arms, seeds = self.s.policies, self._arms(), self.s.seeds
-        measured = self.folds * seeds * (len(policies) + len(arms) - 1)
-        done = sum(1 for key in self.state.units if key.startswith(("policy/", "arm/")))
-        with tqdm(total=measured, initial=min(done, measured), unit="classifier", desc="estimate",
-                  disable=not self.s.progress) as bar:
-            measure(data, policies, arms, seeds, self.state, self.jobs,
-                    on_done=lambda unit: bar.update(unit.key is not None))
+        measure(data, policies, arms, seeds, self.state, self.jobs, self.s.progress)
 
         def fold_mean(key) -> list[float]:  # the mean over the classifier seeds of each fold
             return [float(np.mean([self.state.get(key(fold, r)) for r in range(seeds)])) for fold in range(self.folds)]

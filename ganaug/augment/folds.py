@@ -144,9 +144,11 @@ def best_policy(policies: tuple[str, ...], accuracies: dict[str, list[float]]) -
 
 
 def measure(data: FoldData, policies: tuple[str, ...], arms: tuple[str, ...], seeds: int, state, jobs: int,
-            on_done: Callable[[Unit], None]) -> None:
+            progress: bool) -> None:
     """Make every unit that `state` (get/record) and the work directory do not hold yet, `jobs` at a
-    time, recording each accuracy as it comes; on_done(unit) after each."""
+    time, recording each accuracy as it comes."""
+    from tqdm import tqdm
+
     folds, repeats = range(len(data.folds)), range(seeds)
     classifiers = [Unit(CLASSIFIER, f, r, p) for p in policies for f in folds for r in repeats]
     students = [Unit(STUDENT, f, r, arm=arm) for arm in arms if arm != CLASSICAL for f in folds for r in repeats]
@@ -161,13 +163,16 @@ def measure(data: FoldData, policies: tuple[str, ...], arms: tuple[str, ...], se
         return best_policy(policies, {p: [state.get(policy_key(p, f, r)) for f in folds for r in repeats]
                                       for p in policies})
 
-    todo = [unit for unit in classifiers + students if not finished(unit)]
-    for student in [unit for unit in todo if unit.kind == STUDENT]:  # the teachers and generators they need
-        todo += [need for need in data.inputs(student) if need.kind != CLASSIFIER and not finished(need)
-                 and need not in todo]
+    plan = classifiers + students
+    for student in students:  # the teachers and generators they need
+        plan += [need for need in data.inputs(student) if need.kind != CLASSIFIER and need not in plan]
+    # A teacher or generator is made only for a student still to be measured.
+    needed = {need for student in students if not finished(student) for need in data.inputs(student)}
+    todo = [unit for unit in plan if not finished(unit) and (unit.key is not None or unit in needed)]
     todo.sort(key=lambda unit: LONGEST_FIRST.index(unit.kind))
     jobs = max(1, min(jobs, len(todo)))
-    with _workers(data, jobs) as start:
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), unit="unit", desc="estimate", disable=not progress)
+    with bar, _workers(data, jobs) as start:
         running: dict[Future, Unit] = {}
         failure: BaseException | None = None
         while todo or running:
@@ -197,7 +202,7 @@ def measure(data: FoldData, policies: tuple[str, ...], arms: tuple[str, ...], se
                     continue
                 if unit.key is not None:
                     state.record(unit.key, value)
-                on_done(unit)
+                bar.update(1)
         if failure is not None:
             raise failure
 

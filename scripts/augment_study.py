@@ -17,6 +17,12 @@ trained on the test side's behalf by each arm and scored once on the test split:
 
 Everything after `--` goes to `ganaug augment`. A finished unit (split, K) is skipped when run again.
 
+Each arm's training budget (round 3 on): with `--validation-size N --budgets 400,1200`, N images of
+the pool are set apart as validation data (their labels read, for this and nothing else; no arm and
+not augment sees them), every arm trains once per budget, and the model that scores best on the
+validation images (the smaller budget on a tie) is the one scored once on the test split. Without
+`--validation-size`, every arm trains the one budget given (round 2: 400 steps).
+
 Classifiers nobody here tuned (goal 3): scikit-learn's logistic regression on the raw pixels, trained
 on the labelled images alone, on them plus the pool pseudo-labelled by the same model (tau 0.9), on
 augment's folder with its manifest weights as sample weights, and on that folder less its synthetic
@@ -30,6 +36,8 @@ import argparse
 import csv
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +58,9 @@ from ganaug.evaluate.classifier import (
 from ganaug.evaluate.study import k_per_class, write_labelled_npz
 from ganaug.files import write_atomic
 
-# The split seeds of the held-out study, fixed before any of them was measured (issue 26).
-COMMITTED_SPLIT_SEEDS = (100, 101, 102, 103, 104, 105, 106, 107)
+# The split seeds of the held-out study, fixed before any of them was measured (issue 26): 100 to
+# 107 with round 1, 108 to 112 with round 3's declaration (docs/evaluation.md).
+COMMITTED_SPLIT_SEEDS = (100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112)
 PSEUDO_LABEL_CONFIDENCE = 0.9
 
 
@@ -61,6 +70,43 @@ def split(labels: torch.Tensor, test_size: int, seed: int) -> tuple[np.ndarray, 
     index = np.arange(len(labels))
     train, test = train_test_split(index, test_size=test_size, stratify=labels.numpy(), random_state=seed)
     return np.sort(train), np.sort(test)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit's disjoint index sets into the data set: labelled, pool (labels hidden), validation
+    (labels read only to choose budgets; empty in round 2) and test (read once per arm)."""
+
+    labelled: np.ndarray
+    pool: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+def unit_split(labels: torch.Tensor, test_size: int, split_seed: int, k: int, validation_size: int = 0) -> Unit:
+    from sklearn.model_selection import train_test_split
+
+    train, test = split(labels, test_size, split_seed)
+    labelled = k_per_class(labels, torch.as_tensor(train), k, split_seed).numpy()
+    pool, validation = np.setdiff1d(train, labelled), np.empty(0, np.int64)
+    if validation_size:
+        pool, validation = train_test_split(pool, test_size=validation_size, stratify=labels[pool].numpy(),
+                                            random_state=split_seed)
+    return Unit(np.sort(labelled), np.sort(pool), np.sort(validation), test)
+
+
+def choose(train: Callable[[TrainSettings], torch.nn.Module], budgets: list[int],
+           score: Callable[[torch.nn.Module], float]) -> tuple[torch.nn.Module, int, dict[int, float]]:
+    """The model of the budget (steps) that `score`s best on the validation images, the smaller budget
+    on a tie: (model, its budget, validation score per budget). One budget: nothing scored."""
+    if len(budgets) == 1:
+        return train(TrainSettings(steps=budgets[0])), budgets[0], {}
+    models, scores = {}, {}
+    for steps in sorted(budgets):
+        models[steps] = train(TrainSettings(steps=steps))
+        scores[steps] = score(models[steps])
+    best = max(scores, key=lambda steps: (scores[steps], -steps))
+    return models[best], best, scores
 
 
 def read_output(folder: Path, drop_synthetic: bool = False):
@@ -91,7 +137,7 @@ def read_weighted(folder: Path, drop_synthetic: bool) -> tuple[np.ndarray, np.nd
     return np.stack(pixels), np.asarray(labels), np.asarray(weights)
 
 
-def other_classifiers(data, split_seed: int, k: int, out: Path, test_size: int) -> dict:
+def other_classifiers(data, unit: Unit, out: Path) -> dict:
     """Held-out accuracy of scikit-learn's logistic regression per arm (its defaults, more iterations)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -101,11 +147,9 @@ def other_classifiers(data, split_seed: int, k: int, out: Path, test_size: int) 
     def fit(x, y, weights=None):
         return LogisticRegression(max_iter=2000).fit(x, y, sample_weight=weights)
 
-    train, test = split(data.labels, test_size, split_seed)
-    labelled = k_per_class(data.labels, torch.as_tensor(train), k, split_seed).numpy()
-    pool = flat(data.images[np.setdiff1d(train, labelled)])
-    x, y = flat(data.images[labelled]), data.labels[labelled].numpy()
-    test_x, test_y = flat(data.images[test]), data.labels[test].numpy()
+    pool = flat(data.images[unit.pool])
+    x, y = flat(data.images[unit.labelled]), data.labels[unit.labelled].numpy()
+    test_x, test_y = flat(data.images[unit.test]), data.labels[unit.test].numpy()
     teacher = fit(x, y)
     probabilities = teacher.predict_proba(pool)
     sure = probabilities.max(1) >= PSEUDO_LABEL_CONFIDENCE
@@ -118,9 +162,8 @@ def other_classifiers(data, split_seed: int, k: int, out: Path, test_size: int) 
 
 
 def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
-    train, test = split(data.labels, args.test_size, split_seed)
-    labelled = k_per_class(data.labels, torch.as_tensor(train), k, split_seed).numpy()
-    pool = np.setdiff1d(train, labelled)
+    unit = unit_split(data.labels, args.test_size, split_seed, k, args.validation_size)
+    labelled, pool = unit.labelled, unit.pool
     write_labelled_npz(out / "labelled.npz", data.images[labelled], data.labels[labelled], data.class_names)
     write_atomic(out / "unlabelled.npz", lambda f: np.savez(f, images=data.images[pool].permute(0, 2, 3, 1).numpy()))
     start = time.perf_counter()
@@ -134,34 +177,42 @@ def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[
     policy = report["estimate"]["policy"]
     n_classes = len(data.class_names)
     real, real_labels = data.images[labelled], data.labels[labelled]
-    test_images, test_labels = data.images[test], data.labels[test]
+    test_images, test_labels = data.images[unit.test], data.labels[unit.test]
+    validation_images, validation_labels = data.images[unit.validation], data.labels[unit.validation]
     pool_images = data.images[pool]
-    budget = TrainSettings(steps=args.classifier_steps, min_epochs=60).budget(len(labelled))
+    budgets = [int(steps) for steps in args.budgets.split(",")]
     share = report["settings"]["synthetic_share"]
     with_synthetic, without_synthetic = read_output(out / "set"), read_output(out / "set", drop_synthetic=True)
-    results = {}
+    results, chosen, scores = {}, {}, {}
+
+    def arm(arms: dict, name: str, train: Callable[[TrainSettings], torch.nn.Module]) -> None:
+        arms[name], steps, accuracies = choose(
+            train, budgets, lambda model: accuracy(model, validation_images, validation_labels))
+        chosen.setdefault(name, []).append(steps)
+        scores.setdefault(name, []).append(accuracies)
+
     for seed in range(args.seeds):
         def fit(images, labels, synthetic=None, seed=seed):
             data_set = TrainingSet(images, labels, warp_synthetic=True)
             if synthetic is not None:
                 data_set = TrainingSet(images, labels, *synthetic, synthetic_fraction=share, warp_synthetic=True)
-            return train_classifier(data_set, n_classes, budget, seed=seed, augment=True, policy=policy)
+            return lambda budget: train_classifier(data_set, n_classes, budget, seed=seed, augment=True, policy=policy)
 
-        teacher = fit(real, real_labels)
-        confidence, pseudo = predict_proba(teacher, pool_images).max(1)
+        arms = {}
+        arm(arms, "classical", fit(real, real_labels))
+        confidence, pseudo = predict_proba(arms["classical"], pool_images).max(1)
         sure = confidence >= PSEUDO_LABEL_CONFIDENCE
-        arms = {
-            "classical": teacher,
-            "self-training": fit(torch.cat([real, pool_images[sure]]), torch.cat([real_labels, pseudo[sure]])),
-            "fixmatch": train_fixmatch(TrainingSet(real, real_labels), pool_images, n_classes, budget, seed=seed),
-            "augment": fit(*with_synthetic["real"], with_synthetic["synthetic"]),
-            "augment-without-synthetic": fit(*without_synthetic["real"]),
-        }
-        for arm, model in arms.items():  # the test split, read once per arm and seed
-            results.setdefault(arm, []).append(accuracy(model, test_images, test_labels))
+        arm(arms, "self-training", fit(torch.cat([real, pool_images[sure]]), torch.cat([real_labels, pseudo[sure]])))
+        arm(arms, "fixmatch", lambda budget, seed=seed: train_fixmatch(TrainingSet(real, real_labels), pool_images,
+                                                                       n_classes, budget, seed=seed))
+        arm(arms, "augment", fit(*with_synthetic["real"], with_synthetic["synthetic"]))
+        arm(arms, "augment-without-synthetic", fit(*without_synthetic["real"]))
+        for name, model in arms.items():  # the test split, read once per arm and seed
+            results.setdefault(name, []).append(accuracy(model, test_images, test_labels))
     return {"split_seed": split_seed, "k": k, "policy": policy, "recipe": report["decision"]["recipe"],
             "estimate": report["decision"]["differences"], "accuracy": results,
-            "logistic_regression": other_classifiers(data, split_seed, k, out, args.test_size),
+            "budgets": chosen, "validation_accuracy": scores, "validation_size": len(unit.validation),
+            "logistic_regression": other_classifiers(data, unit, out),
             "pseudo_labels_right": float((pseudo[sure] == data.labels[pool][sure]).float().mean()),
             "augment_seconds": round(augment_seconds, 1)}
 
@@ -200,6 +251,13 @@ def summary(out: Path) -> str:
         for better, worse in COMPARISONS:
             values = [float(np.mean(r["accuracy"][better])) - float(np.mean(r["accuracy"][worse])) for r in units]
             lines.append(f"| {better} - {worse} | {interval(values)} |")
+        chosen = [r for r in units if r.get("validation_size")]
+        if chosen:
+            lines += ["", "| budget chosen on validation (steps) | " + " | ".join(ARMS) + " |",
+                      "|---" * (len(ARMS) + 1) + "|"]
+            for r in chosen:
+                lines.append(f"| split {r['split_seed']} | "
+                             + " | ".join("/".join(map(str, r["budgets"][arm])) for arm in ARMS) + " |")
         regression = [r for r in units if "logistic_regression" in r]
         if regression:
             lines += ["", "| logistic regression | " + " | ".join(regression[0]["logistic_regression"]) + " |",
@@ -223,7 +281,9 @@ def main() -> None:
     parser.add_argument("--k", default="5,10")
     parser.add_argument("--split-seeds", default=",".join(map(str, COMMITTED_SPLIT_SEEDS)))
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per arm")
-    parser.add_argument("--classifier-steps", type=int, default=400)
+    parser.add_argument("--budgets", default="400", help="training steps to choose from per arm (comma-separated)")
+    parser.add_argument("--validation-size", type=int, default=0,
+                        help="pool images set apart, labels read, to choose each arm's budget")
     parser.add_argument("--out", required=True)
     parser.add_argument("--summary", action="store_true", help="only print the tables of the finished units")
     parser.add_argument("--other-classifiers", action="store_true",
@@ -242,7 +302,8 @@ def main() -> None:
                 if (out / "results.json").is_file():
                     result = json.loads((out / "results.json").read_text())
                     if "logistic_regression" not in result:
-                        result["logistic_regression"] = other_classifiers(data, split_seed, k, out, args.test_size)
+                        unit = unit_split(data.labels, args.test_size, split_seed, k, args.validation_size)
+                        result["logistic_regression"] = other_classifiers(data, unit, out)
                         write_atomic(out / "results.json", json.dumps(result, indent=1))
                     print(json.dumps({"split": split_seed, "k": k} | result["logistic_regression"]), flush=True)
                 continue

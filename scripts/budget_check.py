@@ -8,6 +8,8 @@ classical (the labelled images), fixmatch (labelled + pool), and a student of a 
 pseudo-labels (tau 0.9, the set augment writes) for a teacher of each budget.
 
     python scripts/budget_check.py --split-seed 100 --k 5 --steps 400,1200 --out runs/budget_check.json
+
+Run again with the same --out, it keeps the arms already measured there and measures the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,9 +51,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    from sklearn.model_selection import train_test_split
-
     from augment_study import split  # this directory is on the path of a script run from it
+    from sklearn.model_selection import train_test_split
 
     data = load_dataset(DataConfig(source=args.data, resolution=args.resolution, in_memory=True))
     train, _test = split(data.labels, args.test_size, args.split_seed)  # the study's split; test unread
@@ -64,6 +66,11 @@ def main() -> None:
     classes = len(data.class_names)
     results: dict = {"split_seed": args.split_seed, "k": args.k, "policy": args.policy, "pool": len(pool),
                      "validation": len(validation), "arms": {}}
+    if Path(args.out).is_file():  # resume: the same split and policy, measured arms kept
+        earlier = json.loads(Path(args.out).read_text())
+        if any(earlier.get(key) != value for key, value in results.items() if key != "arms"):
+            raise SystemExit(f"{args.out} holds a check of another split or policy; give another --out")
+        results["arms"] = earlier["arms"]
 
     def record(name: str, model, start: float, **extra) -> None:
         results["arms"][name] = {"validation_accuracy": accuracy(model, val_images, val_labels),
@@ -75,19 +82,26 @@ def main() -> None:
     for steps in budgets:
         settings = TrainSettings(steps=steps)
         start = time.perf_counter()
-        record(f"classical@{steps}", train_classifier(TrainingSet(real, real_labels, warp_synthetic=True), classes,
-                                                      settings, seed=0, augment=True, policy=args.policy), start)
+        if f"classical@{steps}" not in results["arms"]:
+            classical = train_classifier(TrainingSet(real, real_labels, warp_synthetic=True), classes, settings,
+                                         seed=0, augment=True, policy=args.policy)
+            record(f"classical@{steps}", classical, start)
+        students = [f"student@{s} of fixmatch@{steps}" for s in budgets]
+        if all(name in results["arms"] for name in [f"fixmatch@{steps}", *students]):
+            continue
         start = time.perf_counter()
         teacher = train_fixmatch(TrainingSet(real, real_labels), pool_images, classes, settings, seed=0)
         record(f"fixmatch@{steps}", teacher, start)
         confidence, pseudo = predict_proba(teacher, pool_images).max(1)
         sure = confidence >= PSEUDO_LABEL_CONFIDENCE
         images, labels = torch.cat([real, pool_images[sure]]), torch.cat([real_labels, pseudo[sure]])
-        for student_steps in budgets:
+        for student_steps, name in zip(budgets, students):
+            if name in results["arms"]:
+                continue
             start = time.perf_counter()
             student = train_classifier(TrainingSet(images, labels, warp_synthetic=True), classes,
                                        TrainSettings(steps=student_steps), seed=0, augment=True, policy=args.policy)
-            record(f"student@{student_steps} of fixmatch@{steps}", student, start, kept=int(sure.sum()),
+            record(name, student, start, kept=int(sure.sum()),
                    right=float((pseudo[sure] == pool_labels[sure]).float().mean()))
 
 

@@ -1,0 +1,81 @@
+"""scripts/augment_study.py's bookkeeping: a unit's index sets and the choice of each arm's budget.
+What the study measures rests on these two: no image in two roles, and the test split never used
+to choose (docs/evaluation.md, "ganaug augment on held-out data")."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def study():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location("augment_study", SCRIPTS / "augment_study.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+LABELS = torch.arange(10).repeat_interleave(100)  # 1,000 images, 10 classes of 100
+
+
+def test_a_unit_puts_every_image_in_exactly_one_role(study):
+    unit = study.unit_split(LABELS, test_size=200, split_seed=7, k=5, validation_size=150)
+    roles = [unit.labelled, unit.pool, unit.validation, unit.test]
+    assert [len(r) for r in roles] == [50, 600, 150, 200]
+    assert np.array_equal(np.sort(np.concatenate(roles)), np.arange(len(LABELS)))
+    assert np.bincount(LABELS[unit.labelled].numpy()).tolist() == [5] * 10
+    assert np.bincount(LABELS[unit.validation].numpy()).tolist() == [15] * 10  # stratified
+
+
+def test_the_validation_images_come_out_of_the_pool_and_nothing_else_moves(study):
+    round2 = study.unit_split(LABELS, test_size=200, split_seed=7, k=5)
+    round3 = study.unit_split(LABELS, test_size=200, split_seed=7, k=5, validation_size=150)
+    assert len(round2.validation) == 0
+    assert np.array_equal(round2.test, round3.test) and np.array_equal(round2.labelled, round3.labelled)
+    assert np.array_equal(np.sort(np.concatenate([round3.pool, round3.validation])), round2.pool)
+    again = study.unit_split(LABELS, test_size=200, split_seed=7, k=5, validation_size=150)
+    assert np.array_equal(again.validation, round3.validation)  # a split seed fixes the unit
+
+
+class Trained(torch.nn.Module):
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+
+def train_stub(settings):
+    return Trained(settings.steps)
+
+
+def test_the_budget_that_scores_best_on_validation_is_kept(study):
+    validation = {400: 0.80, 1200: 0.86, 3600: 0.84}
+    trained = []
+
+    def train(settings):
+        trained.append(settings.steps)
+        return train_stub(settings)
+
+    model, steps, scores = study.choose(train, [1200, 400, 3600], lambda m: validation[m.steps])
+    assert (model.steps, steps, scores) == (1200, 1200, validation)
+    assert sorted(trained) == [400, 1200, 3600]
+
+
+def test_a_tie_keeps_the_smaller_budget_and_one_budget_reads_no_validation(study):
+    model, steps, _ = study.choose(train_stub, [1200, 400], lambda m: 0.5)
+    assert steps == 400 and model.steps == 400
+
+    def never(model):
+        raise AssertionError("one budget must not read the validation images")
+
+    model, steps, scores = study.choose(train_stub, [400], never)
+    assert (model.steps, steps, scores) == (400, 400, {})

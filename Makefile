@@ -28,8 +28,10 @@ demo: venv
 demo-train: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/demo_train.sh
 
+# One pytest worker per core, each taking whole test files (module fixtures are built once): the
+# suite is mostly one-core work, subprocess start-up and torch imports, so two cores cut it by a third.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: venv
 	$(BIN)/ganaug bench --out runs/bench.json

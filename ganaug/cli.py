@@ -3,7 +3,8 @@
 Each subcommand's arguments are declared here, and its implementation is imported only when it
 runs, so `ganaug --help` and `ganaug sample` never import torch. A `UserError` anywhere ends in one
 line on stderr and exit status 2; a missing optional dependency names the extra to install (2);
-Ctrl-C gives 130. Nothing in the library imports this module.
+a signal that stops the work gives 128 + its number (Ctrl-C 130, SIGTERM 143). Nothing in the
+library imports this module.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -507,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _report(f"ganaug {name}: error: this command {advice}")
         return 2
-    except KeyboardInterrupt:
-        print(f"ganaug {name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None) or signal.SIGINT
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        print(f"ganaug {name}: {how}", file=sys.stderr)
+        return 128 + signum

@@ -21,6 +21,16 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A signal stopped the work early, saved and resumable: the command line says which and exits
+    with 128 + its number, as a shell reports a process that signal ended (SIGTERM, a cluster's
+    preemption: 143; Ctrl-C: 130). None: the signal is not known here (a peer rank's)."""
+
+    def __init__(self, signum: int | None):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def one_line(text: object) -> str:
     """A message as one line: messages passed on from other libraries may hold several."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())

@@ -438,3 +438,39 @@ def test_a_tampered_state_is_refused_in_one_line(tmp_path, capsys, state, messag
                  "never", "--no-progress", "data.resolution=8"]) == 2
     line = error_line(capsys.readouterr().err, "augment")
     assert "is not a ganaug augment state" in line and message in line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_path):
+    """A cluster's preemption: augment stops its worker processes (each GAN saves first), leaves
+    none behind, says so in one line and exits 128 + SIGTERM, not 0 and not Ctrl-C's 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "set"
+    run = [a if a != "4" else "100000" for a in TINY_RUN]  # GANs that would train for a long time
+    command = [sys.executable, "-m", "ganaug", "augment", "--labelled", str(few_labels / "labelled.npz"),
+               "--unlabelled", str(few_labels / "unlabelled.npz"), "--out", str(out), "--jobs", "2", *run, *TINY_GAN]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    work = Path(f"{out}.work")
+    deadline = time.monotonic() + 150
+    while len(list(work.glob("**/config.yaml"))) < 2:  # both folds' GANs write their config, then train
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    time.sleep(2)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "ganaug augment: stopped by SIGTERM"
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    assert len(list(work.glob("**/checkpoints/last.pt"))) == 2  # each GAN saved where it stood
+    assert not (out / "manifest.csv").exists()  # no set that looks finished

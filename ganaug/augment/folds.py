@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ganaug.augment.recipes import Recipes
-from ganaug.errors import UserError
+from ganaug.errors import Stopped, UserError
 from ganaug.evaluate.classifier import SmallCNN, accuracy
 
 CLASSICAL, PSEUDO, SYNTHETIC, BOTH = "classical", "pseudo-labels", "synthetic", "pseudo-labels+synthetic"
@@ -213,8 +213,8 @@ def measure(data: FoldData, policies: tuple[str, ...], arms: tuple[str, ...], se
 @contextlib.contextmanager
 def _workers(data: FoldData, jobs: int) -> Iterator[Callable[[Unit], Future]]:
     """start(unit) -> a Future of its accuracy: run here (jobs <= 1) or in `jobs` spawned processes,
-    one thread each either way. Interrupted (Ctrl-C, an error in this process), the workers are
-    stopped: a GAN saves its checkpoint, and finished units are already in the state."""
+    one thread each either way. Interrupted (Ctrl-C, SIGTERM, an error in this process), the workers
+    are stopped: a GAN saves its checkpoint, and finished units are already in the state."""
     if jobs <= 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -225,7 +225,8 @@ def _workers(data: FoldData, jobs: int) -> Iterator[Callable[[Unit], Future]]:
             return future
 
         try:
-            yield here
+            with _sigterm_interrupts():
+                yield here
         finally:
             torch.set_num_threads(threads)
         return
@@ -254,7 +255,7 @@ def _sigterm_interrupts():
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise Stopped(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ganaug.config import Config
+from ganaug.errors import Stopped
 from ganaug.train import with_overrides
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,6 @@ def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: lis
     log.info("training a generator on %d labelled images (%d steps) in %s", len(images), steps, work / "run")
     result = train.run(cfg, work / "run")
     if not result.completed:  # a signal stopped training (saved): stop here too, resumable
-        raise KeyboardInterrupt
+        raise Stopped(result.stop_signal)
     export_model(work / "run", model, force=True)
     return model

@@ -31,7 +31,7 @@ import torch
 
 from ganaug import train
 from ganaug.config import Config, config_from_dict, dump_yaml
-from ganaug.errors import UserError
+from ganaug.errors import Stopped, UserError
 from ganaug.evaluate.classifier import (
     TrainingSet,
     TrainSettings,
@@ -419,7 +419,7 @@ class Study:
         cfg = with_overrides(self.cfg, data=data, train={"steps": self.settings.gan_steps, "batch_size": batch_size})
         result = train.run(cfg, run_dir)
         if not result.completed:  # a signal stopped the GAN gracefully (saved): stop the study too
-            raise KeyboardInterrupt
+            raise Stopped(result.stop_signal)
         steps = result.step
         export_model(run_dir, model, force=True)
         self.state.record(key, {"steps": steps, "images": n_images, "batch_size": batch_size,

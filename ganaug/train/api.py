@@ -34,6 +34,7 @@ class TrainResult:
     completed: bool  # False when a signal (preemption, Ctrl-C) stopped it early; it was saved and can resume
     skipped_steps: int  # steps skipped for non-finite gradients
     checkpoint: Path  # last.pt
+    stop_signal: int | None = None  # the signal that stopped it, where this process received one
 
 
 def resolve_config(run_dir: Path | None, config_file: str | Path | None = None, overrides=()) -> Config:
@@ -108,7 +109,8 @@ def run(cfg: Config, run_dir: str | Path, config_file: str | Path | None = None,
                 destroy_distributed()
     finally:
         torch.set_num_threads(threads)
-    return TrainResult(run_dir.path, trainer.step, completed, trainer.skipped_steps, run_dir.checkpoints.last)
+    return TrainResult(run_dir.path, trainer.step, completed, trainer.skipped_steps, run_dir.checkpoints.last,
+                       None if completed else trainer.stop_signal)
 
 
 def _check_same_model(state: dict, spec, class_names: list[str], run_dir: Path) -> None:

@@ -56,6 +56,17 @@ def test_fd_of_two_samples_of_one_distribution_is_small_next_to_a_shift():
     assert frechet_distance(a, b) < 0.1 * frechet_distance(a, b + 0.5)
 
 
+def test_export_and_evaluate_compute_the_same_fd():
+    """Export's parity check keeps its own scipy FD (torchmetrics' import pulls in torchvision and its
+    audio metrics: seconds on every `ganaug export`); both implement one formula, pinned here."""
+    from ganaug.export.distance import frechet_distance as export_fd
+
+    a, b = gaussian(300, 17, seed=4), gaussian(300, 17, seed=5) * 1.5 + 0.3
+    for x, y in ((a, a), (a, b), (a, a + 2.0)):
+        assert export_fd(x.double().numpy(), y.double().numpy()) == pytest.approx(frechet_distance(x, y),
+                                                                                   rel=1e-6, abs=1e-6)
+
+
 def test_kid_of_identical_sets_is_about_zero_and_grows_with_a_shift():
     x, y = gaussian(600, 16, seed=0), gaussian(600, 16, seed=3)
     same_set, _ = kernel_distance(x, x, subset_size=300)

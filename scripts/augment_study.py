@@ -387,7 +387,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="classifier seeds per arm")
     parser.add_argument("--budgets", default="400", help="training steps to choose from per arm (comma-separated)")
     parser.add_argument("--arm-jobs", type=int, default=os.cpu_count() or 1,
-                        help="arms trained at a time, each in a worker process with one thread")
+                        help="(arm, budget) jobs trained at a time, each in a worker process with one thread")
     parser.add_argument("--validation-size", type=int, default=0,
                         help="pool images set apart, labels read, to choose each arm's budget")
     parser.add_argument("--out", required=True)

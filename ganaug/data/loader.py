@@ -16,6 +16,9 @@ saying what to do.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import torch
 
 from ganaug.data import ImageData
@@ -97,7 +100,8 @@ class ShardedBatches:
             _Caught(StreamingImages(self.data, self.skip_bad)), batch_sampler=_Batches(shard.tolist(), self.batch_size),
             num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             generator=generator, worker_init_fn=_leave_stop_signals_to_the_trainer)
-        return iter(loader)
+        with _stop_signals_held():
+            return iter(loader)  # starts the workers
 
     def _next_streamed(self):
         if self._iterator is None:
@@ -124,10 +128,29 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     """A scheduler's SIGTERM (or a terminal's SIGINT) often reaches the whole process group: a worker
     that died of it would end the run with a dead-worker error before the trainer could save. The
     trainer finishes its step, saves and closes the loader, which stops its workers."""
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a signal held since the worker started is dropped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold SIGTERM and SIGINT in this thread while the loader starts its workers. A worker inherits
+    the mask, so a signal that reaches the process group before the worker ignores it stays pending
+    instead of killing it: torch's worker start installs a SIGTERM handler that dies of it, and only
+    then runs worker_init_fn. This process gets its own signal when the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Batches(torch.utils.data.Sampler):

@@ -10,6 +10,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -338,9 +339,42 @@ def test_a_worker_killed_by_a_signal_is_one_line_saying_what_to_do(tmp_path, mon
     assert "set data.num_workers lower than 2 (0: decode in the training process)" in message
 
 
+def _a_loader_worker(ready):
+    from ganaug.data.loader import _leave_stop_signals_to_the_trainer
+
+    _leave_stop_signals_to_the_trainer(0)
+    ready.set()
+    time.sleep(120)
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="no signal senders to tell apart")
+def test_a_loader_worker_outlives_anyone_elses_sigterm_and_ends_on_its_trainers():
+    import multiprocessing
+
+    from ganaug.data.loader import _stop_signals_held
+
+    context = multiprocessing.get_context("fork")  # how the loader starts its workers here
+    ready = context.Event()
+    worker = context.Process(target=_a_loader_worker, args=(ready,), daemon=True)
+    with _stop_signals_held():
+        worker.start()
+    try:
+        assert ready.wait(60)
+        for stop in (signal.SIGTERM, signal.SIGINT):  # a scheduler's or a terminal's, to the process group
+            subprocess.run([sys.executable, "-c", f"import os; os.kill({worker.pid}, {int(stop)})"], check=True)
+        worker.join(1)
+        assert worker.is_alive()
+        worker.terminate()  # the trainer's: torch's and Python's exit stop a worker so
+        worker.join(60)
+        assert worker.exitcode == 0
+    finally:
+        worker.kill()
+
+
 def test_ganaug_train_with_a_killed_worker_ends_in_one_line_and_keeps_its_checkpoint(tmp_path):
-    """The whole command: a worker dies mid-run (here after the first checkpoint); the user sees one
-    line, exit status 2, and the checkpoint already written is intact and resumable."""
+    """The whole command: one of two workers dies mid-run (here after the first checkpoint); the user
+    sees one line, exit status 2, and the checkpoint already written is intact and resumable. The
+    other worker ends with the run: Python's exit joined it forever while workers ignored SIGTERM."""
     streaming_folder(tmp_path / "data", per_class=8)
     script = f"""
 import os, signal, sys
@@ -350,14 +384,15 @@ from ganaug.data import folder
 real, calls = folder.pil_to_array, []
 def dying(image, channels, resolution):
     calls.append(1)
-    if torch.utils.data.get_worker_info() is not None and os.path.exists({str(tmp_path / "run" / "checkpoints" / "last.pt")!r}):
+    worker = torch.utils.data.get_worker_info()
+    if worker is not None and worker.id == 0 and os.path.exists({str(tmp_path / "run" / "checkpoints" / "last.pt")!r}):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(image, channels, resolution)
 folder.pil_to_array = dying
 sys.exit(main(sys.argv[1:]))
 """
     argv = ["train", "--run-dir", str(tmp_path / "run"), f"data.source={tmp_path / 'data'}", "data.in_memory=false",
-            "data.num_workers=1", "data.channels=1", "data.resolution=16", "model.g_channels=8", "model.d_channels=8",
+            "data.num_workers=2", "data.channels=1", "data.resolution=16", "model.g_channels=8", "model.d_channels=8",
             "model.z_dim=16", "model.embed_dim=8", "train.batch_size=4", "train.steps=200", "ckpt.every=2",
             "log.progress=false", "log.image_every=0", "train.threads=1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

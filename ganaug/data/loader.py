@@ -17,7 +17,9 @@ saying what to do.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import threading
 
 import torch
 
@@ -127,11 +129,28 @@ class ShardedBatches:
 def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     """A scheduler's SIGTERM (or a terminal's SIGINT) often reaches the whole process group: a worker
     that died of it would end the run with a dead-worker error before the trainer could save. The
-    trainer finishes its step, saves and closes the loader, which stops its workers."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a signal held since the worker started is dropped
+    trainer finishes its step, saves and closes the loader, which stops its workers.
+
+    Yet the trainer's own SIGTERM must still stop a worker: torch sends it to a worker that does not
+    leave in time, and Python's exit terminates and then joins every worker still alive (after
+    another worker died, say), which would wait forever on one that ignores it. So the worker keeps
+    SIGTERM held (as it started, see `_stop_signals_held`) and a thread takes each one, with its
+    sender: the trainer's ends the worker, anyone else's is dropped."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell by: leave stopping to the loader
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torch's handler would die of a SIGTERM from anyone
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now, so a held one is dropped
+    threading.Thread(target=_end_on_the_trainers_sigterm, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-trainer").start()
+
+
+def _end_on_the_trainers_sigterm(trainer: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer:
+        pass
+    os._exit(0)  # exit status 0: torch's watch over its workers counts any other as a failure
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

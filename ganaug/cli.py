@@ -240,6 +240,7 @@ def _add_augment(sub) -> None:
     p.add_argument("--pseudo-label-confidence", type=fraction, default=0.9,
                    help="the teacher's probability an unlabelled image needs to be kept with its label")
     p.add_argument("--classifier-steps", type=step_count, default=400, help="steps of each classifier (at least)")
+    p.add_argument("--teacher-steps", type=step_count, default=400, help="steps of each FixMatch teacher (at least)")
     p.add_argument("--estimate-unlabelled", type=whole_number(1, 10**6, "1..10^6"), default=2000,
                    help="unlabelled images the FixMatch teachers train on and the estimate pseudo-labels")
     p.add_argument("--config", help="GAN config file (YAML) for the generators augment trains")
@@ -261,8 +262,8 @@ def _run_augment(args) -> int:
         gan_steps=args.gan_steps, synthetic_per_class=args.synthetic_per_class,
         synthetic_share=args.synthetic_share, filter_confidence=args.min_confidence,
         pseudo_label_confidence=args.pseudo_label_confidence, classifier_steps=args.classifier_steps,
-        estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir, shard=shard, jobs=args.jobs,
-        progress=not args.no_progress)
+        teacher_steps=args.teacher_steps, estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir,
+        shard=shard, jobs=args.jobs, progress=not args.no_progress)
     result = run(settings)
     if not result.complete:
         print(f"shard {shard} done; the set is finished by the last shard to end")

@@ -37,7 +37,7 @@ from tests.conftest import error_line
 # A tiny but real run: 8x8 digits, 2 folds, 10-step classifiers, 4-step GANs.
 TINY_GAN = ["data.resolution=8", "model.g_channels=8", "model.d_channels=8", "model.z_dim=8", "model.embed_dim=4",
             "log.progress=false", "log.image_every=0", "train.threads=1"]
-TINY_RUN = ["--folds", "2", "--policy", "affine", "--gan-steps", "4", "--classifier-steps", "10",
+TINY_RUN = ["--folds", "2", "--policy", "affine", "--gan-steps", "4", "--classifier-steps", "10", "--teacher-steps", "10",
             "--synthetic-per-class", "3", "--min-confidence", "0.01", "--pseudo-label-confidence", "0.01",
             "--estimate-unlabelled", "40", "--no-progress"]
 
@@ -474,3 +474,24 @@ def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_
     assert not alive
     assert len(list(work.glob("**/checkpoints/last.pt"))) == 2  # each GAN saved where it stood
     assert not (out / "manifest.csv").exists()  # no set that looks finished
+
+
+@pytest.mark.parametrize("labelled", [50, 2000])
+def test_the_teachers_train_for_teacher_steps_and_the_classifiers_for_classifier_steps(monkeypatch, labelled):
+    """Both budgets keep the floor of --classifier-min-epochs passes over the labelled images (60
+    passes over 2,000 images at 64 a batch: 1,875 steps)."""
+    from ganaug.augment import recipes as module
+    from ganaug.config import Config
+
+    trained = {}
+    monkeypatch.setattr(module, "train_fixmatch", lambda data, pool, classes, budget, seed: trained.setdefault(
+        "teacher", budget.steps))
+    monkeypatch.setattr(module, "train_classifier", lambda data, classes, budget, **kwargs: trained.setdefault(
+        "classifier", budget.steps))
+    settings = AugmentSettings(labelled="digits", out="x", classifier_steps=300, teacher_steps=900)
+    recipes = module.Recipes(settings, Config(), ("a", "b"), 1, None)
+    images, labels = torch.zeros(labelled, 1, 8, 8, dtype=torch.uint8), torch.arange(labelled) % 2
+    recipes.fixmatch(images, labels, images, seed=0)
+    recipes.train(images, labels, labelled, seed=0, policy="affine")
+    floor = math.ceil(60 * labelled / 64)
+    assert trained == {"teacher": max(900, floor), "classifier": max(300, floor)}

@@ -191,7 +191,8 @@ class Env:
         """A tiny augment run (2 folds, 4-step classifiers, no generator unless args ask for one)."""
         if labelled is None:
             labelled = str(self.labelled())
-        quick = ["--folds", "2", "--policy", "affine", "--classifier-steps", "4", "--no-progress"]
+        quick = ["--folds", "2", "--policy", "affine", "--classifier-steps", "4", "--teacher-steps", "4",
+                 "--no-progress"]
         if "--model" not in args and "--synthetic" not in args:
             quick += ["--synthetic", "never"]
         return ["augment", "--labelled", labelled, "--out", str(self.tmp / out), *quick, *args,
@@ -2386,6 +2387,12 @@ def _augment_labelled_class_without_images(env):
 def _augment_one_class(env):
     env.npz("one.npz", images=np.zeros((6, 8, 8), np.uint8), labels=np.zeros(6, np.int64))
     return env.augment(labelled=str(env.tmp / "one.npz"))
+
+
+@case("augment-teacher-steps-zero", "augment", "--teacher-steps 0",
+      "argument --teacher-steps: 0 must be positive")
+def _augment_teacher_steps_zero(env):
+    return env.augment("--teacher-steps", "0")
 
 
 @case("augment-folds-past-class-size", "augment", "--folds 4 with 3 labelled images per class",

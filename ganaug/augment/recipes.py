@@ -38,8 +38,10 @@ class Recipes:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def budget(self, n_labelled: int) -> TrainSettings:
-        return TrainSettings(steps=self.settings.classifier_steps,
+    def budget(self, n_labelled: int, steps: int | None = None) -> TrainSettings:
+        """A classifier's budget: --classifier-steps (or `steps`), at least --classifier-min-epochs passes
+        over its labelled images."""
+        return TrainSettings(steps=steps or self.settings.classifier_steps,
                              min_epochs=self.settings.classifier_min_epochs).budget(n_labelled)
 
     def train(self, images, labels, n_labelled: int, seed: int, policy: str, synthetic=None) -> SmallCNN:
@@ -53,10 +55,10 @@ class Recipes:
                                 policy=policy)
 
     def fixmatch(self, images, labels, unlabelled: torch.Tensor, seed: int) -> SmallCNN:
-        """The pseudo-labelling teacher: the same network, budget and steps, trained FixMatch-style on
+        """The pseudo-labelling teacher: the same network, trained FixMatch-style for --teacher-steps on
         the labelled images and `unlabelled`."""
-        return train_fixmatch(TrainingSet(images, labels), unlabelled, self.num_classes, self.budget(len(labels)),
-                              seed=seed)
+        return train_fixmatch(TrainingSet(images, labels), unlabelled, self.num_classes,
+                              self.budget(len(labels), self.settings.teacher_steps), seed=seed)
 
     def pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The images `teacher` labels with at least --pseudo-label-confidence, and those labels."""

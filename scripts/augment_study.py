@@ -202,19 +202,25 @@ def train_budget(arm: Arm, steps: int) -> dict:
     return {"weights": model.state_dict(), "validation_accuracy": validation}
 
 
-def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
-    unit = unit_split(data.labels, args.test_size, split_seed, k, args.validation_size)
+def run_augment(data, unit: Unit, split_seed: int, resolution: int, out: Path, augment_args: list[str]) -> dict:
+    """`ganaug augment` on the unit's labelled images and pool, into OUT/set (resumable): its report."""
     labelled, pool = unit.labelled, unit.pool
     write_labelled_npz(out / "labelled.npz", data.images[labelled], data.labels[labelled], data.class_names)
     write_atomic(out / "unlabelled.npz", lambda f: np.savez(f, images=data.images[pool].permute(0, 2, 3, 1).numpy()))
-    start = time.perf_counter()
     code = ganaug_main(["augment", "--labelled", str(out / "labelled.npz"), "--unlabelled", str(out / "unlabelled.npz"),
                         "--out", str(out / "set"), "--seed", str(split_seed), "--no-progress", *augment_args,
-                        f"data.resolution={args.resolution}"])
+                        f"data.resolution={resolution}"])
     if code != 0:
-        raise SystemExit(f"ganaug augment failed on split {split_seed}, K = {k}")
+        raise SystemExit(f"ganaug augment failed on split {split_seed}, K = {len(labelled) // len(data.class_names)}")
+    return json.loads((out / "set" / "report.json").read_text())
+
+
+def run_unit(args, data, split_seed: int, k: int, out: Path, augment_args: list[str]) -> dict:
+    unit = unit_split(data.labels, args.test_size, split_seed, k, args.validation_size)
+    labelled, pool = unit.labelled, unit.pool
+    start = time.perf_counter()
+    report = run_augment(data, unit, split_seed, args.resolution, out, augment_args)
     augment_seconds = time.perf_counter() - start
-    report = json.loads((out / "set" / "report.json").read_text())
     policy = report["estimate"]["policy"]
     n_classes, channels = len(data.class_names), data.images.shape[1]
     real, real_labels = data.images[labelled], data.labels[labelled]

@@ -71,3 +71,29 @@ def test_an_arm_trains_at_a_budget_and_is_scored_on_validation_only_where_there_
     assert all(torch.equal(again["weights"][k], v) for k, v in result["weights"].items())  # the seed fixes it
     alone = study.Arm("arm", 0, images, labels, "affine", [3], (images[:0], labels[:0]), 4, **extra)
     assert study.train_budget(alone, 3)["validation_accuracy"] is None  # one budget: validation unread
+
+
+def test_augment_validation_scores_augments_folder_on_the_units_validation_images_and_resumes(tmp_path):
+    """scripts/augment_validation.py on a tiny digits unit: one validation accuracy per budget; run
+    again, augment resumes and the record is the same."""
+    import json
+    import os
+    import subprocess
+
+    command = [sys.executable, str(SCRIPTS / "augment_validation.py"), "--data", "digits", "--resolution", "8",
+               "--test-size", "300", "--split-seed", "100", "--k", "2", "--validation-size", "100",
+               "--budgets", "3,5", "--out", str(tmp_path / "check"), "--",
+               "--folds", "2", "--policy", "affine", "--synthetic", "never", "--classifier-steps", "3",
+               "--teacher-steps", "3", "--estimate-unlabelled", "40", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((tmp_path / "check" / "validation.json").read_text())
+    assert set(record["validation_accuracy"]) == {"3", "5"}
+    assert all(0 <= value <= 1 for value in record["validation_accuracy"].values())
+    assert record["recipe"] in ("classical", "pseudo-labels") and record["augment_args"][-1] == "train.threads=1"
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "check" / "validation.json").read_text()) == record
+    printed = [json.loads(line) for line in again.stdout.splitlines() if line.startswith('{"steps"')]
+    assert {str(p["steps"]): p["validation_accuracy"] for p in printed} == record["validation_accuracy"]

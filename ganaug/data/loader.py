@@ -139,10 +139,12 @@ def _leave_stop_signals_to_the_trainer(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not hasattr(signal, "sigwaitinfo"):  # no sender to tell by: leave stopping to the loader
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # ignored now: a held one is dropped
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torch's handler would die of a SIGTERM from anyone
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now, so a held one is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # ignored now: a held one is dropped
     threading.Thread(target=_end_on_the_trainers_sigterm, args=(os.getppid(),), daemon=True,
                      name="sigterm-from-trainer").start()
 

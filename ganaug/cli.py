@@ -240,7 +240,7 @@ def _add_augment(sub) -> None:
     p.add_argument("--pseudo-label-confidence", type=fraction, default=0.9,
                    help="the teacher's probability an unlabelled image needs to be kept with its label")
     p.add_argument("--classifier-steps", type=step_count, default=400, help="steps of each classifier (at least)")
-    p.add_argument("--teacher-steps", type=step_count, default=400, help="steps of each FixMatch teacher (at least)")
+    p.add_argument("--teacher-steps", type=step_count, default=1200, help="steps of each FixMatch teacher (at least)")
     p.add_argument("--estimate-unlabelled", type=whole_number(1, 10**6, "1..10^6"), default=2000,
                    help="unlabelled images the FixMatch teachers train on and the estimate pseudo-labels")
     p.add_argument("--config", help="GAN config file (YAML) for the generators augment trains")

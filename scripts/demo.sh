@@ -9,11 +9,12 @@ RUN_DIR=${RUN_DIR:-runs/demo}
 K=${K:-5}
 
 python scripts/few_labels.py --source digits --k "$K" --out "$RUN_DIR/data"
-# The small version of the estimate, sized for about 10 minutes on 2 cores: 3 folds, 400-step GANs and
-# the elastic distortion (the standard policy for digits) instead of choosing among three policies.
-# Drop those flags for the full one (docs/augment.md).
+# The small version of the estimate, sized for about 10 minutes on 2 cores: 3 folds, 400-step GANs,
+# 400-step FixMatch teachers and the elastic distortion (the standard policy for digits) instead of
+# choosing among three policies. Drop those flags for the full one (docs/augment.md).
 ganaug augment --labelled "$RUN_DIR/data/labelled.npz" --unlabelled "$RUN_DIR/data/unlabelled.npz" \
-    --out "$RUN_DIR/train_set" --folds 3 --policy elastic --gan-steps 400 --config configs/demo.yaml
+    --out "$RUN_DIR/train_set" --folds 3 --policy elastic --gan-steps 400 --teacher-steps 400 \
+    --config configs/demo.yaml
 
 cat <<DONE
 

@@ -495,3 +495,20 @@ def test_the_teachers_train_for_teacher_steps_and_the_classifiers_for_classifier
     recipes.train(images, labels, labelled, seed=0, policy="affine")
     floor = math.ceil(60 * labelled / 64)
     assert trained == {"teacher": max(900, floor), "classifier": max(300, floor)}
+
+
+def test_the_commands_defaults_are_the_settings_defaults():
+    """The CLI spells its defaults out (it does not import augment to start); they must be the library's."""
+    import dataclasses
+
+    from ganaug.cli import build_parser
+
+    args = build_parser().parse_args(["augment", "--labelled", "l.npz", "--out", "o"])
+    flags = {"classifier_steps": args.classifier_steps, "teacher_steps": args.teacher_steps,
+             "gan_steps": args.gan_steps, "synthetic_per_class": args.synthetic_per_class,
+             "synthetic_share": args.synthetic_share, "filter_confidence": args.min_confidence,
+             "pseudo_label_confidence": args.pseudo_label_confidence,
+             "estimate_unlabelled": args.estimate_unlabelled, "seeds": args.seeds, "policy": args.policy,
+             "synthetic": args.synthetic, "seed": args.seed, "jobs": args.jobs}
+    defaults = {field.name: field.default for field in dataclasses.fields(AugmentSettings)}
+    assert flags == {name: defaults[name] for name in flags}

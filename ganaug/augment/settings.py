@@ -36,7 +36,7 @@ class AugmentSettings:
     pseudo_label_confidence: float = 0.9  # ... and an unlabelled image, to be kept with that label
     classifier_steps: int = 400
     classifier_min_epochs: int = 60  # at least this many passes over the labelled images
-    teacher_steps: int = 400  # steps of each FixMatch teacher (the same floor of passes)
+    teacher_steps: int = 1200  # steps of each FixMatch teacher (the same floor of passes; docs/augment.md)
     estimate_unlabelled: int = 2000  # unlabelled images the FixMatch teachers train on, the estimate pseudo-labels
     work_dir: str | None = None  # default: DIR.work beside DIR
     shard: Shard = Shard()

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 import torch
-
 from augment_study import Arm, read_output, run_augment, train_budget, unit_split  # this script's directory
+
 from ganaug.config import DataConfig
 from ganaug.data import load_dataset
 from ganaug.evaluate.classifier import SmallCNN, accuracy
@@ -54,8 +54,7 @@ def main() -> None:
         "policy": report["estimate"]["policy"], "validation_accuracy": {}}
     validation = (data.images[unit.validation], data.labels[unit.validation])
     budgets = [int(steps) for steps in args.budgets.split(",")]
-    arm = Arm("augment", 0, *folder["real"], policy=scores["policy"], budgets=budgets,
-              validation=validation,
+    arm = Arm("augment", 0, *folder["real"], policy=scores["policy"], budgets=budgets, validation=validation,
               num_classes=len(data.class_names), synthetic=folder["synthetic"],
               synthetic_share=report["settings"]["synthetic_share"])
     for steps in budgets:

@@ -6,8 +6,11 @@
 #   4. sample every model with each provider (cpu, cuda, tensorrt) and check the GPU providers
 #      really ran and gave the CPU's images to within a few grey levels;
 #   5. time the same generator in PyTorch on the GPU (fp32 and bf16 autocast) as a baseline,
-#   and print images/s of every run against the CPU run and against that baseline. Any error
-#   stops it with a non-zero exit status and says where.
+#   and print images/s of every run against the CPU run and against that baseline;
+#   6. run ganaug augment (5 labels per class of the digits, the rest unlabelled) twice on the GPU,
+#      check that its classifiers trained there and that the two runs wrote the same training set,
+#      and time it against the same run on the CPU (CUDA_VISIBLE_DEVICES=).
+#   Any error stops it with a non-zero exit status and says where.
 #
 #   scripts/gpu_check.sh                          # ganaug installed with [train,gpu]
 #   STEPS=100 N=5000 PROVIDERS="cpu cuda" scripts/gpu_check.sh
@@ -25,6 +28,8 @@ BATCH=${BATCH:-256}                 # batch size of the sampler and of the basel
 PROVIDERS=${PROVIDERS:-cpu cuda tensorrt}
 PRECISIONS=${PRECISIONS:-fp32 fp16 int8}  # exported models
 OVERRIDES=${OVERRIDES:-}            # more config overrides for every training run (CI: a tiny model)
+# ganaug augment's run: no generator (GAN training is checked above), so the classifiers are what it times
+AUGMENT_ARGS=${AUGMENT_ARGS:---folds 3 --policy elastic --synthetic never --classifier-steps 100 --teacher-steps 200 data.resolution=16}
 REQUIRE_GPU=${REQUIRE_GPU:-0}
 MAX_DIFF=${MAX_DIFF:-16}            # grey levels a GPU provider's image may differ from the CPU's
 PYTHON=${PYTHON:-python}
@@ -193,6 +198,38 @@ with torch.inference_mode():
         seconds = time.perf_counter() - start
         print(f"torch {device} {name}\t{n}\t{seconds:.3f}\t{n / seconds:.0f}")
 PY
+
+# ------------------------------------------------------------------------------ augment
+# $1 output directory; the rest: environment for the run. Prints its wall seconds; logs to $1.log.
+augment() {
+    local out=$1 started=$SECONDS
+    shift
+    # shellcheck disable=SC2086  # AUGMENT_ARGS is a list of words
+    env "$@" "$GANAUG" augment --labelled "$OUT/augment/data/labelled.npz" \
+        --unlabelled "$OUT/augment/data/unlabelled.npz" --out "$out" --no-progress $AUGMENT_ARGS >"$out.log" 2>&1 \
+        || { tail -n 30 "$out.log" >&2; fail "ganaug augment into $out failed; log: $out.log"; }
+    echo $((SECONDS - started))
+}
+say "ganaug augment on $device, twice: the same training set"
+"$PYTHON" scripts/few_labels.py --source digits --k 5 --out "$OUT/augment/data" >&2
+first_s=$(augment "$OUT/augment/${device}_a")
+augment "$OUT/augment/${device}_b" >/dev/null
+grep -q "the estimate's classifiers train on $device" "$OUT/augment/${device}_a.log" \
+    || fail "augment's classifiers did not train on $device; log: $OUT/augment/${device}_a.log"
+for file in manifest.csv report.json; do
+    cmp -s "$OUT/augment/${device}_a/$file" "$OUT/augment/${device}_b/$file" \
+        || fail "two ganaug augment runs with the same seed on $device wrote different $file ($OUT/augment)"
+done
+printf 'augment %s\t%s s\n' "$device" "$first_s" >>"$OUT/augment.tsv"
+echo "augment on $device: ${first_s} s; the two runs wrote the same manifest.csv and report.json" >&2
+if [[ $gpu == 1 ]]; then
+    say "ganaug augment on the CPU (CUDA_VISIBLE_DEVICES=), for the time"
+    cpu_s=$(augment "$OUT/augment/cpu" CUDA_VISIBLE_DEVICES=)
+    grep -q "the estimate's classifiers train on cpu" "$OUT/augment/cpu.log" \
+        || fail "with CUDA_VISIBLE_DEVICES= augment's classifiers did not train on the CPU; log: $OUT/augment/cpu.log"
+    printf 'augment cpu\t%s s\n' "$cpu_s" >>"$OUT/augment.tsv"
+    echo "augment on the CPU: ${cpu_s} s, $(awk -v c="$cpu_s" -v g="$first_s" 'BEGIN { printf "%.1f", c / (g > 0 ? g : 1) }')x the GPU's time" >&2
+fi
 
 # ------------------------------------------------------------------------------ the table
 say "images/s ($N images, batch $BATCH; samplers write .npz, the baseline only copies to the host)"

@@ -476,25 +476,61 @@ def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_
     assert not (out / "manifest.csv").exists()  # no set that looks finished
 
 
+def _recording_trainers(monkeypatch, trained: dict) -> None:
+    """recipes' two trainers replaced by ones that record their budget and device, and return a model."""
+    from ganaug.augment import recipes as module
+    from ganaug.evaluate.classifier import SmallCNN
+
+    def record(name, budget, device):
+        trained[name] = (budget.steps, device)
+        return SmallCNN(1, 2)
+
+    monkeypatch.setattr(module, "train_fixmatch", lambda data, pool, classes, budget, seed, device=None: record(
+        "teacher", budget, device))
+    monkeypatch.setattr(module, "train_classifier", lambda data, classes, budget, device=None, **kwargs: record(
+        "classifier", budget, device))
+
+
 @pytest.mark.parametrize("labelled", [50, 2000])
 def test_the_teachers_train_for_teacher_steps_and_the_classifiers_for_classifier_steps(monkeypatch, labelled):
     """Both budgets keep the floor of --classifier-min-epochs passes over the labelled images (60
     passes over 2,000 images at 64 a batch: 1,875 steps)."""
-    from ganaug.augment import recipes as module
+    from ganaug.augment.recipes import Recipes
     from ganaug.config import Config
 
     trained = {}
-    monkeypatch.setattr(module, "train_fixmatch", lambda data, pool, classes, budget, seed: trained.setdefault(
-        "teacher", budget.steps))
-    monkeypatch.setattr(module, "train_classifier", lambda data, classes, budget, **kwargs: trained.setdefault(
-        "classifier", budget.steps))
+    _recording_trainers(monkeypatch, trained)
     settings = AugmentSettings(labelled="digits", out="x", classifier_steps=300, teacher_steps=900)
-    recipes = module.Recipes(settings, Config(), ("a", "b"), 1, None)
+    recipes = Recipes(settings, Config(), ("a", "b"), 1, None)
     images, labels = torch.zeros(labelled, 1, 8, 8, dtype=torch.uint8), torch.arange(labelled) % 2
     recipes.fixmatch(images, labels, images, seed=0)
     recipes.train(images, labels, labelled, seed=0, policy="affine")
     floor = math.ceil(60 * labelled / 64)
-    assert trained == {"teacher": max(900, floor), "classifier": max(300, floor)}
+    assert {name: steps for name, (steps, _) in trained.items()} == {"teacher": max(900, floor),
+                                                                     "classifier": max(300, floor)}
+
+
+@pytest.mark.parametrize("gpu", [False, True], ids=["cpu-only", "gpu"])
+def test_classifiers_train_on_the_gpu_torch_sees_and_come_back_on_the_cpu(monkeypatch, gpu):
+    """Where torch sees a GPU the teachers and classifiers train there, with cuDNN's deterministic
+    kernels; either way they come back on the CPU, where augment saves, exports and pseudo-labels.
+    (This machine has no GPU: the trainers are stand-ins; scripts/gpu_check.sh runs augment on one.)"""
+    from ganaug.augment.recipes import Recipes
+    from ganaug.config import Config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    trained = {}
+    _recording_trainers(monkeypatch, trained)
+    recipes = Recipes(AugmentSettings(labelled="digits", out="x"), Config(), ("a", "b"), 1, None)
+    images, labels = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.arange(4) % 2
+    models = [recipes.fixmatch(images, labels, images, seed=0), recipes.train(images, labels, 4, 0, "affine")]
+    expected = torch.device("cuda" if gpu else "cpu")
+    assert {name: device for name, (_, device) in trained.items()} == {"teacher": expected, "classifier": expected}
+    assert all(p.device.type == "cpu" for model in models for p in model.parameters())
+    assert (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) == ((True, False) if gpu else
+                                                                                     (False, True))
 
 
 def test_the_commands_defaults_are_the_settings_defaults():

@@ -1,5 +1,5 @@
 """scripts/gpu_check.sh on this CPU-only machine: the CPU parts run for real on a tiny model (train,
-stop, resume, export, sample, the PyTorch baseline, the table) and the GPU parts say they were
+stop, resume, export, sample, the PyTorch baseline, the table, ganaug augment twice) and the GPU parts say they were
 skipped; a GPU that torch cannot use, a required GPU that is missing and a failing step each stop
 it with a non-zero status and one error line.
 """
@@ -19,13 +19,16 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 BIN = Path(sys.executable).parent
 TINY = ("data.resolution=16 model.g_channels=8 model.d_channels=8 model.z_dim=16 model.embed_dim=8 "
         "train.batch_size=16 train.threads=1")
+TINY_AUGMENT = ("--folds 2 --policy affine --synthetic never --classifier-steps 10 --teacher-steps 10 "
+                "--estimate-unlabelled 40 --jobs 1 data.resolution=8")
 
 
 def run_check(tmp_path: Path, path_prefix: str = "", timeout: float = 200, **knobs: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "STEPS", "N", "PROVIDERS", "PRECISIONS",
-                                                            "OVERRIDES", "REQUIRE_GPU")}
+                                                            "OVERRIDES", "REQUIRE_GPU", "AUGMENT_ARGS")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OUT=str(tmp_path / "check"), STEPS="4", N="64",
-               BATCH="32", OVERRIDES=TINY, PRECISIONS="fp32")
+               BATCH="32", OVERRIDES=TINY, PRECISIONS="fp32",
+               AUGMENT_ARGS=TINY_AUGMENT)
     env["PATH"] = f"{path_prefix}{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(knobs)
     return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -54,6 +57,13 @@ def test_cpu_machine_runs_the_cpu_parts_and_says_what_it_skipped(tmp_path):
     assert re.fullmatch(r"sample generator_fp32 cpu +\d+ +1\.00x +\d+\.\d\dx", table[1]), table
     assert re.fullmatch(r"torch cpu fp32 +\d+ +- +1\.00x", table[2]), table
     assert sorted(p.name for p in (out / "samples" / "generator_fp32_cpu").glob("*.npz")) == ["shard_00000.npz"]
+    # ganaug augment ran twice here, its classifiers on the CPU, and the two runs wrote the same set.
+    assert "the estimate's classifiers train on cpu" in (out / "augment" / "cpu_a.log").read_text()
+    assert re.search(r"augment on cpu: \d+ s; the two runs wrote the same manifest.csv and report.json",
+                     result.stderr), result.stderr[-3000:]
+    manifest = (out / "augment" / "cpu_a" / "manifest.csv").read_text().splitlines()
+    assert len(manifest) > 50 and manifest == (out / "augment" / "cpu_b" / "manifest.csv").read_text().splitlines()
+    assert re.fullmatch(r"augment cpu\t\d+ s\n", (out / "augment.tsv").read_text())
 
 
 def fake_nvidia_smi(folder: Path) -> str:

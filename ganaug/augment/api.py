@@ -61,7 +61,7 @@ from ganaug.augment.folds import (
     policy_key,
 )
 from ganaug.augment.pool import UnlabelledPool
-from ganaug.augment.recipes import Recipes
+from ganaug.augment.recipes import Recipes, classifier_device
 from ganaug.augment.settings import AugmentSettings
 from ganaug.config import config_from_dict
 from ganaug.data import load_dataset
@@ -199,6 +199,7 @@ class _Job:
         self.pool = (UnlabelledPool.load(settings.unlabelled, data_cfg, self.data.channels)
                      if settings.unlabelled else None)
         self.jobs = settings.jobs or cpu_threads(self.gan.train.threads, 1)  # 0: one unit per core
+        log.info("the estimate's classifiers train on %s, %d at a time", classifier_device().type, self.jobs)
         self._check_memory(resolution * resolution * self.data.channels)
         self.state = _State(self.work / output.STATE, settings.fingerprint())
         self.tree = output.Tree(self.out, self.class_names)

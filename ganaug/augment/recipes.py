@@ -3,6 +3,9 @@
 The estimate's units (folds.py) and the final output (api.py) both train through `Recipes`, so a
 fold's student and the user's teacher are made the same way. It holds settings only (no data), so
 it travels to the estimate's worker processes.
+
+Its classifiers train on the GPU where torch sees one (`classifier_device`) and come back on the CPU,
+so that what follows (saving, pseudo-labelling, the filter, the ONNX export) is the same either way.
 """
 
 from __future__ import annotations
@@ -24,6 +27,16 @@ from ganaug.evaluate.classifier import (
     train_fixmatch,
 )
 from ganaug.files import write_atomic
+
+
+def classifier_device() -> torch.device:
+    """Where augment's classifiers and teachers train: the GPU torch sees (the first of
+    CUDA_VISIBLE_DEVICES), as `ganaug train` takes it for the generators, else the CPU. On the GPU
+    cuDNN keeps to its deterministic kernels, so that a seed still gives one classifier."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return torch.device("cuda")
 
 
 @dataclass(frozen=True)
@@ -52,13 +65,14 @@ class Recipes:
             data = TrainingSet(images, labels, synthetic[0], synthetic[1],
                                synthetic_fraction=self.settings.synthetic_share, warp_synthetic=True)
         return train_classifier(data, self.num_classes, self.budget(n_labelled), seed=seed, augment=True,
-                                policy=policy)
+                                policy=policy, device=classifier_device()).cpu()
 
     def fixmatch(self, images, labels, unlabelled: torch.Tensor, seed: int) -> SmallCNN:
         """The pseudo-labelling teacher: the same network, trained FixMatch-style for --teacher-steps on
         the labelled images and `unlabelled`."""
         return train_fixmatch(TrainingSet(images, labels), unlabelled, self.num_classes,
-                              self.budget(len(labels), self.settings.teacher_steps), seed=seed)
+                              self.budget(len(labels), self.settings.teacher_steps), seed=seed,
+                              device=classifier_device()).cpu()
 
     def pseudo(self, teacher: SmallCNN, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The images `teacher` labels with at least --pseudo-label-confidence, and those labels."""

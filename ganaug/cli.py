@@ -3,7 +3,7 @@
 Each subcommand's arguments are declared here, and its implementation is imported only when it
 runs, so `ganaug --help` and `ganaug sample` never import torch. A `UserError` anywhere ends in one
 line on stderr and exit status 2; a missing optional dependency names the extra to install (2);
-a signal that stops the work gives 128 + its number (Ctrl-C 130, SIGTERM 143). Nothing in the
+running out of memory, on the GPU or the host, says what to lower (2); a signal that stops the work gives 128 + its number (Ctrl-C 130, SIGTERM 143). Nothing in the
 library imports this module.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -409,6 +410,31 @@ def _missing_extra(exc: ModuleNotFoundError) -> str | None:
     return f"needs the training extra ({top} is missing): pip install 'ganaug[train,cpu]' (or '[train,gpu]')"
 
 
+# What to lower when a command runs out of memory.
+_MEMORY_ADVICE = {
+    "train": "lower train.batch_size (it is per process)",
+    "augment": "use fewer --jobs (each worker holds its own copy of the images and, on a GPU, its own CUDA "
+               "context) or a smaller --estimate-unlabelled or --synthetic-per-class",
+    "sample": "lower --batch-size",
+}
+
+
+def _out_of_memory(command: str, exc: BaseException) -> str | None:
+    """Running out of memory as one line that says what to lower; None for any other error. torch's
+    GPU error is known by its class name, so that the torch-free commands need not import torch; its
+    CPU allocator raises a plain RuntimeError that only its message tells apart."""
+    text = str(exc)
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        where = "GPU memory"
+    elif isinstance(exc, MemoryError) or "can't allocate memory" in text:
+        where = "host memory"
+    else:
+        return None
+    size = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", text)
+    need = f" (it asked for {size.group(1)} more)" if size else ""
+    return f"out of {where}{need}: {_MEMORY_ADVICE.get(command, 'lower the batch size, or free memory')}"
+
+
 def _is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -509,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
         if advice is None:
             raise
         _report(f"ganaug {name}: error: this command {advice}")
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # torch's out-of-memory errors are RuntimeErrors
+        line = _out_of_memory(name, exc)
+        if line is None:
+            raise
+        if not leave_for_launcher(f"ganaug {name}: error: {line}"):
+            print(f"ganaug {name}: error: {line}", file=sys.stderr)  # any rank: one may run out alone
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", None) or signal.SIGINT

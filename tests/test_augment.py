@@ -533,6 +533,45 @@ def test_classifiers_train_on_the_gpu_torch_sees_and_come_back_on_the_cpu(monkey
                                                                                      (False, True))
 
 
+def test_a_unit_out_of_gpu_memory_ends_augment_in_one_line_and_keeps_the_finished_units(few_labels, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """torch's GPU out-of-memory error, raised by an estimate unit (in this process with --jobs 1; a
+    worker's arrives pickled, as the same class), is one line that says what to lower, and the units
+    finished before it stay for the rerun."""
+    import pickle
+
+    from ganaug.augment.folds import FoldData
+
+    message = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of "
+               "which 1.06 GiB is free.\nOf the allocated memory 75.0 GiB is allocated by PyTorch")
+    assert type(pickle.loads(pickle.dumps(torch.OutOfMemoryError(message)))) is torch.OutOfMemoryError
+    perform = FoldData.perform
+
+    def sixth_unit_out_of_memory(self, unit):
+        if sixth_unit_out_of_memory.calls == 5:
+            raise torch.OutOfMemoryError(message)
+        sixth_unit_out_of_memory.calls += 1
+        return perform(self, unit)
+
+    sixth_unit_out_of_memory.calls = 0
+    monkeypatch.setattr(FoldData, "perform", sixth_unit_out_of_memory)
+    out = tmp_path / "set"
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--jobs", "1") == 2
+    err = capsys.readouterr().err
+    assert error_line(err, "augment") == (
+        "ganaug augment: error: out of GPU memory (it asked for 2.00 GiB more): use fewer --jobs (each worker "
+        "holds its own copy of the images and, on a GPU, its own CUDA context) or a smaller --estimate-unlabelled "
+        "or --synthetic-per-class")
+    assert "Traceback" not in err
+    # The five units made before it (longest kinds first: 2 generators, 2 teachers, 1 classifier) are kept.
+    work = tmp_path / "set.work"
+    units = json.loads((work / "state.json").read_text())["units"]
+    assert [key for key in units if key.startswith(("policy/", "arm/"))] == ["policy/affine/fold0/seed0"]
+    assert sorted(str(p.relative_to(work)) for p in work.glob("folds/*/*") if p.suffix in (".onnx", ".pt")) == [
+        "folds/fold0/classical-affine-seed0.pt", "folds/fold0/fixmatch-seed0.pt", "folds/fold0/generator.onnx",
+        "folds/fold1/fixmatch-seed0.pt", "folds/fold1/generator.onnx"]
+
+
 def test_the_commands_defaults_are_the_settings_defaults():
     """The CLI spells its defaults out (it does not import augment to start); they must be the library's."""
     import dataclasses

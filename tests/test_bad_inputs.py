@@ -515,6 +515,14 @@ def _train_folder_in_memory_past_memory(env):
     return env.train(env.source("data"), "data.in_memory=true", "data.resolution=1024", "data.channels=3")
 
 
+@case("train-batch-past-memory", "train", "a batch whose activations need more memory than there is "
+      "(train.batch_size=1024 at data.resolution=512)",
+      "ganaug train: error: out of host memory (it asked for", isolate=True,
+      found="RuntimeError traceback from torch's CPU allocator in a batch-norm layer of the generator, exit 1")
+def _train_batch_past_memory(env):
+    return env.train("data.source=digits", "data.resolution=512", "train.batch_size=1024", "data.in_memory=false")
+
+
 @case("train-npz-class-without-images", "train", ".npz whose class_names name a class no label uses",
       "names classes without any image (fox)", survives=("c.npz",),
       found="trained without a word: the generator learnt a class it never saw")

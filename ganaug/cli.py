@@ -3,8 +3,8 @@
 Each subcommand's arguments are declared here, and its implementation is imported only when it
 runs, so `ganaug --help` and `ganaug sample` never import torch. A `UserError` anywhere ends in one
 line on stderr and exit status 2; a missing optional dependency names the extra to install (2);
-running out of memory, on the GPU or the host, says what to lower (2); a signal that stops the work gives 128 + its number (Ctrl-C 130, SIGTERM 143). Nothing in the
-library imports this module.
+running out of memory, on the GPU or the host, says what to lower (2); a signal that stops the
+work gives 128 + its number (Ctrl-C 130, SIGTERM 143). Nothing in the library imports this module.
 """
 
 from __future__ import annotations

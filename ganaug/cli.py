@@ -230,6 +230,9 @@ def _add_augment(sub) -> None:
                    help="folds of the labelled images (default 5, or the image count of the rarest class if fewer)")
     p.add_argument("--seeds", type=whole_number(1, 100, "1..100"), default=1, help="classifier seeds per fold")
     p.add_argument("--gan-steps", type=step_count, default=2000, help="steps of each generator augment trains")
+    p.add_argument("--gan-processes", type=whole_number(1, 1024, "1..1024"), default=1,
+                   help="train each generator under torchrun with this many DDP processes (on a GPU node: one "
+                        "per GPU); train.batch_size is per process, as under ganaug train")
     p.add_argument("--jobs", type=whole_number(0, 1024, "0..1024"), default=0,
                    help="classifiers and generators of the estimate trained at a time, one thread each; the "
                         "estimate is the same for any count (0: one per core)")
@@ -260,7 +263,7 @@ def _run_augment(args) -> int:
     settings = AugmentSettings(
         labelled=args.labelled, out=args.out, unlabelled=args.unlabelled, model=args.model, synthetic=args.synthetic,
         seed=args.seed, folds=args.folds, seeds=args.seeds, policy=args.policy, gan_config=cfg.to_dict(),
-        gan_steps=args.gan_steps, synthetic_per_class=args.synthetic_per_class,
+        gan_steps=args.gan_steps, gan_processes=args.gan_processes, synthetic_per_class=args.synthetic_per_class,
         synthetic_share=args.synthetic_share, filter_confidence=args.min_confidence,
         pseudo_label_confidence=args.pseudo_label_confidence, classifier_steps=args.classifier_steps,
         teacher_steps=args.teacher_steps, estimate_unlabelled=args.estimate_unlabelled, work_dir=args.work_dir,

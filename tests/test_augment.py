@@ -442,9 +442,11 @@ def test_a_tampered_state_is_refused_in_one_line(tmp_path, capsys, state, messag
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_path):
-    """A cluster's preemption: augment stops its worker processes (each GAN saves first), leaves
-    none behind, says so in one line and exits 128 + SIGTERM, not 0 and not Ctrl-C's 130."""
+@pytest.mark.parametrize("gan_processes", ["1", "2"], ids=["gan-in-worker", "gan-under-torchrun"])
+def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_path, gan_processes):
+    """A cluster's preemption: augment stops its worker processes (each GAN saves first, also where
+    a worker waits on torchrun's processes), leaves none behind, says so in one line and exits
+    128 + SIGTERM, not 0 and not Ctrl-C's 130."""
     import os
     import signal
     import subprocess
@@ -456,7 +458,8 @@ def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_
     out = tmp_path / "set"
     run = [a if a != "4" else "100000" for a in TINY_RUN]  # GANs that would train for a long time
     command = [sys.executable, "-m", "ganaug", "augment", "--labelled", str(few_labels / "labelled.npz"),
-               "--unlabelled", str(few_labels / "unlabelled.npz"), "--out", str(out), "--jobs", "2", *run, *TINY_GAN]
+               "--unlabelled", str(few_labels / "unlabelled.npz"), "--out", str(out), "--jobs", "2",
+               "--gan-processes", gan_processes, *run, *TINY_GAN]
     process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     work = Path(f"{out}.work")
@@ -464,7 +467,7 @@ def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_
     while len(list(work.glob("**/config.yaml"))) < 2:  # both folds' GANs write their config, then train
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
         time.sleep(0.2)
-    time.sleep(2)
+    time.sleep(2 if gan_processes == "1" else 8)  # under torchrun: until both ranks train
     workers = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -474,6 +477,38 @@ def test_sigterm_stops_the_workers_saves_the_gans_and_exits_143(few_labels, tmp_
     assert not alive
     assert len(list(work.glob("**/checkpoints/last.pt"))) == 2  # each GAN saved where it stood
     assert not (out / "manifest.csv").exists()  # no set that looks finished
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_gan_processes_train_each_generator_under_torchrun(few_labels, tmp_path):
+    """--gan-processes 2: each fold's generator trains under ganaug's torchrun launcher with two DDP
+    processes, to its last step, and is exported for the estimate."""
+    out = tmp_path / "set"
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--jobs", "1",
+                    "--gan-processes", "2") == 0
+    work = tmp_path / "set.work" / "folds"
+    for fold in (0, 1):
+        log = (work / f"fold{fold}" / "run.log").read_text()
+        assert "world size 2" in log and "step 4/4" in log, log[-2000:]
+        assert (work / f"fold{fold}" / "generator.onnx").is_file()
+    assert json.loads((out / "report.json").read_text())["settings"]["gan_processes"] == 2
+
+
+def test_a_generator_failing_under_torchrun_is_one_line_naming_its_log(few_labels, tmp_path, monkeypatch, capsys):
+    """The trainer's own error line, from the launcher's output, becomes augment's one line."""
+    import sys
+
+    from ganaug.augment import children
+
+    say = "import sys; print('noise'); print('ganaug train: error: data.source: boom', file=sys.stderr); sys.exit(2)"
+    monkeypatch.setattr(children, "torchrun_command", lambda *args: [sys.executable, "-c", say])
+    out = tmp_path / "set"
+    assert _augment(few_labels, out, "--unlabelled", str(few_labels / "unlabelled.npz"), "--jobs", "1",
+                    "--gan-processes", "2") == 2
+    log = tmp_path / "set.work" / "folds" / "fold0" / "run.log"
+    assert error_line(capsys.readouterr().err, "augment") == (
+        f"ganaug augment: error: training a generator under torchrun failed: data.source: boom (log: {log})")
 
 
 def _recording_trainers(monkeypatch, trained: dict) -> None:
@@ -580,8 +615,8 @@ def test_the_commands_defaults_are_the_settings_defaults():
 
     args = build_parser().parse_args(["augment", "--labelled", "l.npz", "--out", "o"])
     flags = {"classifier_steps": args.classifier_steps, "teacher_steps": args.teacher_steps,
-             "gan_steps": args.gan_steps, "synthetic_per_class": args.synthetic_per_class,
-             "synthetic_share": args.synthetic_share, "filter_confidence": args.min_confidence,
+             "gan_steps": args.gan_steps, "gan_processes": args.gan_processes,
+             "synthetic_per_class": args.synthetic_per_class, "synthetic_share": args.synthetic_share, "filter_confidence": args.min_confidence,
              "pseudo_label_confidence": args.pseudo_label_confidence,
              "estimate_unlabelled": args.estimate_unlabelled, "seeds": args.seeds, "policy": args.policy,
              "synthetic": args.synthetic, "seed": args.seed, "jobs": args.jobs}

@@ -2403,6 +2403,12 @@ def _augment_teacher_steps_zero(env):
     return env.augment("--teacher-steps", "0")
 
 
+@case("augment-gan-processes-zero", "augment", "--gan-processes 0",
+      "argument --gan-processes: 0 must be positive")
+def _augment_gan_processes_zero(env):
+    return env.augment("--gan-processes", "0")
+
+
 @case("augment-folds-past-class-size", "augment", "--folds 4 with 3 labelled images per class",
       "has 3 labelled images; --folds 4 holds one out per fold")
 def _augment_folds_past_class_size(env):

@@ -19,10 +19,7 @@ thread per unit also means a unit's numbers do not depend on --jobs or on the ma
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -32,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ganaug.augment.children import die_with_parent, sigterm_stops
 from ganaug.augment.recipes import Recipes
-from ganaug.errors import Stopped, UserError
+from ganaug.errors import UserError
 from ganaug.evaluate.classifier import SmallCNN, accuracy
 
 CLASSICAL, PSEUDO, SYNTHETIC, BOTH = "classical", "pseudo-labels", "synthetic", "pseudo-labels+synthetic"
@@ -225,7 +223,7 @@ def _workers(data: FoldData, jobs: int) -> Iterator[Callable[[Unit], Future]]:
             return future
 
         try:
-            with _sigterm_interrupts():
+            with sigterm_stops():
                 yield here
         finally:
             torch.set_num_threads(threads)
@@ -235,7 +233,7 @@ def _workers(data: FoldData, jobs: int) -> Iterator[Callable[[Unit], Future]]:
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(data,))
     try:
-        with _sigterm_interrupts():
+        with sigterm_stops():
             yield lambda unit: pool.submit(_perform, unit)
     except BaseException:
         for process in set(multiprocessing.active_children()) - before:
@@ -245,25 +243,6 @@ def _workers(data: FoldData, jobs: int) -> Iterator[Callable[[Unit], Future]]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (a cluster's preemption) stops this process as Ctrl-C does, so that its workers are
-    stopped and waited for before it exits. Only the main thread can set a handler; elsewhere the
-    workers' own last resort (_die_with_parent) applies."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise Stopped(signum)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 _DATA: FoldData | None = None  # a worker's FoldData, set once when it starts
 
 
@@ -271,17 +250,8 @@ def _start_worker(data: FoldData) -> None:
     global _DATA
     _DATA = data
     torch.set_num_threads(1)
-    _die_with_parent()
+    die_with_parent()  # augment SIGKILLed: its workers do not train on for nobody
 
 
 def _perform(unit: Unit) -> float | None:
     return _DATA.perform(unit)
-
-
-def _die_with_parent() -> None:
-    """A worker is killed when augment's process dies without stopping it (a SIGKILL, out of memory),
-    instead of training on, or waiting, for nobody; a GAN resumes from its last periodic checkpoint.
-    Linux only; elsewhere a no-op."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -98,7 +98,7 @@ class Recipes:
         from ganaug.augment.synthetic import train_generator
 
         return train_generator(images, labels, list(self.class_names), gan or self.gan, work,
-                               self.settings.gan_steps, progress)
+                               self.settings.gan_steps, progress, self.settings.gan_processes)
 
     # -- classifiers as files: how the estimate's units and the output's shards hand them on ----
 

@@ -30,6 +30,7 @@ class AugmentSettings:
     policy: str = "auto"  # classical augmentation: one of policies.POLICIES, or auto (chosen on the folds)
     gan_config: dict = field(default_factory=dict)  # the resolved GAN config (ganaug.config)
     gan_steps: int = 2000
+    gan_processes: int = 1  # >1: each generator trains under torchrun with this many DDP processes
     synthetic_per_class: int = 500  # synthetic images kept per class (counted after the filter)
     synthetic_share: float = 0.5  # the synthetic images' share of every batch (the manifest's weights)
     filter_confidence: float = 0.9  # the teacher's probability of its class a synthetic image needs
@@ -50,6 +51,7 @@ class AugmentSettings:
             (self.folds is None or 2 <= self.folds <= 100, f"--folds must be in 2..100, got {self.folds}"),
             (1 <= self.seeds <= 100, f"--seeds must be in 1..100, got {self.seeds}"),
             (0 <= self.jobs <= 1024, f"--jobs must be in 0..1024, got {self.jobs}"),
+            (1 <= self.gan_processes <= 1024, f"--gan-processes must be in 1..1024, got {self.gan_processes}"),
             (0 < self.synthetic_share < 1, f"--synthetic-share must be in (0, 1), got {self.synthetic_share}"),
             (0 < self.filter_confidence <= 1, f"--min-confidence must be in (0, 1], got {self.filter_confidence}"),
             (0 < self.pseudo_label_confidence <= 1,

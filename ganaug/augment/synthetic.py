@@ -89,10 +89,13 @@ def torch_scorer(model: torch.nn.Module) -> Callable[[np.ndarray, np.ndarray], n
 
 
 def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], gan: Config,
-                    work: Path, steps: int, progress: bool = True) -> Path:
+                    work: Path, steps: int, progress: bool = True, processes: int = 1) -> Path:
     """Train (or resume) a GAN on these labelled images alone and export it; the ONNX model's path.
-    The images go to work/labelled.npz, so the run provably sees nothing else."""
+    The images go to work/labelled.npz, so the run provably sees nothing else. processes > 1: under
+    torchrun, each process a batch of its share of the images."""
     from ganaug import train
+    from ganaug.augment.children import train_under_torchrun
+    from ganaug.config import dump_yaml
     from ganaug.evaluate.study import write_labelled_npz
     from ganaug.export import export_model
 
@@ -102,12 +105,15 @@ def train_generator(images: torch.Tensor, labels: torch.Tensor, class_names: lis
     npz = work / "labelled.npz"
     if not npz.is_file():
         write_labelled_npz(npz, images, labels, class_names)
-    cfg = with_overrides(gan, data={"source": str(npz), "unlabelled": ""},
-                         train={"steps": steps, "batch_size": min(gan.train.batch_size, len(images))},
-                         log={"progress": progress})
+    batch = min(gan.train.batch_size, max(1, len(images) // processes))
+    cfg = with_overrides(gan, data={"source": str(npz), "unlabelled": ""}, train={"steps": steps, "batch_size": batch},
+                         log={"progress": progress and processes == 1})
     log.info("training a generator on %d labelled images (%d steps) in %s", len(images), steps, work / "run")
-    result = train.run(cfg, work / "run")
-    if not result.completed:  # a signal stopped training (saved): stop here too, resumable
-        raise Stopped(result.stop_signal)
+    if processes > 1:
+        train_under_torchrun(dump_yaml(cfg), work / "run", processes, steps)
+    else:
+        result = train.run(cfg, work / "run")
+        if not result.completed:  # a signal stopped training (saved): stop here too, resumable
+            raise Stopped(result.stop_signal)
     export_model(work / "run", model, force=True)
     return model

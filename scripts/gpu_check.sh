@@ -211,7 +211,7 @@ augment() {
     echo $((SECONDS - started))
 }
 say "ganaug augment on $device, twice: the same training set"
-"$PYTHON" scripts/few_labels.py --source digits --k 5 --out "$OUT/augment/data" >&2
+"$PYTHON" "$(dirname "$0")/few_labels.py" --source digits --k 5 --out "$OUT/augment/data" >&2
 first_s=$(augment "$OUT/augment/${device}_a")
 augment "$OUT/augment/${device}_b" >/dev/null
 grep -q "the estimate's classifiers train on $device" "$OUT/augment/${device}_a.log" \

@@ -255,11 +255,11 @@ def _add_augment(sub) -> None:
 
 def _run_augment(args) -> int:
     from ganaug.augment import AugmentSettings, run
-    from ganaug.evaluate.study import resolve_gan_config
+    from ganaug.augment.settings import gan_config_for
     from ganaug.sampler.layout import parse_shard
 
     shard = parse_shard(args.shard)
-    cfg = resolve_gan_config(args.config, args.overrides)
+    cfg = gan_config_for(args.labelled, args.model, args.config, args.overrides)
     settings = AugmentSettings(
         labelled=args.labelled, out=args.out, unlabelled=args.unlabelled, model=args.model, synthetic=args.synthetic,
         seed=args.seed, folds=args.folds, seeds=args.seeds, policy=args.policy, gan_config=cfg.to_dict(),

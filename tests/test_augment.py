@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy import stats
 
 from ganaug.augment import output
@@ -509,6 +510,50 @@ def test_a_generator_failing_under_torchrun_is_one_line_naming_its_log(few_label
     log = tmp_path / "set.work" / "folds" / "fold0" / "run.log"
     assert error_line(capsys.readouterr().err, "augment") == (
         f"ganaug augment: error: training a generator under torchrun failed: data.source: boom (log: {log})")
+
+
+def test_augment_works_at_the_labelled_images_own_side_unless_told_otherwise(tmp_path, caplog):
+    """data.resolution: the labelled images' side where a generator can have it; a config file or an
+    override still wins, a --model's side rules, and images of several sizes keep the default, with a
+    warning that says so."""
+    from ganaug.augment.settings import gan_config_for
+
+    np.savez(tmp_path / "l28.npz", images=np.zeros((4, 28, 28), np.uint8), labels=np.arange(4) % 2)
+    np.savez(tmp_path / "l30.npz", images=np.zeros((4, 30, 30), np.uint8), labels=np.arange(4) % 2)
+    (tmp_path / "mixed" / "a").mkdir(parents=True)
+    for i, size in enumerate(((40, 40), (48, 40))):
+        Image.new("L", size).save(tmp_path / "mixed" / "a" / f"{i}.png")
+    (tmp_path / "gan.yaml").write_text("data:\n  resolution: 32\n")
+    l28, l30 = str(tmp_path / "l28.npz"), str(tmp_path / "l30.npz")
+
+    def side(labelled, model=None, config=None, overrides=()):
+        return gan_config_for(labelled, model, config, list(overrides)).data.resolution
+
+    with caplog.at_level("INFO", logger="ganaug.augment.settings"):
+        assert side(l28) == 28 and "data.resolution=28: the labelled images' own side" in caplog.text
+        assert side("mnist5k") == 28 and side("cifar10") == 32
+        assert side(l28, overrides=["data.resolution=16"]) == 16
+        assert side(l28, config=str(tmp_path / "gan.yaml")) == 32
+        assert side(l28, model="g.onnx") == 16  # augment takes the model's side from the model
+        caplog.clear()
+        assert side(l30) == 16 and "are 30x30, a side no generator has" in caplog.text
+        caplog.clear()
+        assert side(str(tmp_path / "mixed")) == 16 and "not all square and of one size" in caplog.text
+        caplog.clear()
+        assert side(str(tmp_path / "missing.npz")) == 16 and not caplog.text  # the loader says what is wrong
+
+
+def test_a_28_pixel_labelled_set_gives_a_28_pixel_training_set(few_labels, tmp_path):
+    """End to end, without data.resolution: augment's folder holds the labelled images at their own side."""
+    labelled = np.load(few_labels / "labelled.npz")
+    images = np.repeat(np.repeat(labelled["images"], 4, axis=1), 4, axis=2)[:, 2:30, 2:30]  # 8x8 -> 28x28
+    np.savez(tmp_path / "l28.npz", images=images, labels=labelled["labels"], class_names=labelled["class_names"])
+    out = tmp_path / "set"
+    tiny = [a for a in TINY_GAN if not a.startswith("data.resolution")]
+    assert main(["augment", "--labelled", str(tmp_path / "l28.npz"), "--out", str(out), *TINY_RUN,
+                 "--synthetic", "never", *tiny]) == 0
+    sizes = {Image.open(path).size for path in out.rglob("*.png")}
+    assert sizes == {(28, 28)}
 
 
 def _recording_trainers(monkeypatch, trained: dict) -> None:

@@ -474,3 +474,24 @@ def test_a_dataset_beyond_the_memory_available_is_refused_before_it_is_allocated
                                         r"memory and 10.0 MiB are available here; .*at most 640 fit"):
         load_dataset(DataConfig(resolution=128))
     assert len(load_dataset(DataConfig(resolution=64))) == 1797  # 7 MiB: fits
+
+
+def test_native_side_reads_headers_and_says_none_where_the_images_disagree(tmp_path):
+    """The side augment works at by default: a named source's, an .npz's (any zip compression, NHW
+    or NHWC), a folder's where its images agree; None for anything else, unreadable included."""
+    from ganaug.data import native_side
+
+    np.savez(tmp_path / "grey.npz", images=np.zeros((5, 28, 28), np.uint8), labels=np.arange(5))
+    np.savez_compressed(tmp_path / "colour.npz", images=np.zeros((5, 32, 32, 3), np.uint8))
+    np.savez(tmp_path / "wide.npz", images=np.zeros((5, 28, 30, 3), np.uint8))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    for name in ("cat", "dog"):
+        (tmp_path / "same" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (64, 64)).save(tmp_path / "same" / name / f"{i}.png")
+    (tmp_path / "mixed" / "cat").mkdir(parents=True)
+    Image.new("L", (64, 64)).save(tmp_path / "mixed" / "cat" / "a.png")
+    Image.new("RGB", (60, 64)).save(tmp_path / "mixed" / "cat" / "b.png")
+    sources = ["digits", "mnist5k", "cifar10", *(str(tmp_path / name) for name in (
+        "grey.npz", "colour.npz", "wide.npz", "junk.npz", "same", "mixed", "missing"))]
+    assert [native_side(source) for source in sources] == [8, 28, 32, 28, 32, None, None, 64, None, None]

@@ -2,11 +2,15 @@
 
 Its `fingerprint()` is what a resumed run must share with the first one (where to write, which
 shard, how many jobs and the progress bar change how it runs, not what it writes).
+`gan_config_for` resolves the GAN config augment works with, at the labelled images' own side unless
+the user sets one.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +18,46 @@ from ganaug.errors import UserError
 from ganaug.evaluate.policies import AUTO_POLICIES, POLICIES
 from ganaug.sampler.layout import Shard
 
+log = logging.getLogger(__name__)
+
 SYNTHETIC_CHOICES = ("auto", "never")
+
+
+def gan_config_for(labelled: str, model: str | None, config_path: str | None, overrides: list[str]):
+    """The GAN config (and so the resolution of every image augment writes): defaults < the study's
+    GAN defaults < the labelled images' own side, where they are square, of one size and of a size
+    a generator can have < the config file < key=value overrides. With --model the model's side
+    rules (augment reads it from the model)."""
+    from ganaug.config import load_config, parse_override, read_yaml
+    from ganaug.data import native_side
+    from ganaug.evaluate.study import STUDY_GAN_DEFAULTS
+
+    base = copy.deepcopy(STUDY_GAN_DEFAULTS)
+    in_file = read_yaml(config_path) if config_path is not None else {}
+    data_section = in_file.get("data") if isinstance(in_file, dict) else None
+    given = any(parse_override(text)[0] == "data.resolution" for text in overrides) or (
+        isinstance(data_section, dict) and "resolution" in data_section)
+    if model is None and not given:
+        side = native_side(labelled)
+        if side is not None and _generator_side(side):
+            base["data"]["resolution"] = side
+            log.info("data.resolution=%d: the labelled images' own side", side)
+        elif side is not None or Path(labelled).is_dir():  # else unreadable: the loader says why, once
+            what = f"{side}x{side}, a side no generator has" if side else "not all square and of one size"
+            log.warning("the labelled images are %s: augment works at data.resolution=%d; set data.resolution "
+                        "for your images", what, base["data"]["resolution"])
+    return load_config(config_path, overrides, base=base)
+
+
+def _generator_side(side: int) -> bool:
+    from ganaug.models import SIZE_BOUNDS, base_resolution
+
+    low, high = SIZE_BOUNDS["resolution"]
+    try:
+        base_resolution(side)
+    except ValueError:
+        return False
+    return low <= side <= high
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ganaug.config import DataConfig
@@ -118,6 +120,58 @@ def _load(cfg: DataConfig) -> ImageData:
 
         return load_folder(path, cfg)
     raise DataError(f"{source!r} is not a known dataset name, a folder or a .npz file")
+
+
+# The side of each named source's images as they ship.
+NATIVE_SIDES = {"digits": 8, "mnist5k": 28, "animal_shape": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+SIDE_SAMPLE = 64  # a folder's images whose sizes are read to judge its side
+
+
+def native_side(source: str) -> int | None:
+    """The side of `source`'s images where they are square and all of one size: a named source, an
+    .npz (its array header), or a folder whose first SIDE_SAMPLE images in sorted order agree (their
+    headers). None where they do not, or where the source cannot be read: reading it is left to the
+    loader, which says what is wrong."""
+    if source in NATIVE_SIDES:
+        return NATIVE_SIDES[source]
+    path = Path(source)
+    try:
+        if path.is_file():
+            sizes = {_npz_image_size(path)}
+        elif path.is_dir():
+            from PIL import Image
+
+            from ganaug.data import folder
+
+            quiet = folder.log.disabled
+            folder.log.disabled = True  # the loader warns about the folder's layout, once
+            try:
+                files = folder.scan_folder(path)[0]
+            finally:
+                folder.log.disabled = quiet
+            sizes = set()
+            for file in files[::max(1, len(files) // SIDE_SAMPLE)][:SIDE_SAMPLE]:  # spread over the classes
+                with Image.open(file) as image:
+                    sizes.add(image.size)
+        else:
+            return None
+    except (OSError, ValueError, KeyError, SyntaxError, zipfile.BadZipFile, DataError):
+        return None
+    if len(sizes) != 1:
+        return None
+    height, width = sizes.pop()
+    return height if height == width else None
+
+
+def _npz_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an .npz's 'images' array (NHW or NHWC), from its header alone."""
+    with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+        major, _ = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(member)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"images of shape {shape}")
+    return shape[1], shape[2]
 
 
 def load_unlabelled(cfg: DataConfig, labelled: ImageData) -> ImageData | None:

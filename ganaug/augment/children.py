@@ -43,9 +43,19 @@ def sigterm_stops():
 
 def die_with_parent(signum: int = signal.SIGKILL) -> None:
     """This process gets `signum` when its parent dies. Linux only; elsewhere a no-op."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum)
+    _parent_death_signal(signum)()
+
+
+def _parent_death_signal(signum: int):
+    """A call that makes the calling process get `signum` when its parent dies. prctl is looked up
+    here, so that a forked child before exec (subprocess's preexec_fn) makes one libc call and no
+    dynamic-loader lookup, which a thread of the parent may have held at the fork."""
+    pr_set_pdeathsig = 1
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: prctl(pr_set_pdeathsig, signum)
 
 
 def torchrun_command(processes: int, run_dir: Path, config_file: Path) -> list[str]:
@@ -65,7 +75,7 @@ def train_under_torchrun(config_yaml: str, run_dir: Path, processes: int, steps:
     log.info("training a generator under torchrun, %d processes, in %s (log: %s)", processes, run_dir, output)
     with open(output, "ab") as sink:
         child = subprocess.Popen(torchrun_command(processes, run_dir, config_file), stdout=sink,
-                                 stderr=subprocess.STDOUT, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
+                                 stderr=subprocess.STDOUT, preexec_fn=_parent_death_signal(signal.SIGTERM))
         try:
             with sigterm_stops():
                 code = child.wait()

@@ -540,11 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         _report(f"ganaug {name}: error: this command {advice}")
         return 2
     except (MemoryError, RuntimeError) as exc:  # torch's out-of-memory errors are RuntimeErrors
-        line = _out_of_memory(name, exc)
-        if line is None:
+        advice = _out_of_memory(name, exc)
+        if advice is None:
             raise
-        if not leave_for_launcher(f"ganaug {name}: error: {line}"):
-            print(f"ganaug {name}: error: {line}", file=sys.stderr)  # any rank: one may run out alone
+        line = f"ganaug {name}: error: {advice}"
+        if not leave_for_launcher(line):
+            print(line, file=sys.stderr)  # any rank: one may run out alone
         return 2
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", None) or signal.SIGINT

@@ -129,8 +129,8 @@ SIDE_SAMPLE = 64  # a folder's images whose sizes are read to judge its side
 
 def native_side(source: str) -> int | None:
     """The side of `source`'s images where they are square and all of one size: a named source, an
-    .npz (its array header), or a folder whose first SIDE_SAMPLE images in sorted order agree (their
-    headers). None where they do not, or where the source cannot be read: reading it is left to the
+    .npz (its array header), or a folder whose images agree (the headers of SIDE_SAMPLE of them,
+    spread evenly over its sorted files, so over its classes). None where they do not, or where the source cannot be read: reading it is left to the
     loader, which says what is wrong."""
     if source in NATIVE_SIDES:
         return NATIVE_SIDES[source]
@@ -159,7 +159,7 @@ def native_side(source: str) -> int | None:
         return None
     if len(sizes) != 1:
         return None
-    height, width = sizes.pop()
+    width, height = sizes.pop()  # PIL's order; an .npz's pair is (height, width): square either way
     return height if height == width else None
 
 
